@@ -1,0 +1,11 @@
+//! Pure domain logic: no async, no I/O, no clock reads, no OS randomness.
+//!
+//! Everything here takes the current time and any randomness as arguments, so it can be unit
+//! tested, property tested, fuzzed and run inside the deterministic simulation unchanged.
+
+pub mod ids;
+pub mod page;
+pub mod presence;
+pub mod rate;
+pub mod time;
+pub mod validate;

@@ -1,0 +1,10 @@
+//! palaver: a self-hosted real-time chat server.
+//!
+//! One process serves the REST API and Socket.IO on one port and keeps users, chats and messages
+//! in an embedded redb database. Modules in reading order: `limits` (every bound), `domain` (pure
+//! rules), `storage` (redb, group commit), `service` (the use cases), `transport` (HTTP and
+//! Socket.IO), `server` (wiring, `run`), `config` (settings). See ARCHITECTURE.md.
+
+pub mod domain;
+pub mod limits;
+pub mod storage;

@@ -1,0 +1,358 @@
+//! The writer task: the one owner of write transactions, group-committing queued requests.
+//!
+//! Requests arrive on a bounded queue (senders wait when it is full: backpressure, not memory
+//! growth). The task takes the first request, then whatever else is already queued up to
+//! [`WRITE_BATCH_MAX`], applies them in order in one transaction, commits once, and only then
+//! answers each. One fsync thus serves a whole batch, and an answer always means "committed".
+//! If anything in the batch fails at the storage level, nothing in it was committed and every
+//! request in it is answered with the error.
+
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::records::{ChatRecord, MessageRecord, UserRecord, decode, encode};
+use super::tables::*;
+use super::{Durability, corrupt};
+use crate::limits::{WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WriteError {
+    /// The transaction failed; nothing of this batch was committed.
+    #[error("commit failed: {0}")]
+    Storage(String),
+    /// The writer task has stopped (shutting down).
+    #[error("storage writer stopped")]
+    Closed,
+}
+
+pub struct NewUser {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub avatar: String,
+    pub password_hash: Option<String>,
+    pub external_id: Option<String>,
+    pub now_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateUserOutcome {
+    Created(UserRecord),
+    EmailTaken,
+    /// A user with this external id already exists (a concurrent first login): that user.
+    ExistingExternal(UserRecord),
+}
+
+pub struct NewMessage {
+    pub id: String,
+    pub chat: String,
+    pub sender: String,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+    pub now_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Appended(MessageRecord),
+    /// The `(chat, sender, clientMsgId)` was already used: the original message.
+    Duplicate(MessageRecord),
+    /// No such chat, or the sender is not a member.
+    NotMember,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
+
+enum Request {
+    CreateUser(NewUser, Reply<CreateUserOutcome>),
+    GetOrCreateChat { new_id: String, caller: String, other: String, now_ms: u64, reply: Reply<ChatRecord> },
+    Append(NewMessage, Reply<AppendOutcome>),
+    InitMeta { key: String, value: Vec<u8>, reply: Reply<Vec<u8>> },
+}
+
+/// A request applied inside the open transaction, waiting for the commit to be answered.
+enum Applied {
+    User(Reply<CreateUserOutcome>, CreateUserOutcome),
+    Chat(Reply<ChatRecord>, ChatRecord),
+    Message(Reply<AppendOutcome>, AppendOutcome),
+    Meta(Reply<Vec<u8>>, Vec<u8>),
+}
+
+impl Request {
+    fn fail(self, error: WriteError) {
+        // A requester that gave up (its connection closed) no longer listens: nothing to do.
+        let _ = match self {
+            Request::CreateUser(_, reply) => reply.send(Err(error)).is_ok(),
+            Request::GetOrCreateChat { reply, .. } => reply.send(Err(error)).is_ok(),
+            Request::Append(_, reply) => reply.send(Err(error)).is_ok(),
+            Request::InitMeta { reply, .. } => reply.send(Err(error)).is_ok(),
+        };
+    }
+}
+
+impl Applied {
+    fn answer(self, result: Result<(), WriteError>) {
+        let _ = match self {
+            Applied::User(reply, value) => reply.send(result.map(|()| value)).is_ok(),
+            Applied::Chat(reply, value) => reply.send(result.map(|()| value)).is_ok(),
+            Applied::Message(reply, value) => reply.send(result.map(|()| value)).is_ok(),
+            Applied::Meta(reply, value) => reply.send(result.map(|()| value)).is_ok(),
+        };
+    }
+}
+
+/// The handle through which the service writes. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreWriter {
+    requests: mpsc::Sender<Request>,
+}
+
+/// The writer's loop; run it once, on a task or a thread of its own. It ends when every
+/// [`StoreWriter`] is dropped and the queue is drained.
+pub struct WriterTask {
+    db: Arc<Database>,
+    requests: mpsc::Receiver<Request>,
+    durability: Durability,
+}
+
+pub(super) fn channel(db: Arc<Database>, durability: Durability) -> (StoreWriter, WriterTask) {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
+    (StoreWriter { requests: tx }, WriterTask { db, requests: rx, durability })
+}
+
+impl StoreWriter {
+    async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Request) -> Result<T, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send(build(reply)).await.map_err(|_| WriteError::Closed)?;
+        answer.await.map_err(|_| WriteError::Closed)?
+    }
+
+    pub async fn create_user(&self, user: NewUser) -> Result<CreateUserOutcome, WriteError> {
+        self.call(|reply| Request::CreateUser(user, reply)).await
+    }
+
+    /// The one chat between `caller` and `other`, created with `new_id` if there is none yet.
+    pub async fn get_or_create_chat(
+        &self,
+        new_id: String,
+        caller: String,
+        other: String,
+        now_ms: u64,
+    ) -> Result<ChatRecord, WriteError> {
+        self.call(|reply| Request::GetOrCreateChat { new_id, caller, other, now_ms, reply }).await
+    }
+
+    pub async fn append_message(&self, message: NewMessage) -> Result<AppendOutcome, WriteError> {
+        self.call(|reply| Request::Append(message, reply)).await
+    }
+
+    /// The stored value of `key`, storing `value` first if there is none.
+    pub async fn init_meta(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, WriteError> {
+        let key = key.to_owned();
+        self.call(|reply| Request::InitMeta { key, value, reply }).await
+    }
+}
+
+impl WriterTask {
+    pub async fn run(mut self) {
+        let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+        while self.requests.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
+            self.commit_batch(std::mem::take(&mut batch));
+        }
+        tracing::debug!("storage writer stopped");
+    }
+
+    fn commit_batch(&self, batch: Vec<Request>) {
+        let mut applied = Vec::with_capacity(batch.len());
+        let mut pending = batch.into_iter();
+        let outcome = self.begin().and_then(|tx| {
+            {
+                let mut tables = Tables::open(&tx)?;
+                for request in pending.by_ref() {
+                    applied.push(tables.apply(request)?);
+                }
+            }
+            tx.commit().map_err(redb::Error::from)
+        });
+        match outcome {
+            Ok(()) => applied.into_iter().for_each(|a| a.answer(Ok(()))),
+            Err(error) => {
+                tracing::error!(%error, "write batch failed; nothing in it was committed");
+                let error = WriteError::Storage(error.to_string());
+                applied.into_iter().for_each(|a| a.answer(Err(error.clone())));
+                pending.for_each(|r| r.fail(error.clone()));
+            }
+        }
+    }
+
+    fn begin(&self) -> Result<WriteTransaction, redb::Error> {
+        let mut tx = self.db.begin_write()?;
+        let durability = match self.durability {
+            Durability::Immediate => redb::Durability::Immediate,
+            Durability::None => redb::Durability::None,
+        };
+        tx.set_durability(durability).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        // Record allocator state with each commit, so that reopening after a crash repairs in
+        // milliseconds instead of walking the whole file.
+        tx.set_quick_repair(true);
+        Ok(tx)
+    }
+}
+
+/// The tables one batch writes, opened once per transaction.
+struct Tables<'tx> {
+    users: Table<'tx, &'static str, &'static [u8]>,
+    emails: Table<'tx, &'static str, &'static str>,
+    externals: Table<'tx, &'static str, &'static str>,
+    chats: Table<'tx, &'static str, &'static [u8]>,
+    pairs: Table<'tx, (&'static str, &'static str), &'static str>,
+    user_chats: Table<'tx, (&'static str, &'static str), ()>,
+    messages: Table<'tx, (&'static str, u64), &'static [u8]>,
+    client_ids: Table<'tx, (&'static str, &'static str, &'static str), u64>,
+    meta: Table<'tx, &'static str, &'static [u8]>,
+}
+
+impl<'tx> Tables<'tx> {
+    fn open(tx: &'tx WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Self {
+            users: tx.open_table(USERS)?,
+            emails: tx.open_table(USER_EMAILS)?,
+            externals: tx.open_table(USER_EXTERNALS)?,
+            chats: tx.open_table(CHATS)?,
+            pairs: tx.open_table(CHAT_PAIRS)?,
+            user_chats: tx.open_table(USER_CHATS)?,
+            messages: tx.open_table(MESSAGES)?,
+            client_ids: tx.open_table(CLIENT_IDS)?,
+            meta: tx.open_table(META)?,
+        })
+    }
+
+    fn apply(&mut self, request: Request) -> Result<Applied, redb::Error> {
+        Ok(match request {
+            Request::CreateUser(user, reply) => Applied::User(reply, self.create_user(user)?),
+            Request::GetOrCreateChat { new_id, caller, other, now_ms, reply } => {
+                Applied::Chat(reply, self.get_or_create_chat(new_id, caller, other, now_ms)?)
+            }
+            Request::Append(message, reply) => Applied::Message(reply, self.append(message)?),
+            Request::InitMeta { key, value, reply } => {
+                let stored = self.meta.get(key.as_str())?.map(|v| v.value().to_vec());
+                let value = match stored {
+                    Some(existing) => existing,
+                    None => {
+                        self.meta.insert(key.as_str(), value.as_slice())?;
+                        value
+                    }
+                };
+                Applied::Meta(reply, value)
+            }
+        })
+    }
+
+    fn user(&self, id: &str) -> Result<Option<UserRecord>, redb::Error> {
+        let found = self.users.get(id)?;
+        found.map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("users")(e)))).transpose()
+    }
+
+    fn chat(&self, id: &str) -> Result<Option<ChatRecord>, redb::Error> {
+        let found = self.chats.get(id)?;
+        found.map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("chats")(e)))).transpose()
+    }
+
+    fn message(&self, chat: &str, seq: u64) -> Result<MessageRecord, redb::Error> {
+        let bytes = self.messages.get((chat, seq))?.ok_or_else(|| {
+            redb::Error::Corrupted(format!("chat {chat}: seq {seq} indexed but missing"))
+        })?;
+        decode(bytes.value()).map_err(|e| corrupted(corrupt("messages")(e)))
+    }
+
+    fn create_user(&mut self, user: NewUser) -> Result<CreateUserOutcome, redb::Error> {
+        if let Some(external) = &user.external_id {
+            let existing = self.externals.get(external.as_str())?.map(|id| id.value().to_owned());
+            if let Some(record) = existing.map(|id| self.user(&id)).transpose()?.flatten() {
+                return Ok(CreateUserOutcome::ExistingExternal(record));
+            }
+        }
+        if self.emails.get(user.email.as_str())?.is_some() {
+            return Ok(CreateUserOutcome::EmailTaken);
+        }
+        let record = UserRecord {
+            id: user.id,
+            name: user.name,
+            email: user.email,
+            avatar: user.avatar,
+            password_hash: user.password_hash,
+            external_id: user.external_id,
+            created_ms: user.now_ms,
+            updated_ms: user.now_ms,
+        };
+        self.users.insert(record.id.as_str(), encode(&record).as_slice())?;
+        self.emails.insert(record.email.as_str(), record.id.as_str())?;
+        if let Some(external) = &record.external_id {
+            self.externals.insert(external.as_str(), record.id.as_str())?;
+        }
+        Ok(CreateUserOutcome::Created(record))
+    }
+
+    fn get_or_create_chat(
+        &mut self,
+        new_id: String,
+        caller: String,
+        other: String,
+        now_ms: u64,
+    ) -> Result<ChatRecord, redb::Error> {
+        let pair = if caller <= other { (caller.as_str(), other.as_str()) } else { (other.as_str(), caller.as_str()) };
+        let existing = self.pairs.get(pair)?.map(|id| id.value().to_owned());
+        if let Some(chat) = existing.map(|id| self.chat(&id)).transpose()?.flatten() {
+            return Ok(chat);
+        }
+        let chat = ChatRecord {
+            id: new_id,
+            members: vec![caller.clone(), other.clone()],
+            created_ms: now_ms,
+            last_seq: 0,
+            last_message_ms: now_ms,
+        };
+        self.chats.insert(chat.id.as_str(), encode(&chat).as_slice())?;
+        self.pairs.insert(pair, chat.id.as_str())?;
+        for member in &chat.members {
+            self.user_chats.insert((member.as_str(), chat.id.as_str()), ())?;
+        }
+        Ok(chat)
+    }
+
+    fn append(&mut self, new: NewMessage) -> Result<AppendOutcome, redb::Error> {
+        let Some(mut chat) = self.chat(&new.chat)?.filter(|c| c.has_member(&new.sender)) else {
+            return Ok(AppendOutcome::NotMember);
+        };
+        if let Some(cmid) = &new.client_msg_id {
+            let seq = self.client_ids.get((new.chat.as_str(), new.sender.as_str(), cmid.as_str()))?;
+            if let Some(seq) = seq.map(|s| s.value()) {
+                return Ok(AppendOutcome::Duplicate(self.message(&new.chat, seq)?));
+            }
+        }
+        chat.last_seq += 1;
+        // Keep createdAt non-decreasing along seq even if the requests' clocks interleave.
+        chat.last_message_ms = chat.last_message_ms.max(new.now_ms);
+        let message = MessageRecord {
+            id: new.id,
+            chat: new.chat,
+            seq: chat.last_seq,
+            sender: new.sender,
+            text: new.text,
+            client_msg_id: new.client_msg_id,
+            created_ms: chat.last_message_ms,
+        };
+        self.messages.insert((message.chat.as_str(), message.seq), encode(&message).as_slice())?;
+        if let Some(cmid) = &message.client_msg_id {
+            self.client_ids.insert((message.chat.as_str(), message.sender.as_str(), cmid.as_str()), message.seq)?;
+        }
+        self.chats.insert(chat.id.as_str(), encode(&chat).as_slice())?;
+        Ok(AppendOutcome::Appended(message))
+    }
+}
+
+fn corrupted(error: super::StoreError) -> redb::Error {
+    redb::Error::Corrupted(error.to_string())
+}
