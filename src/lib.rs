@@ -8,3 +8,8 @@
 pub mod domain;
 pub mod limits;
 pub mod storage;
+pub mod clock;
+pub mod config;
+pub mod service;
+pub mod server;
+pub mod transport;

@@ -12,30 +12,37 @@ pub struct Presence {
     /// Live connections per user id. A user with no connections has no entry, so the map's size
     /// is bounded by the number of connected users.
     connections: HashMap<String, u32>,
+    /// The user of each counted connection. Keyed by connection so that counting is idempotent:
+    /// a connection counted twice, or retired twice (the transport can report a close both from
+    /// its disconnect handler and from a connect handler that found the socket already gone),
+    /// moves the count once.
+    users_by_connection: HashMap<String, String>,
 }
 
 impl Presence {
-    /// Counts a new connection; true when it is the user's first (the user came online).
-    pub fn connect(&mut self, user: &str) -> bool {
+    /// Counts connection `conn` of `user`; true when it is the user's first (the user came
+    /// online). Counting a connection already counted changes nothing and returns false.
+    pub fn connect(&mut self, conn: &str, user: &str) -> bool {
+        if self.users_by_connection.contains_key(conn) {
+            return false;
+        }
+        self.users_by_connection.insert(conn.to_owned(), user.to_owned());
         let count = self.connections.entry(user.to_owned()).or_insert(0);
         *count += 1;
         *count == 1
     }
 
-    /// Counts a closed connection; true when it was the user's last (the user went offline).
-    /// A disconnect without a matching connect is ignored rather than driving the count negative.
-    pub fn disconnect(&mut self, user: &str) -> bool {
-        match self.connections.get_mut(user) {
-            Some(count) if *count > 1 => {
-                *count -= 1;
-                false
-            }
-            Some(_) => {
-                self.connections.remove(user);
-                true
-            }
-            None => false,
+    /// Retires connection `conn`. Returns its user and whether it was the user's last
+    /// connection (the user went offline); `None` if the connection was not counted.
+    pub fn disconnect(&mut self, conn: &str) -> Option<(String, bool)> {
+        let user = self.users_by_connection.remove(conn)?;
+        let count = self.connections.get_mut(&user).expect("a counted connection has a user entry");
+        *count -= 1;
+        let went_offline = *count == 0;
+        if went_offline {
+            self.connections.remove(&user);
         }
+        Some((user, went_offline))
     }
 
     pub fn is_online(&self, user: &str) -> bool {
@@ -57,6 +64,10 @@ impl Presence {
     pub fn online_count(&self) -> usize {
         self.connections.len()
     }
+
+    pub fn connection_count(&self) -> usize {
+        self.users_by_connection.len()
+    }
 }
 
 #[cfg(test)]
@@ -67,53 +78,62 @@ mod tests {
     #[test]
     fn second_tab_does_not_announce_and_first_close_does_not_retire() {
         let mut presence = Presence::default();
-        assert!(presence.connect("ada"));
-        assert!(!presence.connect("ada"));
-        assert!(!presence.disconnect("ada"));
+        assert!(presence.connect("tab1", "ada"));
+        assert!(!presence.connect("tab2", "ada"));
+        assert_eq!(presence.disconnect("tab1"), Some(("ada".into(), false)));
         assert!(presence.is_online("ada"));
-        assert!(presence.disconnect("ada"));
+        assert_eq!(presence.disconnect("tab2"), Some(("ada".into(), true)));
         assert!(!presence.is_online("ada"));
     }
 
     #[test]
-    fn unmatched_disconnect_is_ignored() {
+    fn counting_is_idempotent_per_connection() {
         let mut presence = Presence::default();
-        assert!(!presence.disconnect("ghost"));
-        assert!(presence.connect("ghost"));
+        assert!(presence.connect("tab1", "ada"));
+        assert!(!presence.connect("tab1", "ada"));
+        assert_eq!(presence.connections_of("ada"), 1);
+        assert_eq!(presence.disconnect("tab1"), Some(("ada".into(), true)));
+        assert_eq!(presence.disconnect("tab1"), None);
+        assert_eq!(presence.disconnect("never"), None);
+        assert_eq!(presence.connection_count(), 0);
     }
 
     #[test]
     fn online_except_excludes_caller_and_is_sorted() {
         let mut presence = Presence::default();
         for user in ["c", "a", "b"] {
-            presence.connect(user);
+            presence.connect(user, user);
         }
         assert_eq!(presence.online_except("b"), vec!["a", "c"]);
     }
 
     proptest! {
-        /// Against a model: the count equals connects minus disconnects (never below zero), and a
-        /// transition is reported exactly when the count crosses between zero and one.
+        /// Against a model (a set of live connections per user): counts agree, and a transition
+        /// is reported exactly when a user's count crosses between zero and one.
         #[test]
-        fn counts_match_model(ops in prop::collection::vec((0u8..4, any::<bool>()), 0..200)) {
+        fn counts_match_model(ops in prop::collection::vec((0u8..12, any::<bool>()), 0..300)) {
             let mut presence = Presence::default();
-            let mut model = [0u32; 4];
-            for (user, is_connect) in ops {
-                let id = user.to_string();
-                let i = usize::from(user);
+            let mut live: std::collections::BTreeMap<u8, u8> = Default::default(); // conn -> user
+            let user_of = |conn: u8| (conn % 3).to_string();
+            for (conn, is_connect) in ops {
+                let user = user_of(conn);
+                let before = live.values().filter(|&&u| u.to_string() == user).count();
                 if is_connect {
-                    let came_online = presence.connect(&id);
-                    prop_assert_eq!(came_online, model[i] == 0);
-                    model[i] += 1;
+                    let came_online = presence.connect(&conn.to_string(), &user);
+                    let fresh = live.insert(conn, conn % 3).is_none();
+                    prop_assert_eq!(came_online, fresh && before == 0);
                 } else {
-                    let went_offline = presence.disconnect(&id);
-                    prop_assert_eq!(went_offline, model[i] == 1);
-                    model[i] = model[i].saturating_sub(1);
+                    let retired = presence.disconnect(&conn.to_string());
+                    match live.remove(&conn) {
+                        Some(_) => prop_assert_eq!(retired, Some((user.clone(), before == 1))),
+                        None => prop_assert_eq!(retired, None),
+                    }
                 }
-                prop_assert_eq!(presence.connections_of(&id), model[i]);
-                prop_assert_eq!(presence.is_online(&id), model[i] > 0);
+                let after = live.values().filter(|&&u| u.to_string() == user).count();
+                prop_assert_eq!(presence.connections_of(&user) as usize, after);
+                prop_assert_eq!(presence.is_online(&user), after > 0);
             }
-            prop_assert_eq!(presence.online_count(), model.iter().filter(|&&c| c > 0).count());
+            prop_assert_eq!(presence.connection_count(), live.len());
         }
     }
 }

@@ -156,10 +156,28 @@ impl StoreWriter {
 }
 
 impl WriterTask {
-    pub async fn run(mut self) {
+    /// Commits batches until every [`StoreWriter`] is gone or `stop` completes. On `stop`, the
+    /// queue is closed to new requests, and the ones already queued are committed and answered
+    /// before returning: a clean shutdown loses nothing that was handed to the writer.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
         let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
-        while self.requests.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
-            self.commit_batch(std::mem::take(&mut batch));
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                received = self.requests.recv_many(&mut batch, WRITE_BATCH_MAX) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.commit_batch(std::mem::take(&mut batch));
+                }
+                () = &mut stop => {
+                    self.requests.close();
+                    while self.requests.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
+                        self.commit_batch(std::mem::take(&mut batch));
+                    }
+                    break;
+                }
+            }
         }
         tracing::debug!("storage writer stopped");
     }

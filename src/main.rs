@@ -1,0 +1,80 @@
+//! The `palaver` binary: parses the command line, opens the data directory, serves until
+//! SIGINT or SIGTERM, then closes the database cleanly.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use palaver::clock::SystemClock;
+use palaver::config::{Cli, Command, Config};
+use palaver::server;
+use palaver::storage::{self, Durability};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let Cli { command: Command::Serve(args) } = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("palaver: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("palaver: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    // reqwest (JWKS over HTTPS) needs a process-wide TLS provider; ring is the one we build.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = storage::open_dir(&config.data_dir)?;
+    let (store, writer, writer_task) = storage::start(db, Durability::Immediate)?;
+
+    // The writer does blocking fsyncs: it gets a thread of its own, so they never stall the
+    // async workers that serve sockets.
+    let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer_thread = std::thread::Builder::new().name("palaver-writer".into()).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
+        runtime.block_on(writer_task.run(async {
+            let _ = writer_stopped.await;
+        }));
+    })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let served = runtime.block_on(async {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("no OS randomness: {e}"))?;
+        let app = server::build_app(config, store, writer, Arc::new(SystemClock), seed).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (PALAVER_LISTEN): {e}", config.listen))?;
+        tracing::info!(address = %listener.local_addr()?, data_dir = %config.data_dir.display(), "palaver listening");
+        server::run(listener, app, config, shutdown_signal()).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    // Dropping the runtime drops every task still holding the service; then the writer commits
+    // what is queued and exits, and the last handle to the database closes it cleanly.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    let _ = stop_writer.send(());
+    writer_thread.join().map_err(|_| "the storage writer panicked")?;
+    tracing::info!("database closed; bye");
+    served
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

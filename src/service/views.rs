@@ -1,0 +1,119 @@
+//! The JSON shapes of the contract, built from stored records.
+//!
+//! Field names follow the seed application (`_id`, `createdAt`, …) so its clients work
+//! unchanged. These are plain serde structs; only the transport turns them into JSON.
+
+use serde::Serialize;
+
+use crate::domain::time::rfc3339_ms;
+use crate::storage::{ChatRecord, MessageRecord, UserRecord};
+
+/// A user as they see themselves (`/api/auth/me`, register, login).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UserView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub avatar: String,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+}
+
+/// A user as embedded in other objects.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PublicUser {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub avatar: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MessageView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub chat: String,
+    pub sender: PublicUser,
+    pub text: String,
+    pub seq: u64,
+    #[serde(rename = "clientMsgId")]
+    pub client_msg_id: Option<String>,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "updatedAt")]
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChatView {
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// The other member, as seen by the requesting user.
+    pub participant: Option<PublicUser>,
+    pub participants: Vec<PublicUser>,
+    #[serde(rename = "lastMessage")]
+    pub last_message: Option<MessageView>,
+    #[serde(rename = "lastMessageAt")]
+    pub last_message_at: String,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+}
+
+impl From<&UserRecord> for UserView {
+    fn from(user: &UserRecord) -> Self {
+        Self {
+            id: user.id.clone(),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            avatar: user.avatar.clone(),
+            created_at: rfc3339_ms(user.created_ms),
+            updated_at: rfc3339_ms(user.updated_ms),
+        }
+    }
+}
+
+impl From<&UserRecord> for PublicUser {
+    fn from(user: &UserRecord) -> Self {
+        Self { id: user.id.clone(), name: user.name.clone(), email: user.email.clone(), avatar: user.avatar.clone() }
+    }
+}
+
+impl PublicUser {
+    /// Stands in for a user record that cannot be found (never expected: users are not deleted).
+    pub fn unknown(id: &str) -> Self {
+        Self { id: id.to_owned(), name: String::new(), email: String::new(), avatar: String::new() }
+    }
+}
+
+impl MessageView {
+    pub fn new(message: MessageRecord, sender: PublicUser) -> Self {
+        let at = rfc3339_ms(message.created_ms);
+        Self {
+            id: message.id,
+            chat: message.chat,
+            sender,
+            text: message.text,
+            seq: message.seq,
+            client_msg_id: message.client_msg_id,
+            created_at: at.clone(),
+            updated_at: at,
+        }
+    }
+}
+
+impl ChatView {
+    pub fn new(chat: &ChatRecord, viewer: &str, members: Vec<PublicUser>, last_message: Option<MessageView>) -> Self {
+        Self {
+            id: chat.id.clone(),
+            participant: members.iter().find(|m| m.id != viewer).cloned(),
+            participants: members,
+            last_message,
+            last_message_at: rfc3339_ms(chat.last_message_ms),
+            created_at: rfc3339_ms(chat.created_ms),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Transport: the only code that knows HTTP, Socket.IO and JSON.
+//!
+//! `rest` maps the contract's routes onto service calls, `socket` its events, `payload` decodes
+//! client events into typed commands (shared with the fuzz targets), and `fan_out` delivers new
+//! messages, which both a REST POST and a socket `send-message` produce.
+
+pub mod payload;
+pub mod rest;
+pub mod socket;
+
+use std::sync::Arc;
+
+use socketioxide::SocketIo;
+
+use crate::service::{App, Sent};
+
+/// What every handler needs: the service and the Socket.IO handle (to fan out from REST too).
+#[derive(Clone)]
+pub struct Shared {
+    pub app: Arc<App>,
+    pub io: SocketIo,
+}
+
+/// The room of every socket of one user.
+pub fn user_room(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+/// The room of the sockets that joined one chat.
+pub fn chat_room(chat_id: &str) -> String {
+    format!("chat:{chat_id}")
+}
+
+/// Every authenticated socket, for presence broadcasts.
+pub const PRESENCE_ROOM: &str = "presence";
+
+/// Delivers a newly committed message once to every socket of every member and every socket in
+/// the chat's room: one emit to the union of the rooms, which socketioxide deduplicates per
+/// socket. A socket whose outgoing buffer is full misses the event; its client sees the gap in
+/// `seq` and recovers it with `sync`.
+pub async fn fan_out(io: &SocketIo, sent: &Sent) {
+    let mut rooms = Vec::with_capacity(sent.members.len() + 1);
+    rooms.push(chat_room(&sent.message.chat));
+    rooms.extend(sent.members.iter().map(|m| user_room(m)));
+    if let Err(error) = io.to(rooms).emit("new-message", &sent.message).await {
+        tracing::debug!(%error, chat = %sent.message.chat, "new-message not delivered to every socket");
+    }
+}

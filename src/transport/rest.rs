@@ -1,0 +1,212 @@
+//! The REST routes of the contract on axum.
+//!
+//! Every non-2xx answer is JSON `{ "message": … }`, including the ones axum would produce on its
+//! own (bad JSON, oversized bodies, unknown routes), so clients have one error shape to handle.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{Shared, fan_out};
+use crate::domain::page::Anchor;
+use crate::domain::validate::Refusal;
+use crate::service::ApiError;
+use crate::storage::UserRecord;
+
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/auth/register", post(register))
+        .route("/api/auth/login", post(login))
+        .route("/api/auth/callback", post(external_callback))
+        .route("/api/auth/me", get(me))
+        .route("/api/users", get(users))
+        .route("/api/chats", get(chats))
+        .route("/api/chats/with/{participant_id}", post(open_chat))
+        .route("/api/messages/chat/{chat_id}", get(history).post(post_message))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found") })
+        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed") })
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "message": message }))).into_response()
+}
+
+/// The error of a REST call, with its status.
+pub struct RestError(StatusCode, String);
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+impl From<ApiError> for RestError {
+    fn from(e: ApiError) -> Self {
+        let status = match &e {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Refused(refusal) => refusal_status(*refusal),
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        RestError(status, e.to_string())
+    }
+}
+
+impl From<Refusal> for RestError {
+    fn from(r: Refusal) -> Self {
+        ApiError::Refused(r).into()
+    }
+}
+
+fn refusal_status(refusal: Refusal) -> StatusCode {
+    match refusal {
+        Refusal::ChatNotFound => StatusCode::NOT_FOUND,
+        Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::SendFailed => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::InvalidPayload | Refusal::MessageEmpty | Refusal::MessageTooLong => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A JSON body: any content type, at most the body limit (413 beyond), a clear 400 otherwise.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = RestError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE { "Payload too large" } else { "Invalid request body" };
+            RestError(status, message.into())
+        })?;
+        let bytes = if bytes.is_empty() { axum::body::Bytes::from_static(b"{}") } else { bytes };
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| RestError(StatusCode::BAD_REQUEST, format!("Invalid request body: {e}")))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// The authenticated caller; 401 `Unauthorized` otherwise.
+pub struct Caller(pub UserRecord);
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = RestError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Shared) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| RestError::from(ApiError::Unauthorized))?;
+        shared.app.authenticate(token).await.map(Caller).map_err(|_| ApiError::Unauthorized.into())
+    }
+}
+
+/// Query strings as plain strings, parsed by hand so a bad number is a clear 400.
+type RawQuery = Query<HashMap<String, String>>;
+
+fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, RestError> {
+    match query.get(key).map(|v| v.trim()) {
+        None | Some("") => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| RestError(StatusCode::BAD_REQUEST, format!("{key} must be a non-negative whole number"))),
+    }
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+#[derive(Deserialize)]
+struct RegisterBody {
+    name: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+async fn register(State(shared): State<Shared>, Body(body): Body<RegisterBody>) -> Result<Response, RestError> {
+    let (name, email, password) = (body.name.unwrap_or_default(), body.email.unwrap_or_default(), body.password.unwrap_or_default());
+    let (token, user) = shared.app.register(&name, &email, &password).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct LoginBody {
+    email: Option<String>,
+    password: Option<String>,
+}
+
+async fn login(State(shared): State<Shared>, Body(body): Body<LoginBody>) -> Result<Response, RestError> {
+    let (token, user) = shared.app.login(&body.email.unwrap_or_default(), &body.password.unwrap_or_default()).await?;
+    Ok(Json(json!({ "token": token, "user": user })).into_response())
+}
+
+async fn external_callback(State(shared): State<Shared>, parts: Parts) -> Result<Response, RestError> {
+    let token = bearer(&parts).ok_or_else(|| RestError::from(ApiError::Unauthorized))?;
+    Ok(Json(shared.app.external_callback(token).await?).into_response())
+}
+
+async fn me(Caller(user): Caller) -> Response {
+    Json(crate::service::views::UserView::from(&user)).into_response()
+}
+
+async fn users(State(shared): State<Shared>, Caller(user): Caller, Query(query): RawQuery) -> Result<Response, RestError> {
+    let limit = number(&query, "limit")?;
+    Ok(Json(shared.app.search_users(&user.id, query.get("q").map(String::as_str), limit)?).into_response())
+}
+
+async fn chats(State(shared): State<Shared>, Caller(user): Caller) -> Result<Response, RestError> {
+    Ok(Json(shared.app.chats_of(&user.id)?).into_response())
+}
+
+async fn open_chat(State(shared): State<Shared>, Caller(user): Caller, Path(participant_id): Path<String>) -> Result<Response, RestError> {
+    Ok(Json(shared.app.open_chat_with(&user.id, &participant_id).await?).into_response())
+}
+
+async fn history(State(shared): State<Shared>, Caller(user): Caller, Path(chat_id): Path<String>, Query(query): RawQuery) -> Result<Response, RestError> {
+    let anchor = match (number(&query, "before")?, number(&query, "after")?) {
+        (Some(before), _) => Anchor::Before(before),
+        (None, Some(after)) => Anchor::After(after),
+        (None, None) => Anchor::Newest,
+    };
+    let limit = number(&query, "limit")?;
+    Ok(Json(shared.app.history(&user.id, &chat_id, anchor, limit)?).into_response())
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    text: Option<serde_json::Value>,
+    #[serde(rename = "clientMsgId")]
+    client_msg_id: Option<serde_json::Value>,
+}
+
+async fn post_message(State(shared): State<Shared>, Caller(user): Caller, Path(chat_id): Path<String>, Body(body): Body<MessageBody>) -> Result<Response, RestError> {
+    let mut payload = serde_json::Map::new();
+    payload.insert("chatId".into(), chat_id.into());
+    if let Some(text) = body.text {
+        payload.insert("text".into(), text);
+    }
+    if let Some(id) = body.client_msg_id {
+        payload.insert("clientMsgId".into(), id);
+    }
+    let payload = serde_json::Value::Object(payload);
+    let command = super::payload::send(&payload)?;
+    let sent = shared.app.send(&user, command.chat_id, command.text, command.client_msg_id).await?;
+    if sent.created {
+        fan_out(&shared.io, &sent).await;
+    }
+    Ok((StatusCode::CREATED, Json(sent.message)).into_response())
+}

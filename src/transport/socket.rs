@@ -1,0 +1,188 @@
+//! Socket.IO: authentication on connect, presence, and the client events of the contract.
+//!
+//! socketioxide runs every handler on a task of its own, so nothing here may assume that two
+//! events of one socket are handled in order; the service and storage make each one safe alone.
+
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Extension, MaybeExtension, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+
+use super::{PRESENCE_ROOM, chat_room, fan_out, payload, user_room};
+use crate::domain::rate::SlidingWindow;
+use crate::domain::validate::Refusal;
+use crate::limits::TYPING_PER_SEC;
+use crate::service::{App, AuthFailure};
+use crate::storage::UserRecord;
+
+/// What a socket carries from its authenticated handshake.
+#[derive(Clone)]
+struct Session {
+    user: Arc<UserRecord>,
+    /// `typing` events of this socket in the last second.
+    typing: Arc<Mutex<SlidingWindow>>,
+}
+
+/// Registers the `/` namespace: authentication middleware, then the event handlers.
+pub fn register(io: &SocketIo) {
+    io.ns("/", on_connect.with(authenticate));
+}
+
+/// The handshake token: `auth: { token }` (the seed's way) or an `Authorization: Bearer` header.
+fn handshake_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
+    let from_auth = auth.and_then(|a| a.get("token")).and_then(Value::as_str).filter(|t| !t.is_empty());
+    let from_header = || {
+        let header = socket.req_parts().headers.get(axum::http::header::AUTHORIZATION)?;
+        let token = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+        (!token.is_empty()).then(|| token.to_owned())
+    };
+    from_auth.map(str::to_owned).or_else(from_header)
+}
+
+/// Refuses the connection (`connect_error` with `Unauthorized` or `User not found!`) unless the
+/// handshake carries a valid token of an existing user.
+async fn authenticate(socket: SocketRef, TryData(auth): TryData<Value>, State(app): State<Arc<App>>) -> Result<(), AuthFailure> {
+    let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
+    let user = app.authenticate(&token).await?;
+    let window = SlidingWindow::new(TYPING_PER_SEC, 1000);
+    socket.extensions.insert(Session { user: Arc::new(user), typing: Arc::new(Mutex::new(window)) });
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+    // Handlers first, before any await: events the client sends right after its CONNECT ack
+    // would otherwise find no handler and be dropped.
+    socket.on("join-chat", join_chat);
+    socket.on("leave-chat", leave_chat);
+    socket.on("send-message", send_message);
+    socket.on("typing", typing);
+    socket.on("sync", sync);
+    socket.on_disconnect(on_disconnect);
+
+    let user_id = session.user.id.clone();
+    socket.join(user_room(&user_id));
+    {
+        // Under the presence lock, so that this socket's snapshot (`online-users`) and the
+        // transitions broadcast to it afterwards come in the order they happened.
+        let mut presence = app.presence.lock().await;
+        let _ = socket.emit("online-users", &json!({ "userIds": presence.online_except(&user_id) }));
+        socket.join(PRESENCE_ROOM);
+        if presence.connect(&socket.id.to_string(), &user_id) {
+            let _ = socket.to(PRESENCE_ROOM).emit("user-online", &json!({ "userId": user_id })).await;
+        }
+    }
+    // The socket may have closed before its disconnect handler was registered above; then no
+    // handler will run for it, and the connection just counted must be retired here.
+    if !socket.connected() {
+        retire(&socket, &app).await;
+    }
+}
+
+async fn on_disconnect(socket: SocketRef, MaybeExtension(_session): MaybeExtension<Session>, State(app): State<Arc<App>>) {
+    retire(&socket, &app).await;
+}
+
+/// Uncounts a closed socket; broadcasts `user-offline` when it was its user's last.
+async fn retire(socket: &SocketRef, app: &App) {
+    let mut presence = app.presence.lock().await;
+    if let Some((user_id, true)) = presence.disconnect(&socket.id.to_string()) {
+        let _ = socket.to(PRESENCE_ROOM).emit("user-offline", &json!({ "userId": user_id })).await;
+    }
+}
+
+/// Answers an event: `{ ok: true, ...body }`, or `{ ok: false, error }` plus a `socket-error`.
+fn answer(socket: &SocketRef, ack: AckSender, result: Result<Value, Refusal>) {
+    let reply = match result {
+        Ok(mut body) => {
+            if let Value::Object(fields) = &mut body {
+                fields.insert("ok".into(), Value::Bool(true));
+            }
+            body
+        }
+        Err(refusal) => {
+            let message = refusal.to_string();
+            let _ = socket.emit("socket-error", &json!({ "message": message }));
+            json!({ "ok": false, "error": message })
+        }
+    };
+    // A client that asked for no ack gets none; one that went away cannot be answered.
+    let _ = ack.send(&reply);
+}
+
+fn decoded<T>(data: Result<Value, impl std::fmt::Display>, decode: impl FnOnce(&Value) -> Result<T, Refusal>) -> Result<T, Refusal> {
+    data.map_err(|_| Refusal::InvalidPayload).and_then(|value| decode(&value))
+}
+
+fn to_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("views serialise to JSON")
+}
+
+async fn join_chat(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+    let result = data.map_err(|_| Refusal::InvalidPayload).and_then(|value| {
+        let chat_id = payload::chat_id(&value).map_err(|_| Refusal::ChatNotFound)?;
+        let chat = app.member_chat(&session.user.id, chat_id)?;
+        socket.join(chat_room(&chat.id));
+        Ok(json!({ "chatId": chat.id }))
+    });
+    answer(&socket, ack, result);
+}
+
+async fn leave_chat(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
+    let result = decoded(data, |value| {
+        let chat_id = payload::chat_id(value)?;
+        socket.leave(chat_room(chat_id));
+        Ok(json!({ "chatId": chat_id }))
+    });
+    answer(&socket, ack, result);
+}
+
+async fn send_message(socket: SocketRef, io: SocketIo, TryData(data): TryData<Value>, ack: AckSender, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+    let value = match data {
+        Ok(value) => value,
+        Err(_) => return answer(&socket, ack, Err(Refusal::InvalidPayload)),
+    };
+    let command = match payload::send(&value) {
+        Ok(command) => command,
+        Err(refusal) => return answer(&socket, ack, Err(refusal)),
+    };
+    let result = app.send(&session.user, command.chat_id, command.text, command.client_msg_id).await;
+    let result = match result {
+        Ok(sent) => {
+            if sent.created {
+                fan_out(&io, &sent).await;
+            }
+            Ok(json!({ "message": to_json(&sent.message) }))
+        }
+        Err(refusal) => Err(refusal),
+    };
+    answer(&socket, ack, result);
+}
+
+/// Typing indicators: members only, at most `TYPING_PER_SEC` per socket, never echoed to the
+/// sender's own sockets. Anything else is dropped silently, as the contract says.
+async fn typing(io: SocketIo, TryData(data): TryData<Value>, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+    let Ok(value) = data else { return };
+    let Ok((chat_id, is_typing)) = payload::typing(&value) else { return };
+    let Ok(chat) = app.member_chat(&session.user.id, chat_id) else { return };
+    let allowed = session.typing.lock().expect("never poisoned").try_record(app.now_ms());
+    if !allowed {
+        return;
+    }
+    let user_id = &session.user.id;
+    let mut rooms = vec![chat_room(&chat.id)];
+    rooms.extend(chat.members.iter().filter(|m| *m != user_id).map(|m| user_room(m)));
+    let event = json!({ "userId": user_id, "chatId": chat.id, "isTyping": is_typing });
+    let _ = io.to(rooms).except(user_room(user_id)).emit("typing", &event).await;
+}
+
+async fn sync(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+    let result = decoded(data, |value| {
+        let command = payload::sync(value)?;
+        let (messages, has_more) = app.sync(&session.user.id, command.chat_id, command.after_seq, command.limit)?;
+        Ok(json!({ "messages": to_json(&messages), "hasMore": has_more }))
+    });
+    answer(&socket, ack, result);
+}
