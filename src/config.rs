@@ -12,7 +12,11 @@ use serde::Deserialize;
 use crate::limits::{TEXT_CHARS_CEILING, TEXT_CHARS_DEFAULT};
 
 #[derive(Debug, Parser)]
-#[command(name = "palaver", version, about = "A self-hosted real-time chat server")]
+#[command(
+    name = "palaver",
+    version,
+    about = "A self-hosted real-time chat server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -142,7 +146,10 @@ pub struct ConfigError {
 }
 
 fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { setting, reason: reason.into() }
+    ConfigError {
+        setting,
+        reason: reason.into(),
+    }
 }
 
 impl Default for Config {
@@ -152,7 +159,10 @@ impl Default for Config {
             data_dir: PathBuf::from("./palaver-data"),
             jwt_secret: None,
             token_ttl: Duration::from_secs(7 * 24 * 3600),
-            cors_origins: vec!["http://localhost:8081".into(), "http://localhost:5173".into()],
+            cors_origins: vec![
+                "http://localhost:8081".into(),
+                "http://localhost:5173".into(),
+            ],
             external_auth: None,
             send_rate_per_sec: 10,
             send_burst: 30,
@@ -165,9 +175,11 @@ impl Default for Config {
 fn file_value_as_flag(value: toml::Value) -> String {
     match value {
         toml::Value::String(s) => s,
-        toml::Value::Array(items) => {
-            items.into_iter().map(file_value_as_flag).collect::<Vec<_>>().join(",")
-        }
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(file_value_as_flag)
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     }
 }
@@ -198,7 +210,10 @@ impl Config {
             }
             config.data_dir = dir;
         }
-        config.jwt_secret = args.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty());
+        config.jwt_secret = args
+            .jwt_secret
+            .or(file.jwt_secret)
+            .filter(|s| !s.is_empty());
         if let Some(ttl) = text(args.token_ttl, file.token_ttl) {
             config.token_ttl = parse_duration(&ttl).map_err(|r| bad("PALAVER_TOKEN_TTL", r))?;
         }
@@ -206,7 +221,8 @@ impl Config {
             config.cors_origins = parse_origins(&origins)?;
         }
         if let Some(rate) = text(args.send_rate_per_sec, file.send_rate_per_sec) {
-            config.send_rate_per_sec = parse_positive(&rate, "PALAVER_SEND_RATE_PER_SEC", 1_000_000)?;
+            config.send_rate_per_sec =
+                parse_positive(&rate, "PALAVER_SEND_RATE_PER_SEC", 1_000_000)?;
         }
         if let Some(burst) = text(args.send_burst, file.send_burst) {
             config.send_burst = parse_positive(&burst, "PALAVER_SEND_BURST", 1_000_000)?;
@@ -228,7 +244,10 @@ impl Config {
 
 fn parse_listen(value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
-        bad("PALAVER_LISTEN", format!("{value:?} is not an address like 127.0.0.1:3000"))
+        bad(
+            "PALAVER_LISTEN",
+            format!("{value:?} is not an address like 127.0.0.1:3000"),
+        )
     })
 }
 
@@ -239,7 +258,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         Some(at) => value.split_at(at),
         None => (value, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("{value:?} is not a duration like 7d"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration like 7d"))?;
     let seconds = match unit {
         "s" => n,
         "m" => n.saturating_mul(60),
@@ -254,8 +275,12 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 }
 
 fn parse_origins(value: &str) -> Result<Vec<String>, ConfigError> {
-    let origins: Vec<String> =
-        value.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect();
+    let origins: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
     for origin in &origins {
         let well_formed = (origin.starts_with("http://") || origin.starts_with("https://"))
             && !origin.ends_with('/')
@@ -273,8 +298,29 @@ fn parse_origins(value: &str) -> Result<Vec<String>, ConfigError> {
 fn parse_positive(value: &str, setting: &'static str, max: u32) -> Result<u32, ConfigError> {
     match value.trim().parse::<u32>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(bad(setting, format!("{value:?} must be a whole number from 1 to {max}"))),
+        _ => Err(bad(
+            setting,
+            format!("{value:?} must be a whole number from 1 to {max}"),
+        )),
     }
+}
+
+/// `http://127.0.0.1…`, `http://[::1]…` or `http://localhost…`: a provider on this machine (a
+/// sidecar or a test), where TLS protects nothing.
+pub fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn external_auth(
@@ -288,10 +334,13 @@ fn external_auth(
         keys.push(KeySource::PemFile(PathBuf::from(path)));
     }
     if let Some(jwks) = jwks.filter(|s| !s.is_empty()) {
-        if jwks.starts_with("https://") {
+        if jwks.starts_with("https://") || is_loopback_http(&jwks) {
             keys.push(KeySource::JwksUrl(jwks));
         } else if jwks.starts_with("http://") {
-            return Err(bad("PALAVER_AUTH_JWKS", "a JWKS URL must use https://"));
+            return Err(bad(
+                "PALAVER_AUTH_JWKS",
+                "a JWKS URL must use https:// (plain http only on loopback)",
+            ));
         } else {
             keys.push(KeySource::JwksFile(PathBuf::from(jwks)));
         }
@@ -307,7 +356,11 @@ fn external_auth(
         }
         return Ok(None);
     }
-    Ok(Some(ExternalAuth { keys, issuer, audience }))
+    Ok(Some(ExternalAuth {
+        keys,
+        issuer,
+        audience,
+    }))
 }
 
 #[cfg(test)]
@@ -324,20 +377,76 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(config.data_dir, PathBuf::from("./palaver-data"));
         assert_eq!(config.token_ttl, Duration::from_secs(604_800));
-        assert_eq!((config.send_rate_per_sec, config.send_burst, config.max_text_chars), (10, 30, 4000));
+        assert_eq!(
+            (
+                config.send_rate_per_sec,
+                config.send_burst,
+                config.max_text_chars
+            ),
+            (10, 30, 4000)
+        );
         assert!(config.external_auth.is_none());
     }
 
     #[test]
     fn bad_values_name_their_setting() {
         let cases: Vec<(ServeArgs, &str)> = vec![
-            (ServeArgs { listen: Some("nowhere".into()), ..Default::default() }, "PALAVER_LISTEN"),
-            (ServeArgs { token_ttl: Some("7w".into()), ..Default::default() }, "PALAVER_TOKEN_TTL"),
-            (ServeArgs { send_burst: Some("0".into()), ..Default::default() }, "PALAVER_SEND_BURST"),
-            (ServeArgs { send_rate_per_sec: Some("ten".into()), ..Default::default() }, "PALAVER_SEND_RATE_PER_SEC"),
-            (ServeArgs { max_text_chars: Some("99999".into()), ..Default::default() }, "PALAVER_MAX_TEXT_CHARS"),
-            (ServeArgs { cors_origins: Some("localhost:3000".into()), ..Default::default() }, "PALAVER_CORS_ORIGINS"),
-            (ServeArgs { auth_jwks: Some("http://x/jwks".into()), ..Default::default() }, "PALAVER_AUTH_JWKS"),
+            (
+                ServeArgs {
+                    listen: Some("nowhere".into()),
+                    ..Default::default()
+                },
+                "PALAVER_LISTEN",
+            ),
+            (
+                ServeArgs {
+                    token_ttl: Some("7w".into()),
+                    ..Default::default()
+                },
+                "PALAVER_TOKEN_TTL",
+            ),
+            (
+                ServeArgs {
+                    send_burst: Some("0".into()),
+                    ..Default::default()
+                },
+                "PALAVER_SEND_BURST",
+            ),
+            (
+                ServeArgs {
+                    send_rate_per_sec: Some("ten".into()),
+                    ..Default::default()
+                },
+                "PALAVER_SEND_RATE_PER_SEC",
+            ),
+            (
+                ServeArgs {
+                    max_text_chars: Some("99999".into()),
+                    ..Default::default()
+                },
+                "PALAVER_MAX_TEXT_CHARS",
+            ),
+            (
+                ServeArgs {
+                    cors_origins: Some("localhost:3000".into()),
+                    ..Default::default()
+                },
+                "PALAVER_CORS_ORIGINS",
+            ),
+            (
+                ServeArgs {
+                    auth_jwks: Some("http://x/jwks".into()),
+                    ..Default::default()
+                },
+                "PALAVER_AUTH_JWKS",
+            ),
+            (
+                ServeArgs {
+                    auth_jwks: Some("http://127.0.0.1.evil.io/jwks".into()),
+                    ..Default::default()
+                },
+                "PALAVER_AUTH_JWKS",
+            ),
         ];
         for (args, setting) in cases {
             let error = resolve(args).unwrap_err();
@@ -350,12 +459,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("palaver.toml");
         std::fs::write(&file, "listen = \"0.0.0.0:4000\"\nsend_burst = 50\ntoken_ttl = \"1h\"\ncors_origins = [\"https://a.example\", \"https://b.example\"]\n").unwrap();
-        let args = ServeArgs { config: Some(file), listen: Some("127.0.0.1:5000".into()), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:5000".into()),
+            ..Default::default()
+        };
         let config = resolve(args).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(config.send_burst, 50);
         assert_eq!(config.token_ttl, Duration::from_secs(3600));
-        assert_eq!(config.cors_origins, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(
+            config.cors_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
@@ -363,8 +479,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("palaver.toml");
         std::fs::write(&file, "lisen = \"0.0.0.0:4000\"\n").unwrap();
-        let error = resolve(ServeArgs { config: Some(file), ..Default::default() }).unwrap_err();
+        let error = resolve(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(error.setting, "--config");
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        assert!(is_loopback_http("http://127.0.0.1:8080/jwks.json"));
+        assert!(is_loopback_http("http://localhost/jwks"));
+        assert!(is_loopback_http("http://[::1]:9000/k"));
+        assert!(!is_loopback_http("http://example.com/jwks"));
+        assert!(!is_loopback_http("http://localhost.evil.io/jwks"));
+        assert!(!is_loopback_http("https://127.0.0.1/jwks"));
     }
 
     #[test]
@@ -379,7 +509,10 @@ mod tests {
 
     #[test]
     fn secrets_stay_out_of_debug_output() {
-        let config = Config { jwt_secret: Some("hunter2".into()), ..Config::default() };
+        let config = Config {
+            jwt_secret: Some("hunter2".into()),
+            ..Config::default()
+        };
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

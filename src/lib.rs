@@ -5,11 +5,12 @@
 //! rules), `storage` (redb, group commit), `service` (the use cases), `transport` (HTTP and
 //! Socket.IO), `server` (wiring, `run`), `config` (settings). See ARCHITECTURE.md.
 
-pub mod domain;
-pub mod limits;
-pub mod storage;
+pub mod client;
 pub mod clock;
 pub mod config;
-pub mod service;
+pub mod domain;
+pub mod limits;
 pub mod server;
+pub mod service;
+pub mod storage;
 pub mod transport;

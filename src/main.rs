@@ -12,9 +12,13 @@ use palaver::storage::{self, Durability};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let Cli { command: Command::Serve(args) } = Cli::parse();
+    let Cli {
+        command: Command::Serve(args),
+    } = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let config = match Config::resolve(args) {
         Ok(config) => config,
@@ -42,14 +46,21 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     // The writer does blocking fsyncs: it gets a thread of its own, so they never stall the
     // async workers that serve sockets.
     let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel::<()>();
-    let writer_thread = std::thread::Builder::new().name("palaver-writer".into()).spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("writer runtime");
-        runtime.block_on(writer_task.run(async {
-            let _ = writer_stopped.await;
-        }));
-    })?;
+    let writer_thread = std::thread::Builder::new()
+        .name("palaver-writer".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("writer runtime");
+            runtime.block_on(writer_task.run(async {
+                let _ = writer_stopped.await;
+            }));
+        })?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let served = runtime.block_on(async {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("no OS randomness: {e}"))?;
@@ -65,7 +76,9 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     // what is queued and exits, and the last handle to the database closes it cleanly.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     let _ = stop_writer.send(());
-    writer_thread.join().map_err(|_| "the storage writer panicked")?;
+    writer_thread
+        .join()
+        .map_err(|_| "the storage writer panicked")?;
     tracing::info!("database closed; bye");
     served
 }

@@ -36,17 +36,33 @@ pub enum StartError {
 
 /// Builds the service: resolves the token secret (configured, or generated once and kept in the
 /// database), loads the external provider's keys, and seeds the id generator.
-pub async fn build_app(config: &Config, store: Store, writer: StoreWriter, clock: Arc<dyn Clock>, seed: [u8; 32]) -> Result<Arc<App>, StartError> {
+pub async fn build_app(
+    config: &Config,
+    store: Store,
+    writer: StoreWriter,
+    clock: Arc<dyn Clock>,
+    seed: [u8; 32],
+) -> Result<Arc<App>, StartError> {
     let mut ids = IdMinter::from_seed(seed);
     let secret = match &config.jwt_secret {
         Some(secret) => secret.as_bytes().to_vec(),
-        None => writer.init_meta(JWT_SECRET_KEY, ids.bytes::<32>().to_vec()).await.map_err(StartError::Secret)?,
+        None => writer
+            .init_meta(JWT_SECRET_KEY, ids.bytes::<32>().to_vec())
+            .await
+            .map_err(StartError::Secret)?,
     };
     let tokens = Tokens::new(&secret, config.token_ttl, config.external_auth.as_ref())?;
     if let Err(error) = tokens.refresh_external_keys(clock.now_ms()).await {
         tracing::warn!(%error, "external provider keys not loaded yet; retrying when a token needs them");
     }
-    Ok(Arc::new(App::new(store, writer, clock, ids, tokens, Policy::from(config))))
+    Ok(Arc::new(App::new(
+        store,
+        writer,
+        clock,
+        ids,
+        tokens,
+        Policy::from(config),
+    )))
 }
 
 /// The whole HTTP surface: REST routes and Socket.IO, behind CORS and the body limit.
@@ -62,7 +78,10 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
         .ws_max_frame_size(BODY_BYTES_MAX)
         .with_state(Arc::clone(&app))
         .build_layer();
-    let shared = Shared { app, io: io.clone() };
+    let shared = Shared {
+        app,
+        io: io.clone(),
+    };
     socket::register(&io);
     let router = rest::routes()
         .with_state(shared)
@@ -83,7 +102,12 @@ fn cors(origins: &[String]) -> CorsLayer {
 
 /// Serves until `shutdown` completes, then disconnects every socket and waits for the open
 /// HTTP requests to finish.
-pub async fn run<L>(listener: L, app: Arc<App>, config: &Config, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()>
+pub async fn run<L>(
+    listener: L,
+    app: Arc<App>,
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
 where
     L: Listener,
     L::Addr: std::fmt::Debug,
@@ -94,5 +118,7 @@ where
         tracing::info!("shutting down: closing sockets");
         io.close().await;
     };
-    axum::serve(listener, router).with_graceful_shutdown(closing).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(closing)
+        .await
 }

@@ -14,7 +14,8 @@ use crate::limits::ID_CHARS_MAX;
 pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= ID_CHARS_MAX
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Mints ids and secrets from a seeded generator.
@@ -24,7 +25,9 @@ pub struct IdMinter {
 
 impl IdMinter {
     pub fn from_seed(seed: [u8; 32]) -> Self {
-        Self { rng: ChaCha20Rng::from_seed(seed) }
+        Self {
+            rng: ChaCha20Rng::from_seed(seed),
+        }
     }
 
     /// A new 24-hex-digit id; ids minted later in time sort after earlier ones.
@@ -67,7 +70,15 @@ mod tests {
 
     #[test]
     fn rejects_unsafe_ids() {
-        for bad in ["", "a/b", "a b", "é", "x".repeat(33).as_str(), "../x", "a?b"] {
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "é",
+            "x".repeat(33).as_str(),
+            "../x",
+            "a?b",
+        ] {
             assert!(!is_valid_id(bad), "{bad:?}");
         }
         assert!(is_valid_id(&"x".repeat(32)));

@@ -26,7 +26,8 @@ impl Presence {
         if self.users_by_connection.contains_key(conn) {
             return false;
         }
-        self.users_by_connection.insert(conn.to_owned(), user.to_owned());
+        self.users_by_connection
+            .insert(conn.to_owned(), user.to_owned());
         let count = self.connections.entry(user.to_owned()).or_insert(0);
         *count += 1;
         *count == 1
@@ -36,7 +37,10 @@ impl Presence {
     /// connection (the user went offline); `None` if the connection was not counted.
     pub fn disconnect(&mut self, conn: &str) -> Option<(String, bool)> {
         let user = self.users_by_connection.remove(conn)?;
-        let count = self.connections.get_mut(&user).expect("a counted connection has a user entry");
+        let count = self
+            .connections
+            .get_mut(&user)
+            .expect("a counted connection has a user entry");
         *count -= 1;
         let went_offline = *count == 0;
         if went_offline {
@@ -55,8 +59,12 @@ impl Presence {
 
     /// Every online user but `user`, sorted so the answer does not depend on hash order.
     pub fn online_except(&self, user: &str) -> Vec<String> {
-        let mut ids: Vec<String> =
-            self.connections.keys().filter(|id| id.as_str() != user).cloned().collect();
+        let mut ids: Vec<String> = self
+            .connections
+            .keys()
+            .filter(|id| id.as_str() != user)
+            .cloned()
+            .collect();
         ids.sort_unstable();
         ids
     }

@@ -28,14 +28,20 @@ impl BucketShape {
 
 impl TokenBucket {
     pub fn full(shape: BucketShape, now_ms: u64) -> Self {
-        Self { milli_tokens: shape.capacity(), updated_ms: now_ms }
+        Self {
+            milli_tokens: shape.capacity(),
+            updated_ms: now_ms,
+        }
     }
 
     fn refill(&mut self, shape: BucketShape, now_ms: u64) {
         // A clock that steps back (it should not) refills nothing rather than underflowing.
         let elapsed = now_ms.saturating_sub(self.updated_ms);
         let added = elapsed.saturating_mul(u64::from(shape.per_sec));
-        self.milli_tokens = self.milli_tokens.saturating_add(added).min(shape.capacity());
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(added)
+            .min(shape.capacity());
         self.updated_ms = self.updated_ms.max(now_ms);
     }
 
@@ -70,7 +76,11 @@ pub struct KeyedLimiter {
 
 impl KeyedLimiter {
     pub fn new(shape: BucketShape, max_keys: usize) -> Self {
-        Self { shape, buckets: HashMap::new(), max_keys }
+        Self {
+            shape,
+            buckets: HashMap::new(),
+            max_keys,
+        }
     }
 
     pub fn try_take(&mut self, key: &str, now_ms: u64) -> bool {
@@ -79,7 +89,8 @@ impl KeyedLimiter {
         }
         if self.buckets.len() >= self.max_keys {
             let shape = self.shape;
-            self.buckets.retain(|_, bucket| !bucket.is_full_at(shape, now_ms));
+            self.buckets
+                .retain(|_, bucket| !bucket.is_full_at(shape, now_ms));
             if self.buckets.len() >= self.max_keys {
                 return false;
             }
@@ -105,11 +116,19 @@ pub struct SlidingWindow {
 
 impl SlidingWindow {
     pub fn new(max_events: usize, window_ms: u64) -> Self {
-        Self { events: VecDeque::with_capacity(max_events), max_events, window_ms }
+        Self {
+            events: VecDeque::with_capacity(max_events),
+            max_events,
+            window_ms,
+        }
     }
 
     fn expire(&mut self, now_ms: u64) {
-        while self.events.front().is_some_and(|&t| now_ms.saturating_sub(t) >= self.window_ms) {
+        while self
+            .events
+            .front()
+            .is_some_and(|&t| now_ms.saturating_sub(t) >= self.window_ms)
+        {
             self.events.pop_front();
         }
     }
@@ -159,7 +178,12 @@ pub struct FailureThrottle {
 
 impl FailureThrottle {
     pub fn new(max_failures: usize, window_ms: u64, max_emails: usize) -> Self {
-        Self { windows: HashMap::new(), max_failures, window_ms, max_emails }
+        Self {
+            windows: HashMap::new(),
+            max_failures,
+            window_ms,
+            max_emails,
+        }
     }
 
     pub fn is_blocked(&mut self, key: &str, now_ms: u64) -> bool {
@@ -186,7 +210,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const SHAPE: BucketShape = BucketShape { per_sec: 10, burst: 30 };
+    const SHAPE: BucketShape = BucketShape {
+        per_sec: 10,
+        burst: 30,
+    };
 
     #[test]
     fn burst_then_steady_rate() {
@@ -201,11 +228,23 @@ mod tests {
 
     #[test]
     fn keyed_limiter_forgets_full_buckets_only() {
-        let mut limiter = KeyedLimiter::new(BucketShape { per_sec: 1, burst: 1 }, 2);
+        let mut limiter = KeyedLimiter::new(
+            BucketShape {
+                per_sec: 1,
+                burst: 1,
+            },
+            2,
+        );
         assert!(limiter.try_take("a", 0));
         assert!(limiter.try_take("b", 0));
-        assert!(!limiter.try_take("c", 0), "both buckets are draining: refuse, do not grow");
-        assert!(limiter.try_take("c", 1000), "a and b refilled and were forgotten");
+        assert!(
+            !limiter.try_take("c", 0),
+            "both buckets are draining: refuse, do not grow"
+        );
+        assert!(
+            limiter.try_take("c", 1000),
+            "a and b refilled and were forgotten"
+        );
         assert!(limiter.tracked_keys() <= 2);
     }
 

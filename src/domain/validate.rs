@@ -63,7 +63,11 @@ pub fn email(raw: &str) -> Result<String, FieldError> {
             }
             None => false,
         };
-    if well_formed { Ok(email) } else { Err(FieldError::Email) }
+    if well_formed {
+        Ok(email)
+    } else {
+        Err(FieldError::Email)
+    }
 }
 
 /// Passwords are taken as given (no trimming): 8–128 characters.
@@ -116,7 +120,9 @@ mod tests {
     #[test]
     fn emails_are_lowercased_and_checked() {
         assert_eq!(email(" Ada@Example.COM ").unwrap(), "ada@example.com");
-        for bad in ["", "ada", "ada@", "@x.io", "ada@x", "a b@x.io", "a@b@c.io", "a@x.", "a@.io"] {
+        for bad in [
+            "", "ada", "ada@", "@x.io", "ada@x", "a b@x.io", "a@b@c.io", "a@x.", "a@.io",
+        ] {
             assert_eq!(email(bad), Err(FieldError::Email), "{bad:?}");
         }
         let long_local = "a".repeat(250);
@@ -147,7 +153,10 @@ mod tests {
         assert_eq!(client_msg_id(Some("")), Ok(None));
         assert_eq!(client_msg_id(Some("c-1")), Ok(Some("c-1".into())));
         assert!(client_msg_id(Some(&"x".repeat(64))).is_ok());
-        assert_eq!(client_msg_id(Some(&"x".repeat(65))), Err(Refusal::InvalidPayload));
+        assert_eq!(
+            client_msg_id(Some(&"x".repeat(65))),
+            Err(Refusal::InvalidPayload)
+        );
     }
 
     proptest! {

@@ -57,7 +57,9 @@ pub enum Identity {
 pub enum AuthSetupError {
     #[error("PALAVER_AUTH_PUBLIC_KEY: cannot read {0}: {1}")]
     ReadKey(String, std::io::Error),
-    #[error("PALAVER_AUTH_PUBLIC_KEY: {0} holds neither an RSA nor an EC (P-256) public key in PEM")]
+    #[error(
+        "PALAVER_AUTH_PUBLIC_KEY: {0} holds neither an RSA nor an EC (P-256) public key in PEM"
+    )]
     BadPem(String),
     #[error("PALAVER_AUTH_JWKS: {0}")]
     Jwks(String),
@@ -111,7 +113,11 @@ fn check_times(exp: u64, nbf: Option<u64>, now_ms: u64) -> bool {
 }
 
 impl Tokens {
-    pub fn new(secret: &[u8], ttl: Duration, external: Option<&ExternalAuth>) -> Result<Self, AuthSetupError> {
+    pub fn new(
+        secret: &[u8],
+        ttl: Duration,
+        external: Option<&ExternalAuth>,
+    ) -> Result<Self, AuthSetupError> {
         let external = external.map(External::load).transpose()?;
         Ok(Self {
             encoding: EncodingKey::from_secret(secret),
@@ -136,7 +142,11 @@ impl Tokens {
 
     pub fn issue(&self, user_id: &str, now_ms: u64) -> String {
         let iat = now_ms / 1000;
-        let claims = OwnClaims { sub: user_id.to_owned(), iat, exp: iat + self.ttl_secs };
+        let claims = OwnClaims {
+            sub: user_id.to_owned(),
+            iat,
+            exp: iat + self.ttl_secs,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with a secret key cannot fail")
     }
@@ -146,12 +156,18 @@ impl Tokens {
         let header = jsonwebtoken::decode_header(token).ok()?;
         match header.alg {
             Algorithm::HS256 => {
-                let data = jsonwebtoken::decode::<OwnClaims>(token, &self.decoding, &own_validation()).ok()?;
-                check_times(data.claims.exp, None, now_ms).then_some(Identity::Local(data.claims.sub))
+                let data =
+                    jsonwebtoken::decode::<OwnClaims>(token, &self.decoding, &own_validation())
+                        .ok()?;
+                check_times(data.claims.exp, None, now_ms)
+                    .then_some(Identity::Local(data.claims.sub))
             }
             Algorithm::RS256 | Algorithm::ES256 => {
                 let external = self.external.as_ref()?;
-                external.verify(token, header.alg, header.kid.as_deref(), now_ms).await.map(Identity::External)
+                external
+                    .verify(token, header.alg, header.kid.as_deref(), now_ms)
+                    .await
+                    .map(Identity::External)
             }
             _ => None,
         }
@@ -166,8 +182,9 @@ impl External {
             match source {
                 KeySource::PemFile(path) => static_keys.push(pem_key(path)?),
                 KeySource::JwksFile(path) => {
-                    let text = std::fs::read(path)
-                        .map_err(|e| AuthSetupError::Jwks(format!("cannot read {}: {e}", path.display())))?;
+                    let text = std::fs::read(path).map_err(|e| {
+                        AuthSetupError::Jwks(format!("cannot read {}: {e}", path.display()))
+                    })?;
                     static_keys.extend(jwks_keys(&text)?);
                 }
                 KeySource::JwksUrl(url) => jwks_url = Some(url.clone()),
@@ -188,7 +205,9 @@ impl External {
     }
 
     async fn refresh(&self, now_ms: u64) -> Result<(), AuthSetupError> {
-        let Some(url) = &self.jwks_url else { return Ok(()) };
+        let Some(url) = &self.jwks_url else {
+            return Ok(());
+        };
         *self.last_fetch_ms.lock().expect("never poisoned") = Some(now_ms);
         let fetched = fetch_jwks(url).await?;
         let mut keys = self.static_keys.clone();
@@ -207,11 +226,22 @@ impl External {
                 .is_none_or(|last| now_ms.saturating_sub(last) >= JWKS_REFETCH_MIN_MS)
     }
 
-    async fn verify(&self, token: &str, alg: Algorithm, kid: Option<&str>, now_ms: u64) -> Option<ExternalClaims> {
+    async fn verify(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+        now_ms: u64,
+    ) -> Option<ExternalClaims> {
         if let Some(claims) = self.verify_with(&self.current_keys(), token, alg, kid, now_ms) {
             return Some(claims);
         }
-        let unknown_kid = kid.is_some_and(|kid| !self.current_keys().iter().any(|k| k.kid.as_deref() == Some(kid)));
+        let unknown_kid = kid.is_some_and(|kid| {
+            !self
+                .current_keys()
+                .iter()
+                .any(|k| k.kid.as_deref() == Some(kid))
+        });
         if unknown_kid && self.may_refetch(now_ms) {
             if let Err(error) = self.refresh(now_ms).await {
                 tracing::warn!(%error, "could not refresh the external provider's keys");
@@ -257,7 +287,8 @@ impl External {
 }
 
 fn pem_key(path: &Path) -> Result<ProviderKey, AuthSetupError> {
-    let pem = std::fs::read(path).map_err(|e| AuthSetupError::ReadKey(path.display().to_string(), e))?;
+    let pem =
+        std::fs::read(path).map_err(|e| AuthSetupError::ReadKey(path.display().to_string(), e))?;
     // Parse eagerly so a wrong file fails the start, not the first login.
     let (key, algorithm) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
         (key, Algorithm::RS256)
@@ -266,12 +297,17 @@ fn pem_key(path: &Path) -> Result<ProviderKey, AuthSetupError> {
     } else {
         return Err(AuthSetupError::BadPem(path.display().to_string()));
     };
-    Ok(ProviderKey { key, algorithm, kid: None })
+    Ok(ProviderKey {
+        key,
+        algorithm,
+        kid: None,
+    })
 }
 
 /// The RS256 and ES256 (P-256) keys of a JWKS document; other keys are skipped.
 fn jwks_keys(json: &[u8]) -> Result<Vec<ProviderKey>, AuthSetupError> {
-    let set: JwkSet = serde_json::from_slice(json).map_err(|e| AuthSetupError::Jwks(format!("not a JWKS document: {e}")))?;
+    let set: JwkSet = serde_json::from_slice(json)
+        .map_err(|e| AuthSetupError::Jwks(format!("not a JWKS document: {e}")))?;
     let keys: Vec<ProviderKey> = set
         .keys
         .iter()
@@ -280,15 +316,25 @@ fn jwks_keys(json: &[u8]) -> Result<Vec<ProviderKey>, AuthSetupError> {
                 (Some(KeyAlgorithm::RS256), _) => Algorithm::RS256,
                 (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
                 (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
-                (None, AlgorithmParameters::EllipticCurve(ec)) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+                (None, AlgorithmParameters::EllipticCurve(ec))
+                    if ec.curve == EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
                 _ => return None,
             };
             let key = DecodingKey::from_jwk(jwk).ok()?;
-            Some(ProviderKey { key, algorithm, kid: jwk.common.key_id.clone() })
+            Some(ProviderKey {
+                key,
+                algorithm,
+                kid: jwk.common.key_id.clone(),
+            })
         })
         .collect();
     if keys.is_empty() {
-        return Err(AuthSetupError::Jwks("no RS256 or ES256 key in the JWKS".into()));
+        return Err(AuthSetupError::Jwks(
+            "no RS256 or ES256 key in the JWKS".into(),
+        ));
     }
     Ok(keys)
 }
@@ -297,10 +343,15 @@ async fn fetch_jwks(url: &str) -> Result<Vec<ProviderKey>, AuthSetupError> {
     let fail = |what: String| AuthSetupError::Jwks(format!("{url}: {what}"));
     let client = reqwest::Client::builder()
         .timeout(JWKS_FETCH_TIMEOUT)
-        .https_only(true)
+        .https_only(!crate::config::is_loopback_http(url))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| fail(e.to_string()))?;
-    let mut response = client.get(url).send().await.map_err(|e| fail(e.to_string()))?;
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     if !response.status().is_success() {
         return Err(fail(format!("answered {}", response.status())));
     }
@@ -323,7 +374,9 @@ pub fn hash_password(password: &str, salt: &[u8; 16]) -> String {
 }
 
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    Argon2::default().verify_password(password.as_bytes(), phc).is_ok()
+    Argon2::default()
+        .verify_password(password.as_bytes(), phc)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -333,18 +386,28 @@ mod tests {
     const NOW_MS: u64 = 1_800_000_000_000;
 
     fn tokens() -> Tokens {
-        Tokens::new(b"test-secret-test-secret-test-sec", Duration::from_secs(3600), None).unwrap()
+        Tokens::new(
+            b"test-secret-test-secret-test-sec",
+            Duration::from_secs(3600),
+            None,
+        )
+        .unwrap()
     }
 
     fn verify_now(tokens: &Tokens, token: &str, now_ms: u64) -> Option<Identity> {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(tokens.verify(token, now_ms))
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(tokens.verify(token, now_ms))
     }
 
     #[test]
     fn own_tokens_round_trip_and_expire() {
         let tokens = tokens();
         let token = tokens.issue("u1", NOW_MS);
-        assert!(matches!(verify_now(&tokens, &token, NOW_MS), Some(Identity::Local(id)) if id == "u1"));
+        assert!(
+            matches!(verify_now(&tokens, &token, NOW_MS), Some(Identity::Local(id)) if id == "u1")
+        );
         assert!(verify_now(&tokens, &token, NOW_MS + 3_600_000).is_none());
     }
 
@@ -369,7 +432,12 @@ mod tests {
             sub: String,
         }
         let key = EncodingKey::from_secret(b"test-secret-test-secret-test-sec");
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &NoExp { sub: "u1".into() }, &key).unwrap();
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &NoExp { sub: "u1".into() },
+            &key,
+        )
+        .unwrap();
         assert!(verify_now(&tokens(), &token, NOW_MS).is_none());
     }
 

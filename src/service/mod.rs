@@ -21,7 +21,10 @@ use crate::domain::rate::{BucketShape, FailureThrottle, KeyedLimiter};
 use crate::domain::validate::{self, FieldError, Refusal};
 use crate::limits::*;
 use crate::storage::writer::CreateUserOutcome;
-use crate::storage::{AppendOutcome, ChatRecord, NewMessage, NewUser, Store, StoreError, StoreWriter, UserRecord, WriteError};
+use crate::storage::{
+    AppendOutcome, ChatRecord, NewMessage, NewUser, Store, StoreError, StoreWriter, UserRecord,
+    WriteError,
+};
 use auth::{ExternalClaims, Identity, Tokens};
 use views::{ChatView, MessageView, PublicUser, UserView};
 
@@ -96,7 +99,10 @@ impl From<&Config> for Policy {
     fn from(config: &Config) -> Self {
         Self {
             max_text_chars: config.max_text_chars,
-            send: BucketShape { per_sec: config.send_rate_per_sec, burst: config.send_burst },
+            send: BucketShape {
+                per_sec: config.send_rate_per_sec,
+                burst: config.send_burst,
+            },
         }
     }
 }
@@ -121,7 +127,14 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(store: Store, writer: StoreWriter, clock: Arc<dyn Clock>, mut ids: IdMinter, tokens: Tokens, policy: Policy) -> Self {
+    pub fn new(
+        store: Store,
+        writer: StoreWriter,
+        clock: Arc<dyn Clock>,
+        mut ids: IdMinter,
+        tokens: Tokens,
+        policy: Policy,
+    ) -> Self {
         let decoy_hash = auth::hash_password("decoy password", &ids.bytes());
         Self {
             store,
@@ -132,7 +145,11 @@ impl App {
             send_limiter: Mutex::new(KeyedLimiter::new(policy.send, SEND_BUCKETS_MAX)),
             policy,
             presence: tokio::sync::Mutex::new(Presence::default()),
-            login_throttle: Mutex::new(FailureThrottle::new(LOGIN_FAILURES_MAX, LOGIN_WINDOW_MS, LOGIN_TRACKED_EMAILS_MAX)),
+            login_throttle: Mutex::new(FailureThrottle::new(
+                LOGIN_FAILURES_MAX,
+                LOGIN_WINDOW_MS,
+                LOGIN_TRACKED_EMAILS_MAX,
+            )),
             hashing: Semaphore::new(PASSWORD_HASHES_CONCURRENT),
             decoy_hash,
         }
@@ -150,50 +167,98 @@ impl App {
     /// Runs CPU-heavy work (argon2) off the async workers on a multi-threaded runtime; inline on
     /// a current-thread runtime (the simulation), where `spawn_blocking` would stall its clock.
     async fn cpu<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> R {
-        let _permit = self.hashing.acquire().await.expect("semaphore never closed");
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .expect("semaphore never closed");
         match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => work(),
-            _ => tokio::task::spawn_blocking(work).await.expect("password hashing does not panic"),
+            _ => tokio::task::spawn_blocking(work)
+                .await
+                .expect("password hashing does not panic"),
         }
     }
 
     // ---- accounts ----
 
-    pub async fn register(&self, name: &str, email: &str, password: &str) -> Result<(String, UserView), ApiError> {
+    pub async fn register(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<(String, UserView), ApiError> {
         let name = validate::name(name)?;
         let email = validate::email(email)?;
         validate::password(password)?;
-        if self.store.user_id_by_email(&email).map_err(internal)?.is_some() {
+        if self
+            .store
+            .user_id_by_email(&email)
+            .map_err(internal)?
+            .is_some()
+        {
             return Err(ApiError::EmailTaken);
         }
         let salt: [u8; 16] = self.ids.lock().expect("never poisoned").bytes();
         let password = password.to_owned();
-        let hash = self.cpu(move || auth::hash_password(&password, &salt)).await;
+        let hash = self
+            .cpu(move || auth::hash_password(&password, &salt))
+            .await;
         let now = self.now_ms();
-        let new = NewUser { id: self.mint_id(), name, email, avatar: String::new(), password_hash: Some(hash), external_id: None, now_ms: now };
+        let new = NewUser {
+            id: self.mint_id(),
+            name,
+            email,
+            avatar: String::new(),
+            password_hash: Some(hash),
+            external_id: None,
+            now_ms: now,
+        };
         match self.writer.create_user(new).await.map_err(write_failed)? {
-            CreateUserOutcome::Created(user) => Ok((self.tokens.issue(&user.id, now), UserView::from(&user))),
-            CreateUserOutcome::EmailTaken | CreateUserOutcome::ExistingExternal(_) => Err(ApiError::EmailTaken),
+            CreateUserOutcome::Created(user) => {
+                Ok((self.tokens.issue(&user.id, now), UserView::from(&user)))
+            }
+            CreateUserOutcome::EmailTaken | CreateUserOutcome::ExistingExternal(_) => {
+                Err(ApiError::EmailTaken)
+            }
         }
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<(String, UserView), ApiError> {
         let key = email.trim().to_lowercase();
         let now = self.now_ms();
-        if self.login_throttle.lock().expect("never poisoned").is_blocked(&key, now) {
+        if self
+            .login_throttle
+            .lock()
+            .expect("never poisoned")
+            .is_blocked(&key, now)
+        {
             return Err(ApiError::TooManyAttempts);
         }
         let user = match self.store.user_id_by_email(&key).map_err(internal)? {
             Some(id) => self.store.user(&id).map_err(internal)?,
             None => None,
         };
-        let phc = user.as_ref().and_then(|u| u.password_hash.clone()).unwrap_or_else(|| self.decoy_hash.clone());
-        let attempt = password.chars().take(PASSWORD_CHARS_MAX + 1).collect::<String>();
-        let matches = self.cpu(move || auth::verify_password(&attempt, &phc)).await;
+        let phc = user
+            .as_ref()
+            .and_then(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.decoy_hash.clone());
+        let attempt = password
+            .chars()
+            .take(PASSWORD_CHARS_MAX + 1)
+            .collect::<String>();
+        let matches = self
+            .cpu(move || auth::verify_password(&attempt, &phc))
+            .await;
         match user {
-            Some(user) if matches && user.password_hash.is_some() => Ok((self.tokens.issue(&user.id, now), UserView::from(&user))),
+            Some(user) if matches && user.password_hash.is_some() => {
+                Ok((self.tokens.issue(&user.id, now), UserView::from(&user)))
+            }
             _ => {
-                self.login_throttle.lock().expect("never poisoned").record_failure(&key, now);
+                self.login_throttle
+                    .lock()
+                    .expect("never poisoned")
+                    .record_failure(&key, now);
                 Err(ApiError::InvalidCredentials)
             }
         }
@@ -201,13 +266,19 @@ impl App {
 
     /// The user a token speaks for.
     pub async fn authenticate(&self, token: &str) -> Result<UserRecord, AuthFailure> {
-        let identity = self.tokens.verify(token, self.now_ms()).await.ok_or(AuthFailure::Unauthorized)?;
+        let identity = self
+            .tokens
+            .verify(token, self.now_ms())
+            .await
+            .ok_or(AuthFailure::Unauthorized)?;
         let id = match identity {
             Identity::Local(id) => Some(id),
-            Identity::External(claims) => self.store.user_id_by_external(&claims.sub).map_err(|e| {
-                tracing::error!(error = %e, "storage failure");
-                AuthFailure::Unauthorized
-            })?,
+            Identity::External(claims) => {
+                self.store.user_id_by_external(&claims.sub).map_err(|e| {
+                    tracing::error!(error = %e, "storage failure");
+                    AuthFailure::Unauthorized
+                })?
+            }
         };
         let user = match id {
             Some(id) if is_valid_id(&id) => self.store.user(&id).map_err(|e| {
@@ -221,17 +292,23 @@ impl App {
 
     /// `POST /api/auth/callback`: the external provider's user, created on first call.
     pub async fn external_callback(&self, token: &str) -> Result<UserView, ApiError> {
-        let Some(Identity::External(claims)) = self.tokens.verify(token, self.now_ms()).await else {
+        let Some(Identity::External(claims)) = self.tokens.verify(token, self.now_ms()).await
+        else {
             return Err(ApiError::Unauthorized);
         };
-        if let Some(id) = self.store.user_id_by_external(&claims.sub).map_err(internal)?
+        if let Some(id) = self
+            .store
+            .user_id_by_external(&claims.sub)
+            .map_err(internal)?
             && let Some(user) = self.store.user(&id).map_err(internal)?
         {
             return Ok(UserView::from(&user));
         }
         let new = self.new_external_user(&claims)?;
         match self.writer.create_user(new).await.map_err(write_failed)? {
-            CreateUserOutcome::Created(user) | CreateUserOutcome::ExistingExternal(user) => Ok(UserView::from(&user)),
+            CreateUserOutcome::Created(user) | CreateUserOutcome::ExistingExternal(user) => {
+                Ok(UserView::from(&user))
+            }
             CreateUserOutcome::EmailTaken => Err(ApiError::EmailTaken),
         }
     }
@@ -253,16 +330,44 @@ impl App {
             .collect::<Vec<_>>()
             .join(" ");
         let local_part = email.split('@').next().unwrap_or_default().to_owned();
-        let raw_name = claims.name.clone().filter(|n| !n.trim().is_empty()).or(Some(full_name).filter(|n| !n.is_empty())).unwrap_or(local_part);
+        let raw_name = claims
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or(Some(full_name).filter(|n| !n.is_empty()))
+            .unwrap_or(local_part);
         let name = validate::name(&raw_name.chars().take(NAME_CHARS_MAX).collect::<String>())?;
-        let avatar = claims.picture.clone().filter(|p| p.len() <= AVATAR_CHARS_MAX).unwrap_or_default();
-        Ok(NewUser { id: self.mint_id(), name, email, avatar, password_hash: None, external_id: Some(claims.sub.clone()), now_ms: self.now_ms() })
+        let avatar = claims
+            .picture
+            .clone()
+            .filter(|p| p.len() <= AVATAR_CHARS_MAX)
+            .unwrap_or_default();
+        Ok(NewUser {
+            id: self.mint_id(),
+            name,
+            email,
+            avatar,
+            password_hash: None,
+            external_id: Some(claims.sub.clone()),
+            now_ms: self.now_ms(),
+        })
     }
 
-    pub fn search_users(&self, caller: &str, query: Option<&str>, limit: Option<u64>) -> Result<Vec<PublicUser>, ApiError> {
+    pub fn search_users(
+        &self,
+        caller: &str,
+        query: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Vec<PublicUser>, ApiError> {
         let limit = clamp_limit(limit, USERS_PAGE_DEFAULT, USERS_PAGE_MAX) as usize;
-        let query = query.map(str::trim).filter(|q| !q.is_empty()).map(str::to_lowercase);
-        let users = self.store.search_users(caller, query.as_deref(), limit).map_err(internal)?;
+        let query = query
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_lowercase);
+        let users = self
+            .store
+            .search_users(caller, query.as_deref(), limit)
+            .map_err(internal)?;
         Ok(users.iter().map(PublicUser::from).collect())
     }
 
@@ -270,7 +375,13 @@ impl App {
 
     fn public_users(&self, ids: &[String]) -> Result<Vec<PublicUser>, StoreError> {
         ids.iter()
-            .map(|id| Ok(self.store.user(id)?.as_ref().map_or_else(|| PublicUser::unknown(id), PublicUser::from)))
+            .map(|id| {
+                Ok(self
+                    .store
+                    .user(id)?
+                    .as_ref()
+                    .map_or_else(|| PublicUser::unknown(id), PublicUser::from))
+            })
             .collect()
     }
 
@@ -281,7 +392,11 @@ impl App {
             seq => self.store.messages(&chat.id, seq..seq + 1)?.pop(),
         };
         let last = last.map(|m| {
-            let sender = members.iter().find(|u| u.id == m.sender).cloned().unwrap_or_else(|| PublicUser::unknown(&m.sender));
+            let sender = members
+                .iter()
+                .find(|u| u.id == m.sender)
+                .cloned()
+                .unwrap_or_else(|| PublicUser::unknown(&m.sender));
             MessageView::new(m, sender)
         });
         Ok(ChatView::new(chat, viewer, members, last))
@@ -289,9 +404,19 @@ impl App {
 
     /// The caller's chats, newest `lastMessageAt` first.
     pub fn chats_of(&self, caller: &str) -> Result<Vec<ChatView>, ApiError> {
-        let mut chats = self.store.chats_of(caller, CHATS_LIST_MAX).map_err(internal)?;
-        chats.sort_by(|a, b| b.last_message_ms.cmp(&a.last_message_ms).then_with(|| b.id.cmp(&a.id)));
-        chats.iter().map(|chat| self.chat_view(chat, caller).map_err(internal)).collect()
+        let mut chats = self
+            .store
+            .chats_of(caller, CHATS_LIST_MAX)
+            .map_err(internal)?;
+        chats.sort_by(|a, b| {
+            b.last_message_ms
+                .cmp(&a.last_message_ms)
+                .then_with(|| b.id.cmp(&a.id))
+        });
+        chats
+            .iter()
+            .map(|chat| self.chat_view(chat, caller).map_err(internal))
+            .collect()
     }
 
     pub async fn open_chat_with(&self, caller: &str, other: &str) -> Result<ChatView, ApiError> {
@@ -303,7 +428,12 @@ impl App {
         }
         let chat = self
             .writer
-            .get_or_create_chat(self.mint_id(), caller.to_owned(), other.to_owned(), self.now_ms())
+            .get_or_create_chat(
+                self.mint_id(),
+                caller.to_owned(),
+                other.to_owned(),
+                self.now_ms(),
+            )
             .await
             .map_err(write_failed)?;
         self.chat_view(&chat, caller).map_err(internal)
@@ -327,13 +457,19 @@ impl App {
 
     // ---- messages ----
 
-    fn message_views(&self, chat: &ChatRecord, records: Vec<crate::storage::MessageRecord>) -> Result<Vec<MessageView>, StoreError> {
+    fn message_views(
+        &self,
+        chat: &ChatRecord,
+        records: Vec<crate::storage::MessageRecord>,
+    ) -> Result<Vec<MessageView>, StoreError> {
         let mut senders: HashMap<String, PublicUser> = HashMap::new();
         records
             .into_iter()
             .map(|m| {
                 if !senders.contains_key(&m.sender) {
-                    let user = self.public_users(std::slice::from_ref(&m.sender))?.remove(0);
+                    let user = self
+                        .public_users(std::slice::from_ref(&m.sender))?
+                        .remove(0);
                     senders.insert(m.sender.clone(), user);
                 }
                 let sender = senders[&m.sender].clone();
@@ -344,15 +480,32 @@ impl App {
     }
 
     /// A history page, ascending by seq.
-    pub fn history(&self, caller: &str, chat_id: &str, anchor: Anchor, limit: Option<u64>) -> Result<Vec<MessageView>, ApiError> {
-        let chat = self.member_chat(caller, chat_id).map_err(|_| ApiError::NotFound("Chat not found"))?;
+    pub fn history(
+        &self,
+        caller: &str,
+        chat_id: &str,
+        anchor: Anchor,
+        limit: Option<u64>,
+    ) -> Result<Vec<MessageView>, ApiError> {
+        let chat = self
+            .member_chat(caller, chat_id)
+            .map_err(|_| ApiError::NotFound("Chat not found"))?;
         let limit = clamp_limit(limit, PAGE_DEFAULT, PAGE_MAX);
-        let records = self.store.messages(&chat.id, seq_range(anchor, limit, chat.last_seq)).map_err(internal)?;
+        let records = self
+            .store
+            .messages(&chat.id, seq_range(anchor, limit, chat.last_seq))
+            .map_err(internal)?;
         self.message_views(&chat, records).map_err(internal)
     }
 
     /// `sync`: the messages above `after_seq`, and whether there are more.
-    pub fn sync(&self, caller: &str, chat_id: &str, after_seq: u64, limit: Option<u64>) -> Result<(Vec<MessageView>, bool), Refusal> {
+    pub fn sync(
+        &self,
+        caller: &str,
+        chat_id: &str,
+        after_seq: u64,
+        limit: Option<u64>,
+    ) -> Result<(Vec<MessageView>, bool), Refusal> {
         let chat = self.member_chat(caller, chat_id)?;
         let limit = clamp_limit(limit, PAGE_DEFAULT, PAGE_MAX);
         let range = seq_range(Anchor::After(after_seq), limit, chat.last_seq);
@@ -366,7 +519,13 @@ impl App {
     }
 
     /// Validates, deduplicates, rate-limits and durably appends a message.
-    pub async fn send(&self, sender: &UserRecord, chat_id: &str, text: &str, client_msg_id: Option<&str>) -> Result<Sent, Refusal> {
+    pub async fn send(
+        &self,
+        sender: &UserRecord,
+        chat_id: &str,
+        text: &str,
+        client_msg_id: Option<&str>,
+    ) -> Result<Sent, Refusal> {
         let client_msg_id = validate::client_msg_id(client_msg_id)?;
         let chat = self.member_chat(&sender.id, chat_id)?;
         let text = validate::text(text, self.policy.max_text_chars)?;
@@ -376,28 +535,65 @@ impl App {
         };
         // A retry of a committed send answers with the original and is not rate limited.
         if let Some(cmid) = &client_msg_id
-            && let Some(original) = self.store.message_by_client_id(&chat.id, &sender.id, cmid).map_err(|e| storage_failed(&e))?
+            && let Some(original) = self
+                .store
+                .message_by_client_id(&chat.id, &sender.id, cmid)
+                .map_err(|e| storage_failed(&e))?
         {
-            return self.sent(&chat, original, false, sender).map_err(|e| storage_failed(&e));
+            return self
+                .sent(&chat, original, false, sender)
+                .map_err(|e| storage_failed(&e));
         }
         let now = self.now_ms();
-        if !self.send_limiter.lock().expect("never poisoned").try_take(&sender.id, now) {
+        if !self
+            .send_limiter
+            .lock()
+            .expect("never poisoned")
+            .try_take(&sender.id, now)
+        {
             return Err(Refusal::RateLimited);
         }
-        let new = NewMessage { id: self.mint_id(), chat: chat.id.clone(), sender: sender.id.clone(), text, client_msg_id, now_ms: now };
-        match self.writer.append_message(new).await.map_err(|e| storage_failed(&e))? {
-            AppendOutcome::Appended(message) => self.sent(&chat, message, true, sender).map_err(|e| storage_failed(&e)),
-            AppendOutcome::Duplicate(message) => self.sent(&chat, message, false, sender).map_err(|e| storage_failed(&e)),
+        let new = NewMessage {
+            id: self.mint_id(),
+            chat: chat.id.clone(),
+            sender: sender.id.clone(),
+            text,
+            client_msg_id,
+            now_ms: now,
+        };
+        match self
+            .writer
+            .append_message(new)
+            .await
+            .map_err(|e| storage_failed(&e))?
+        {
+            AppendOutcome::Appended(message) => self
+                .sent(&chat, message, true, sender)
+                .map_err(|e| storage_failed(&e)),
+            AppendOutcome::Duplicate(message) => self
+                .sent(&chat, message, false, sender)
+                .map_err(|e| storage_failed(&e)),
             AppendOutcome::NotMember => Err(Refusal::ChatNotFound),
         }
     }
 
-    fn sent(&self, chat: &ChatRecord, message: crate::storage::MessageRecord, created: bool, sender: &UserRecord) -> Result<Sent, StoreError> {
+    fn sent(
+        &self,
+        chat: &ChatRecord,
+        message: crate::storage::MessageRecord,
+        created: bool,
+        sender: &UserRecord,
+    ) -> Result<Sent, StoreError> {
         let sender_view = if message.sender == sender.id {
             PublicUser::from(sender)
         } else {
-            self.public_users(std::slice::from_ref(&message.sender))?.remove(0)
+            self.public_users(std::slice::from_ref(&message.sender))?
+                .remove(0)
         };
-        Ok(Sent { message: MessageView::new(message, sender_view), created, members: chat.members.clone() })
+        Ok(Sent {
+            message: MessageView::new(message, sender_view),
+            created,
+            members: chat.members.clone(),
+        })
     }
 }

@@ -78,14 +78,24 @@ impl From<&UserRecord> for UserView {
 
 impl From<&UserRecord> for PublicUser {
     fn from(user: &UserRecord) -> Self {
-        Self { id: user.id.clone(), name: user.name.clone(), email: user.email.clone(), avatar: user.avatar.clone() }
+        Self {
+            id: user.id.clone(),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            avatar: user.avatar.clone(),
+        }
     }
 }
 
 impl PublicUser {
     /// Stands in for a user record that cannot be found (never expected: users are not deleted).
     pub fn unknown(id: &str) -> Self {
-        Self { id: id.to_owned(), name: String::new(), email: String::new(), avatar: String::new() }
+        Self {
+            id: id.to_owned(),
+            name: String::new(),
+            email: String::new(),
+            avatar: String::new(),
+        }
     }
 }
 
@@ -106,7 +116,12 @@ impl MessageView {
 }
 
 impl ChatView {
-    pub fn new(chat: &ChatRecord, viewer: &str, members: Vec<PublicUser>, last_message: Option<MessageView>) -> Self {
+    pub fn new(
+        chat: &ChatRecord,
+        viewer: &str,
+        members: Vec<PublicUser>,
+        last_message: Option<MessageView>,
+    ) -> Self {
         Self {
             id: chat.id.clone(),
             participant: members.iter().find(|m| m.id != viewer).cloned(),

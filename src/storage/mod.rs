@@ -46,13 +46,19 @@ pub enum StoreError {
     #[error("storage: {0}")]
     Storage(#[from] redb::Error),
     #[error("corrupt record in table {table}: {source}")]
-    Corrupt { table: &'static str, source: DecodeError },
+    Corrupt {
+        table: &'static str,
+        source: DecodeError,
+    },
     #[error(
         "the data directory was written by a newer palaver (database format {found}; this build reads up to {FORMAT_VERSION})"
     )]
     NewerFormat { found: u8 },
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl From<redb::StorageError> for StoreError {
@@ -80,11 +86,16 @@ pub struct Store {
 /// Opens (or creates) the database in `dir`. Runs redb's repair if the last process died
 /// without closing it.
 pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let db = Database::builder()
         .set_repair_callback(|session| {
-            tracing::warn!(progress = session.progress(), "repairing database after unclean shutdown");
+            tracing::warn!(
+                progress = session.progress(),
+                "repairing database after unclean shutdown"
+            );
         })
         .create(dir.join(DB_FILE))
         .map_err(redb::Error::from)?;
@@ -93,7 +104,9 @@ pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
 
 /// Opens (or creates) a database on any redb storage backend (in-memory, simulated disk).
 pub fn open_backend(backend: impl StorageBackend) -> Result<Database, StoreError> {
-    Ok(Database::builder().create_with_backend(backend).map_err(redb::Error::from)?)
+    Ok(Database::builder()
+        .create_with_backend(backend)
+        .map_err(redb::Error::from)?)
 }
 
 /// An in-memory database, for tests and fuzzing.
@@ -103,7 +116,10 @@ pub fn open_in_memory() -> Result<Database, StoreError> {
 
 /// Prepares a freshly opened database (creates tables, checks the format version) and splits
 /// it into the shared read handle, the write handle, and the writer task that must be run.
-pub fn start(db: Database, durability: Durability) -> Result<(Store, StoreWriter, WriterTask), StoreError> {
+pub fn start(
+    db: Database,
+    durability: Durability,
+) -> Result<(Store, StoreWriter, WriterTask), StoreError> {
     tables::prepare(&db)?;
     let db = Arc::new(db);
     let (writer, task) = writer::channel(Arc::clone(&db), durability);
@@ -119,18 +135,26 @@ impl Store {
         let tx = self.db.begin_read()?;
         let users = tx.open_table(USERS)?;
         let found = users.get(id)?;
-        found.map(|bytes| decode(bytes.value()).map_err(corrupt("users"))).transpose()
+        found
+            .map(|bytes| decode(bytes.value()).map_err(corrupt("users")))
+            .transpose()
     }
 
     pub fn user_id_by_email(&self, email: &str) -> Result<Option<String>, StoreError> {
         let tx = self.db.begin_read()?;
-        let found = tx.open_table(USER_EMAILS)?.get(email)?.map(|id| id.value().to_owned());
+        let found = tx
+            .open_table(USER_EMAILS)?
+            .get(email)?
+            .map(|id| id.value().to_owned());
         Ok(found)
     }
 
     pub fn user_id_by_external(&self, external_id: &str) -> Result<Option<String>, StoreError> {
         let tx = self.db.begin_read()?;
-        let found = tx.open_table(USER_EXTERNALS)?.get(external_id)?.map(|id| id.value().to_owned());
+        let found = tx
+            .open_table(USER_EXTERNALS)?
+            .get(external_id)?
+            .map(|id| id.value().to_owned());
         Ok(found)
     }
 
@@ -152,9 +176,8 @@ impl Store {
                 continue;
             }
             let user: UserRecord = decode(bytes.value()).map_err(corrupt("users"))?;
-            let matches = query.is_none_or(|q| {
-                user.email.contains(q) || user.name.to_lowercase().contains(q)
-            });
+            let matches = query
+                .is_none_or(|q| user.email.contains(q) || user.name.to_lowercase().contains(q));
             if matches {
                 found.push(user);
                 if found.len() == limit {
@@ -169,7 +192,9 @@ impl Store {
         let tx = self.db.begin_read()?;
         let chats = tx.open_table(CHATS)?;
         let found = chats.get(id)?;
-        found.map(|bytes| decode(bytes.value()).map_err(corrupt("chats"))).transpose()
+        found
+            .map(|bytes| decode(bytes.value()).map_err(corrupt("chats")))
+            .transpose()
     }
 
     /// The chats `user` is a member of (through the per-user index), at most `limit`.
@@ -178,7 +203,10 @@ impl Store {
         let index = tx.open_table(USER_CHATS)?;
         let chats = tx.open_table(CHATS)?;
         let mut found = Vec::new();
-        for entry in index.range((user, "")..=(user, ID_UPPER_BOUND))?.take(limit) {
+        for entry in index
+            .range((user, "")..=(user, ID_UPPER_BOUND))?
+            .take(limit)
+        {
             let (key, ()) = (entry?.0, ());
             let chat_id = key.value().1;
             if let Some(bytes) = chats.get(chat_id)? {
@@ -195,7 +223,11 @@ impl Store {
         }
         let tx = self.db.begin_read()?;
         let messages = tx.open_table(MESSAGES)?;
-        let mut found = Vec::with_capacity(usize::try_from(seqs.end - seqs.start).unwrap_or(0).min(1024));
+        let mut found = Vec::with_capacity(
+            usize::try_from(seqs.end - seqs.start)
+                .unwrap_or(0)
+                .min(1024),
+        );
         for entry in messages.range((chat, seqs.start)..(chat, seqs.end))? {
             let (_, bytes) = entry?;
             found.push(decode(bytes.value()).map_err(corrupt("messages"))?);
@@ -211,13 +243,18 @@ impl Store {
         client_msg_id: &str,
     ) -> Result<Option<MessageRecord>, StoreError> {
         let tx = self.db.begin_read()?;
-        let Some(seq) = tx.open_table(CLIENT_IDS)?.get((chat, sender, client_msg_id))?.map(|s| s.value())
+        let Some(seq) = tx
+            .open_table(CLIENT_IDS)?
+            .get((chat, sender, client_msg_id))?
+            .map(|s| s.value())
         else {
             return Ok(None);
         };
         let messages = tx.open_table(MESSAGES)?;
         let found = messages.get((chat, seq))?;
-        found.map(|bytes| decode(bytes.value()).map_err(corrupt("messages"))).transpose()
+        found
+            .map(|bytes| decode(bytes.value()).map_err(corrupt("messages")))
+            .transpose()
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

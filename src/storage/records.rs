@@ -82,7 +82,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
             if rest.is_empty() {
                 Ok(record)
             } else {
-                Err(DecodeError::Malformed(format!("{} trailing bytes", rest.len())))
+                Err(DecodeError::Malformed(format!(
+                    "{} trailing bytes",
+                    rest.len()
+                )))
             }
         }
         Some((&version, _)) => Err(DecodeError::UnknownVersion(version)),
@@ -117,12 +120,18 @@ mod tests {
     fn refuses_unknown_versions_and_garbage() {
         let mut bytes = encode(&message());
         bytes[0] = RECORD_VERSION + 1;
-        assert_eq!(decode::<MessageRecord>(&bytes), Err(DecodeError::UnknownVersion(2)));
+        assert_eq!(
+            decode::<MessageRecord>(&bytes),
+            Err(DecodeError::UnknownVersion(2))
+        );
         assert_eq!(decode::<MessageRecord>(&[]), Err(DecodeError::Empty));
         assert!(decode::<MessageRecord>(&[RECORD_VERSION, 0xff, 0xff]).is_err());
         let mut long = encode(&message());
         long.push(0);
-        assert!(matches!(decode::<MessageRecord>(&long), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<MessageRecord>(&long),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     proptest! {

@@ -38,7 +38,9 @@ pub fn prepare(db: &Database) -> Result<(), StoreError> {
     let tx = db.begin_write()?;
     {
         let mut meta = tx.open_table(META)?;
-        let stored = meta.get(FORMAT_KEY)?.map(|v| v.value().first().copied().unwrap_or(0));
+        let stored = meta
+            .get(FORMAT_KEY)?
+            .map(|v| v.value().first().copied().unwrap_or(0));
         match stored {
             Some(found) if found > FORMAT_VERSION => return Err(StoreError::NewerFormat { found }),
             Some(_) => {}
@@ -68,7 +70,10 @@ pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
     for entry in users.iter()? {
         let (id, bytes) = entry?;
         let user: UserRecord = decode(bytes.value()).map_err(corrupt("users"))?;
-        if tx.open_table(USER_EMAILS)?.get(user.email.as_str())?.map(|v| v.value().to_owned())
+        if tx
+            .open_table(USER_EMAILS)?
+            .get(user.email.as_str())?
+            .map(|v| v.value().to_owned())
             != Some(id.value().to_owned())
         {
             problems.push(format!("user {} missing from the email index", id.value()));
@@ -88,7 +93,10 @@ pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
         for member in &chat.members {
             memberships += 1;
             if user_chats.get((member.as_str(), id.value()))?.is_none() {
-                problems.push(format!("chat {} missing from {member}'s chat index", chat.id));
+                problems.push(format!(
+                    "chat {} missing from {member}'s chat index",
+                    chat.id
+                ));
             }
         }
         let mut expected_seq = 1;
@@ -97,7 +105,10 @@ pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
             let (key, bytes) = entry?;
             let message: MessageRecord = decode(bytes.value()).map_err(corrupt("messages"))?;
             if key.value().1 != expected_seq || message.seq != expected_seq {
-                problems.push(format!("chat {}: seq {} where {expected_seq} was due", chat.id, message.seq));
+                problems.push(format!(
+                    "chat {}: seq {} where {expected_seq} was due",
+                    chat.id, message.seq
+                ));
             }
             if let Some(cmid) = &message.client_msg_id
                 && !seen_client_ids.insert((message.sender.clone(), cmid.clone()))
@@ -107,7 +118,12 @@ pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
             expected_seq = message.seq + 1;
         }
         if expected_seq - 1 != chat.last_seq {
-            problems.push(format!("chat {}: last_seq {} but {} messages", chat.id, chat.last_seq, expected_seq - 1));
+            problems.push(format!(
+                "chat {}: last_seq {} but {} messages",
+                chat.id,
+                chat.last_seq,
+                expected_seq - 1
+            ));
         }
     }
     if user_chats.len()? != memberships {

@@ -67,9 +67,19 @@ type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
 
 enum Request {
     CreateUser(NewUser, Reply<CreateUserOutcome>),
-    GetOrCreateChat { new_id: String, caller: String, other: String, now_ms: u64, reply: Reply<ChatRecord> },
+    GetOrCreateChat {
+        new_id: String,
+        caller: String,
+        other: String,
+        now_ms: u64,
+        reply: Reply<ChatRecord>,
+    },
     Append(NewMessage, Reply<AppendOutcome>),
-    InitMeta { key: String, value: Vec<u8>, reply: Reply<Vec<u8>> },
+    InitMeta {
+        key: String,
+        value: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
 }
 
 /// A request applied inside the open transaction, waiting for the commit to be answered.
@@ -119,13 +129,23 @@ pub struct WriterTask {
 
 pub(super) fn channel(db: Arc<Database>, durability: Durability) -> (StoreWriter, WriterTask) {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
-    (StoreWriter { requests: tx }, WriterTask { db, requests: rx, durability })
+    (
+        StoreWriter { requests: tx },
+        WriterTask {
+            db,
+            requests: rx,
+            durability,
+        },
+    )
 }
 
 impl StoreWriter {
     async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Request) -> Result<T, WriteError> {
         let (reply, answer) = oneshot::channel();
-        self.requests.send(build(reply)).await.map_err(|_| WriteError::Closed)?;
+        self.requests
+            .send(build(reply))
+            .await
+            .map_err(|_| WriteError::Closed)?;
         answer.await.map_err(|_| WriteError::Closed)?
     }
 
@@ -141,7 +161,14 @@ impl StoreWriter {
         other: String,
         now_ms: u64,
     ) -> Result<ChatRecord, WriteError> {
-        self.call(|reply| Request::GetOrCreateChat { new_id, caller, other, now_ms, reply }).await
+        self.call(|reply| Request::GetOrCreateChat {
+            new_id,
+            caller,
+            other,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     pub async fn append_message(&self, message: NewMessage) -> Result<AppendOutcome, WriteError> {
@@ -151,7 +178,8 @@ impl StoreWriter {
     /// The stored value of `key`, storing `value` first if there is none.
     pub async fn init_meta(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, WriteError> {
         let key = key.to_owned();
-        self.call(|reply| Request::InitMeta { key, value, reply }).await
+        self.call(|reply| Request::InitMeta { key, value, reply })
+            .await
     }
 }
 
@@ -199,7 +227,9 @@ impl WriterTask {
             Err(error) => {
                 tracing::error!(%error, "write batch failed; nothing in it was committed");
                 let error = WriteError::Storage(error.to_string());
-                applied.into_iter().for_each(|a| a.answer(Err(error.clone())));
+                applied
+                    .into_iter()
+                    .for_each(|a| a.answer(Err(error.clone())));
                 pending.for_each(|r| r.fail(error.clone()));
             }
         }
@@ -211,7 +241,8 @@ impl WriterTask {
             Durability::Immediate => redb::Durability::Immediate,
             Durability::None => redb::Durability::None,
         };
-        tx.set_durability(durability).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        tx.set_durability(durability)
+            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
         // Record allocator state with each commit, so that reopening after a crash repairs in
         // milliseconds instead of walking the whole file.
         tx.set_quick_repair(true);
@@ -250,9 +281,16 @@ impl<'tx> Tables<'tx> {
     fn apply(&mut self, request: Request) -> Result<Applied, redb::Error> {
         Ok(match request {
             Request::CreateUser(user, reply) => Applied::User(reply, self.create_user(user)?),
-            Request::GetOrCreateChat { new_id, caller, other, now_ms, reply } => {
-                Applied::Chat(reply, self.get_or_create_chat(new_id, caller, other, now_ms)?)
-            }
+            Request::GetOrCreateChat {
+                new_id,
+                caller,
+                other,
+                now_ms,
+                reply,
+            } => Applied::Chat(
+                reply,
+                self.get_or_create_chat(new_id, caller, other, now_ms)?,
+            ),
             Request::Append(message, reply) => Applied::Message(reply, self.append(message)?),
             Request::InitMeta { key, value, reply } => {
                 let stored = self.meta.get(key.as_str())?.map(|v| v.value().to_vec());
@@ -270,12 +308,16 @@ impl<'tx> Tables<'tx> {
 
     fn user(&self, id: &str) -> Result<Option<UserRecord>, redb::Error> {
         let found = self.users.get(id)?;
-        found.map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("users")(e)))).transpose()
+        found
+            .map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("users")(e))))
+            .transpose()
     }
 
     fn chat(&self, id: &str) -> Result<Option<ChatRecord>, redb::Error> {
         let found = self.chats.get(id)?;
-        found.map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("chats")(e)))).transpose()
+        found
+            .map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("chats")(e))))
+            .transpose()
     }
 
     fn message(&self, chat: &str, seq: u64) -> Result<MessageRecord, redb::Error> {
@@ -287,7 +329,10 @@ impl<'tx> Tables<'tx> {
 
     fn create_user(&mut self, user: NewUser) -> Result<CreateUserOutcome, redb::Error> {
         if let Some(external) = &user.external_id {
-            let existing = self.externals.get(external.as_str())?.map(|id| id.value().to_owned());
+            let existing = self
+                .externals
+                .get(external.as_str())?
+                .map(|id| id.value().to_owned());
             if let Some(record) = existing.map(|id| self.user(&id)).transpose()?.flatten() {
                 return Ok(CreateUserOutcome::ExistingExternal(record));
             }
@@ -305,10 +350,13 @@ impl<'tx> Tables<'tx> {
             created_ms: user.now_ms,
             updated_ms: user.now_ms,
         };
-        self.users.insert(record.id.as_str(), encode(&record).as_slice())?;
-        self.emails.insert(record.email.as_str(), record.id.as_str())?;
+        self.users
+            .insert(record.id.as_str(), encode(&record).as_slice())?;
+        self.emails
+            .insert(record.email.as_str(), record.id.as_str())?;
         if let Some(external) = &record.external_id {
-            self.externals.insert(external.as_str(), record.id.as_str())?;
+            self.externals
+                .insert(external.as_str(), record.id.as_str())?;
         }
         Ok(CreateUserOutcome::Created(record))
     }
@@ -320,7 +368,11 @@ impl<'tx> Tables<'tx> {
         other: String,
         now_ms: u64,
     ) -> Result<ChatRecord, redb::Error> {
-        let pair = if caller <= other { (caller.as_str(), other.as_str()) } else { (other.as_str(), caller.as_str()) };
+        let pair = if caller <= other {
+            (caller.as_str(), other.as_str())
+        } else {
+            (other.as_str(), caller.as_str())
+        };
         let existing = self.pairs.get(pair)?.map(|id| id.value().to_owned());
         if let Some(chat) = existing.map(|id| self.chat(&id)).transpose()?.flatten() {
             return Ok(chat);
@@ -332,10 +384,12 @@ impl<'tx> Tables<'tx> {
             last_seq: 0,
             last_message_ms: now_ms,
         };
-        self.chats.insert(chat.id.as_str(), encode(&chat).as_slice())?;
+        self.chats
+            .insert(chat.id.as_str(), encode(&chat).as_slice())?;
         self.pairs.insert(pair, chat.id.as_str())?;
         for member in &chat.members {
-            self.user_chats.insert((member.as_str(), chat.id.as_str()), ())?;
+            self.user_chats
+                .insert((member.as_str(), chat.id.as_str()), ())?;
         }
         Ok(chat)
     }
@@ -345,7 +399,9 @@ impl<'tx> Tables<'tx> {
             return Ok(AppendOutcome::NotMember);
         };
         if let Some(cmid) = &new.client_msg_id {
-            let seq = self.client_ids.get((new.chat.as_str(), new.sender.as_str(), cmid.as_str()))?;
+            let seq =
+                self.client_ids
+                    .get((new.chat.as_str(), new.sender.as_str(), cmid.as_str()))?;
             if let Some(seq) = seq.map(|s| s.value()) {
                 return Ok(AppendOutcome::Duplicate(self.message(&new.chat, seq)?));
             }
@@ -362,11 +418,22 @@ impl<'tx> Tables<'tx> {
             client_msg_id: new.client_msg_id,
             created_ms: chat.last_message_ms,
         };
-        self.messages.insert((message.chat.as_str(), message.seq), encode(&message).as_slice())?;
+        self.messages.insert(
+            (message.chat.as_str(), message.seq),
+            encode(&message).as_slice(),
+        )?;
         if let Some(cmid) = &message.client_msg_id {
-            self.client_ids.insert((message.chat.as_str(), message.sender.as_str(), cmid.as_str()), message.seq)?;
+            self.client_ids.insert(
+                (
+                    message.chat.as_str(),
+                    message.sender.as_str(),
+                    cmid.as_str(),
+                ),
+                message.seq,
+            )?;
         }
-        self.chats.insert(chat.id.as_str(), encode(&chat).as_slice())?;
+        self.chats
+            .insert(chat.id.as_str(), encode(&chat).as_slice())?;
         Ok(AppendOutcome::Appended(message))
     }
 }

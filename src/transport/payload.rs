@@ -32,8 +32,14 @@ fn object(payload: &Value) -> Result<&serde_json::Map<String, Value>, Refusal> {
     payload.as_object().ok_or(Refusal::InvalidPayload)
 }
 
-fn required_str<'a>(fields: &'a serde_json::Map<String, Value>, key: &str) -> Result<&'a str, Refusal> {
-    fields.get(key).and_then(Value::as_str).ok_or(Refusal::InvalidPayload)
+fn required_str<'a>(
+    fields: &'a serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<&'a str, Refusal> {
+    fields
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or(Refusal::InvalidPayload)
 }
 
 /// `{ chatId, text, clientMsgId? }`; `clientMsgId` may be absent, null or a string.
@@ -44,7 +50,11 @@ pub fn send(payload: &Value) -> Result<SendCommand<'_>, Refusal> {
         Some(Value::String(id)) => Some(id.as_str()),
         Some(_) => return Err(Refusal::InvalidPayload),
     };
-    Ok(SendCommand { chat_id: required_str(fields, "chatId")?, text: required_str(fields, "text")?, client_msg_id })
+    Ok(SendCommand {
+        chat_id: required_str(fields, "chatId")?,
+        text: required_str(fields, "text")?,
+        client_msg_id,
+    })
 }
 
 /// `{ chatId, isTyping }`; a missing or non-boolean `isTyping` counts as its truthiness in the
@@ -88,7 +98,11 @@ pub fn sync(payload: &Value) -> Result<SyncCommand<'_>, Refusal> {
         None | Some(Value::Null) => None,
         Some(value) => Some(whole_number(value)?),
     };
-    Ok(SyncCommand { chat_id: required_str(fields, "chatId")?, after_seq, limit })
+    Ok(SyncCommand {
+        chat_id: required_str(fields, "chatId")?,
+        after_seq,
+        limit,
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +114,13 @@ mod tests {
     fn chat_ids_in_both_shapes() {
         assert_eq!(chat_id(&json!("c1")), Ok("c1"));
         assert_eq!(chat_id(&json!({"chatId": "c1"})), Ok("c1"));
-        for bad in [json!(1), json!(null), json!({}), json!({"chatId": 5}), json!(["c1"])] {
+        for bad in [
+            json!(1),
+            json!(null),
+            json!({}),
+            json!({"chatId": 5}),
+            json!(["c1"]),
+        ] {
             assert_eq!(chat_id(&bad), Err(Refusal::InvalidPayload), "{bad}");
         }
     }
@@ -109,9 +129,18 @@ mod tests {
     fn send_payloads() {
         assert_eq!(
             send(&json!({"chatId": "c", "text": "hi", "clientMsgId": "m1"})),
-            Ok(SendCommand { chat_id: "c", text: "hi", client_msg_id: Some("m1") })
+            Ok(SendCommand {
+                chat_id: "c",
+                text: "hi",
+                client_msg_id: Some("m1")
+            })
         );
-        assert_eq!(send(&json!({"chatId": "c", "text": "hi", "clientMsgId": null})).unwrap().client_msg_id, None);
+        assert_eq!(
+            send(&json!({"chatId": "c", "text": "hi", "clientMsgId": null}))
+                .unwrap()
+                .client_msg_id,
+            None
+        );
         for bad in [
             json!("c"),
             json!({"text": "hi"}),
@@ -125,13 +154,26 @@ mod tests {
 
     #[test]
     fn typing_and_sync_payloads() {
-        assert_eq!(typing(&json!({"chatId": "c", "isTyping": true})), Ok(("c", true)));
+        assert_eq!(
+            typing(&json!({"chatId": "c", "isTyping": true})),
+            Ok(("c", true))
+        );
         assert_eq!(typing(&json!({"chatId": "c"})), Ok(("c", false)));
         assert_eq!(
             sync(&json!({"chatId": "c", "afterSeq": 4, "limit": "10"})),
-            Ok(SyncCommand { chat_id: "c", after_seq: 4, limit: Some(10) })
+            Ok(SyncCommand {
+                chat_id: "c",
+                after_seq: 4,
+                limit: Some(10)
+            })
         );
-        assert_eq!(sync(&json!({"chatId": "c", "afterSeq": -1})), Err(Refusal::InvalidPayload));
-        assert_eq!(sync(&json!({"chatId": "c", "afterSeq": 1.5})), Err(Refusal::InvalidPayload));
+        assert_eq!(
+            sync(&json!({"chatId": "c", "afterSeq": -1})),
+            Err(Refusal::InvalidPayload)
+        );
+        assert_eq!(
+            sync(&json!({"chatId": "c", "afterSeq": 1.5})),
+            Err(Refusal::InvalidPayload)
+        );
     }
 }

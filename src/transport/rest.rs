@@ -31,9 +31,14 @@ pub fn routes() -> Router<Shared> {
         .route("/api/users", get(users))
         .route("/api/chats", get(chats))
         .route("/api/chats/with/{participant_id}", post(open_chat))
-        .route("/api/messages/chat/{chat_id}", get(history).post(post_message))
+        .route(
+            "/api/messages/chat/{chat_id}",
+            get(history).post(post_message),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found") })
-        .method_not_allowed_fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+        })
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -75,7 +80,9 @@ fn refusal_status(refusal: Refusal) -> StatusCode {
         Refusal::ChatNotFound => StatusCode::NOT_FOUND,
         Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Refusal::SendFailed => StatusCode::SERVICE_UNAVAILABLE,
-        Refusal::InvalidPayload | Refusal::MessageEmpty | Refusal::MessageTooLong => StatusCode::BAD_REQUEST,
+        Refusal::InvalidPayload | Refusal::MessageEmpty | Refusal::MessageTooLong => {
+            StatusCode::BAD_REQUEST
+        }
     }
 }
 
@@ -86,19 +93,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = RestError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(request, state).await.map_err(|rejection| {
-            let status = rejection.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE { "Payload too large" } else { "Invalid request body" };
-            RestError(status, message.into())
-        })?;
-        let bytes = if bytes.is_empty() { axum::body::Bytes::from_static(b"{}") } else { bytes };
-        serde_json::from_slice(&bytes).map(Body).map_err(|e| RestError(StatusCode::BAD_REQUEST, format!("Invalid request body: {e}")))
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "Payload too large"
+                } else {
+                    "Invalid request body"
+                };
+                RestError(status, message.into())
+            })?;
+        let bytes = if bytes.is_empty() {
+            axum::body::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes).map(Body).map_err(|e| {
+            RestError(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid request body: {e}"),
+            )
+        })
     }
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty())
+    value
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// The authenticated caller; 401 `Unauthorized` otherwise.
@@ -107,9 +132,17 @@ pub struct Caller(pub UserRecord);
 impl FromRequestParts<Shared> for Caller {
     type Rejection = RestError;
 
-    async fn from_request_parts(parts: &mut Parts, shared: &Shared) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Shared,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(|| RestError::from(ApiError::Unauthorized))?;
-        shared.app.authenticate(token).await.map(Caller).map_err(|_| ApiError::Unauthorized.into())
+        shared
+            .app
+            .authenticate(token)
+            .await
+            .map(Caller)
+            .map_err(|_| ApiError::Unauthorized.into())
     }
 }
 
@@ -119,10 +152,12 @@ type RawQuery = Query<HashMap<String, String>>;
 fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, RestError> {
     match query.get(key).map(|v| v.trim()) {
         None | Some("") => Ok(None),
-        Some(value) => value
-            .parse()
-            .map(Some)
-            .map_err(|_| RestError(StatusCode::BAD_REQUEST, format!("{key} must be a non-negative whole number"))),
+        Some(value) => value.parse().map(Some).map_err(|_| {
+            RestError(
+                StatusCode::BAD_REQUEST,
+                format!("{key} must be a non-negative whole number"),
+            )
+        }),
     }
 }
 
@@ -137,10 +172,21 @@ struct RegisterBody {
     password: Option<String>,
 }
 
-async fn register(State(shared): State<Shared>, Body(body): Body<RegisterBody>) -> Result<Response, RestError> {
-    let (name, email, password) = (body.name.unwrap_or_default(), body.email.unwrap_or_default(), body.password.unwrap_or_default());
+async fn register(
+    State(shared): State<Shared>,
+    Body(body): Body<RegisterBody>,
+) -> Result<Response, RestError> {
+    let (name, email, password) = (
+        body.name.unwrap_or_default(),
+        body.email.unwrap_or_default(),
+        body.password.unwrap_or_default(),
+    );
     let (token, user) = shared.app.register(&name, &email, &password).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "token": token, "user": user }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "user": user })),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -149,12 +195,24 @@ struct LoginBody {
     password: Option<String>,
 }
 
-async fn login(State(shared): State<Shared>, Body(body): Body<LoginBody>) -> Result<Response, RestError> {
-    let (token, user) = shared.app.login(&body.email.unwrap_or_default(), &body.password.unwrap_or_default()).await?;
+async fn login(
+    State(shared): State<Shared>,
+    Body(body): Body<LoginBody>,
+) -> Result<Response, RestError> {
+    let (token, user) = shared
+        .app
+        .login(
+            &body.email.unwrap_or_default(),
+            &body.password.unwrap_or_default(),
+        )
+        .await?;
     Ok(Json(json!({ "token": token, "user": user })).into_response())
 }
 
-async fn external_callback(State(shared): State<Shared>, parts: Parts) -> Result<Response, RestError> {
+async fn external_callback(
+    State(shared): State<Shared>,
+    parts: Parts,
+) -> Result<Response, RestError> {
     let token = bearer(&parts).ok_or_else(|| RestError::from(ApiError::Unauthorized))?;
     Ok(Json(shared.app.external_callback(token).await?).into_response())
 }
@@ -163,20 +221,38 @@ async fn me(Caller(user): Caller) -> Response {
     Json(crate::service::views::UserView::from(&user)).into_response()
 }
 
-async fn users(State(shared): State<Shared>, Caller(user): Caller, Query(query): RawQuery) -> Result<Response, RestError> {
+async fn users(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Query(query): RawQuery,
+) -> Result<Response, RestError> {
     let limit = number(&query, "limit")?;
-    Ok(Json(shared.app.search_users(&user.id, query.get("q").map(String::as_str), limit)?).into_response())
+    Ok(Json(
+        shared
+            .app
+            .search_users(&user.id, query.get("q").map(String::as_str), limit)?,
+    )
+    .into_response())
 }
 
 async fn chats(State(shared): State<Shared>, Caller(user): Caller) -> Result<Response, RestError> {
     Ok(Json(shared.app.chats_of(&user.id)?).into_response())
 }
 
-async fn open_chat(State(shared): State<Shared>, Caller(user): Caller, Path(participant_id): Path<String>) -> Result<Response, RestError> {
+async fn open_chat(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Path(participant_id): Path<String>,
+) -> Result<Response, RestError> {
     Ok(Json(shared.app.open_chat_with(&user.id, &participant_id).await?).into_response())
 }
 
-async fn history(State(shared): State<Shared>, Caller(user): Caller, Path(chat_id): Path<String>, Query(query): RawQuery) -> Result<Response, RestError> {
+async fn history(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Path(chat_id): Path<String>,
+    Query(query): RawQuery,
+) -> Result<Response, RestError> {
     let anchor = match (number(&query, "before")?, number(&query, "after")?) {
         (Some(before), _) => Anchor::Before(before),
         (None, Some(after)) => Anchor::After(after),
@@ -193,7 +269,12 @@ struct MessageBody {
     client_msg_id: Option<serde_json::Value>,
 }
 
-async fn post_message(State(shared): State<Shared>, Caller(user): Caller, Path(chat_id): Path<String>, Body(body): Body<MessageBody>) -> Result<Response, RestError> {
+async fn post_message(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Path(chat_id): Path<String>,
+    Body(body): Body<MessageBody>,
+) -> Result<Response, RestError> {
     let mut payload = serde_json::Map::new();
     payload.insert("chatId".into(), chat_id.into());
     if let Some(text) = body.text {
@@ -204,7 +285,10 @@ async fn post_message(State(shared): State<Shared>, Caller(user): Caller, Path(c
     }
     let payload = serde_json::Value::Object(payload);
     let command = super::payload::send(&payload)?;
-    let sent = shared.app.send(&user, command.chat_id, command.text, command.client_msg_id).await?;
+    let sent = shared
+        .app
+        .send(&user, command.chat_id, command.text, command.client_msg_id)
+        .await?;
     if sent.created {
         fan_out(&shared.io, &sent).await;
     }

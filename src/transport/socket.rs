@@ -33,9 +33,15 @@ pub fn register(io: &SocketIo) {
 
 /// The handshake token: `auth: { token }` (the seed's way) or an `Authorization: Bearer` header.
 fn handshake_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
-    let from_auth = auth.and_then(|a| a.get("token")).and_then(Value::as_str).filter(|t| !t.is_empty());
+    let from_auth = auth
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty());
     let from_header = || {
-        let header = socket.req_parts().headers.get(axum::http::header::AUTHORIZATION)?;
+        let header = socket
+            .req_parts()
+            .headers
+            .get(axum::http::header::AUTHORIZATION)?;
         let token = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
         (!token.is_empty()).then(|| token.to_owned())
     };
@@ -44,15 +50,26 @@ fn handshake_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
 
 /// Refuses the connection (`connect_error` with `Unauthorized` or `User not found!`) unless the
 /// handshake carries a valid token of an existing user.
-async fn authenticate(socket: SocketRef, TryData(auth): TryData<Value>, State(app): State<Arc<App>>) -> Result<(), AuthFailure> {
+async fn authenticate(
+    socket: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(app): State<Arc<App>>,
+) -> Result<(), AuthFailure> {
     let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
     let user = app.authenticate(&token).await?;
     let window = SlidingWindow::new(TYPING_PER_SEC, 1000);
-    socket.extensions.insert(Session { user: Arc::new(user), typing: Arc::new(Mutex::new(window)) });
+    socket.extensions.insert(Session {
+        user: Arc::new(user),
+        typing: Arc::new(Mutex::new(window)),
+    });
     Ok(())
 }
 
-async fn on_connect(socket: SocketRef, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+async fn on_connect(
+    socket: SocketRef,
+    Extension(session): Extension<Session>,
+    State(app): State<Arc<App>>,
+) {
     // Handlers first, before any await: events the client sends right after its CONNECT ack
     // would otherwise find no handler and be dropped.
     socket.on("join-chat", join_chat);
@@ -68,10 +85,16 @@ async fn on_connect(socket: SocketRef, Extension(session): Extension<Session>, S
         // Under the presence lock, so that this socket's snapshot (`online-users`) and the
         // transitions broadcast to it afterwards come in the order they happened.
         let mut presence = app.presence.lock().await;
-        let _ = socket.emit("online-users", &json!({ "userIds": presence.online_except(&user_id) }));
+        let _ = socket.emit(
+            "online-users",
+            &json!({ "userIds": presence.online_except(&user_id) }),
+        );
         socket.join(PRESENCE_ROOM);
         if presence.connect(&socket.id.to_string(), &user_id) {
-            let _ = socket.to(PRESENCE_ROOM).emit("user-online", &json!({ "userId": user_id })).await;
+            let _ = socket
+                .to(PRESENCE_ROOM)
+                .emit("user-online", &json!({ "userId": user_id }))
+                .await;
         }
     }
     // The socket may have closed before its disconnect handler was registered above; then no
@@ -81,7 +104,11 @@ async fn on_connect(socket: SocketRef, Extension(session): Extension<Session>, S
     }
 }
 
-async fn on_disconnect(socket: SocketRef, MaybeExtension(_session): MaybeExtension<Session>, State(app): State<Arc<App>>) {
+async fn on_disconnect(
+    socket: SocketRef,
+    MaybeExtension(_session): MaybeExtension<Session>,
+    State(app): State<Arc<App>>,
+) {
     retire(&socket, &app).await;
 }
 
@@ -89,7 +116,10 @@ async fn on_disconnect(socket: SocketRef, MaybeExtension(_session): MaybeExtensi
 async fn retire(socket: &SocketRef, app: &App) {
     let mut presence = app.presence.lock().await;
     if let Some((user_id, true)) = presence.disconnect(&socket.id.to_string()) {
-        let _ = socket.to(PRESENCE_ROOM).emit("user-offline", &json!({ "userId": user_id })).await;
+        let _ = socket
+            .to(PRESENCE_ROOM)
+            .emit("user-offline", &json!({ "userId": user_id }))
+            .await;
     }
 }
 
@@ -112,20 +142,30 @@ fn answer(socket: &SocketRef, ack: AckSender, result: Result<Value, Refusal>) {
     let _ = ack.send(&reply);
 }
 
-fn decoded<T>(data: Result<Value, impl std::fmt::Display>, decode: impl FnOnce(&Value) -> Result<T, Refusal>) -> Result<T, Refusal> {
-    data.map_err(|_| Refusal::InvalidPayload).and_then(|value| decode(&value))
+fn decoded<T>(
+    data: Result<Value, impl std::fmt::Display>,
+    decode: impl FnOnce(&Value) -> Result<T, Refusal>,
+) -> Result<T, Refusal> {
+    data.map_err(|_| Refusal::InvalidPayload)
+        .and_then(|value| decode(&value))
 }
 
 fn to_json(value: &impl Serialize) -> Value {
     serde_json::to_value(value).expect("views serialise to JSON")
 }
 
-async fn join_chat(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+async fn join_chat(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    Extension(session): Extension<Session>,
+    State(app): State<Arc<App>>,
+) {
     let result = data.map_err(|_| Refusal::InvalidPayload).and_then(|value| {
         let chat_id = payload::chat_id(&value).map_err(|_| Refusal::ChatNotFound)?;
         let chat = app.member_chat(&session.user.id, chat_id)?;
         socket.join(chat_room(&chat.id));
-        Ok(json!({ "chatId": chat.id }))
+        Ok(json!({}))
     });
     answer(&socket, ack, result);
 }
@@ -134,12 +174,19 @@ async fn leave_chat(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSe
     let result = decoded(data, |value| {
         let chat_id = payload::chat_id(value)?;
         socket.leave(chat_room(chat_id));
-        Ok(json!({ "chatId": chat_id }))
+        Ok(json!({}))
     });
     answer(&socket, ack, result);
 }
 
-async fn send_message(socket: SocketRef, io: SocketIo, TryData(data): TryData<Value>, ack: AckSender, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+async fn send_message(
+    socket: SocketRef,
+    io: SocketIo,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    Extension(session): Extension<Session>,
+    State(app): State<Arc<App>>,
+) {
     let value = match data {
         Ok(value) => value,
         Err(_) => return answer(&socket, ack, Err(Refusal::InvalidPayload)),
@@ -148,7 +195,14 @@ async fn send_message(socket: SocketRef, io: SocketIo, TryData(data): TryData<Va
         Ok(command) => command,
         Err(refusal) => return answer(&socket, ack, Err(refusal)),
     };
-    let result = app.send(&session.user, command.chat_id, command.text, command.client_msg_id).await;
+    let result = app
+        .send(
+            &session.user,
+            command.chat_id,
+            command.text,
+            command.client_msg_id,
+        )
+        .await;
     let result = match result {
         Ok(sent) => {
             if sent.created {
@@ -163,25 +217,58 @@ async fn send_message(socket: SocketRef, io: SocketIo, TryData(data): TryData<Va
 
 /// Typing indicators: members only, at most `TYPING_PER_SEC` per socket, never echoed to the
 /// sender's own sockets. Anything else is dropped silently, as the contract says.
-async fn typing(io: SocketIo, TryData(data): TryData<Value>, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+async fn typing(
+    io: SocketIo,
+    TryData(data): TryData<Value>,
+    Extension(session): Extension<Session>,
+    State(app): State<Arc<App>>,
+) {
     let Ok(value) = data else { return };
-    let Ok((chat_id, is_typing)) = payload::typing(&value) else { return };
-    let Ok(chat) = app.member_chat(&session.user.id, chat_id) else { return };
-    let allowed = session.typing.lock().expect("never poisoned").try_record(app.now_ms());
+    let Ok((chat_id, is_typing)) = payload::typing(&value) else {
+        return;
+    };
+    let Ok(chat) = app.member_chat(&session.user.id, chat_id) else {
+        return;
+    };
+    let allowed = session
+        .typing
+        .lock()
+        .expect("never poisoned")
+        .try_record(app.now_ms());
     if !allowed {
         return;
     }
     let user_id = &session.user.id;
     let mut rooms = vec![chat_room(&chat.id)];
-    rooms.extend(chat.members.iter().filter(|m| *m != user_id).map(|m| user_room(m)));
+    rooms.extend(
+        chat.members
+            .iter()
+            .filter(|m| *m != user_id)
+            .map(|m| user_room(m)),
+    );
     let event = json!({ "userId": user_id, "chatId": chat.id, "isTyping": is_typing });
-    let _ = io.to(rooms).except(user_room(user_id)).emit("typing", &event).await;
+    let _ = io
+        .to(rooms)
+        .except(user_room(user_id))
+        .emit("typing", &event)
+        .await;
 }
 
-async fn sync(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender, Extension(session): Extension<Session>, State(app): State<Arc<App>>) {
+async fn sync(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    Extension(session): Extension<Session>,
+    State(app): State<Arc<App>>,
+) {
     let result = decoded(data, |value| {
         let command = payload::sync(value)?;
-        let (messages, has_more) = app.sync(&session.user.id, command.chat_id, command.after_seq, command.limit)?;
+        let (messages, has_more) = app.sync(
+            &session.user.id,
+            command.chat_id,
+            command.after_seq,
+            command.limit,
+        )?;
         Ok(json!({ "messages": to_json(&messages), "hasMore": has_more }))
     });
     answer(&socket, ack, result);

@@ -1,0 +1,300 @@
+//! A small Socket.IO v5 / Engine.IO v4 client over WebSocket, for the load generator, the
+//! integration tests and the simulation.
+//!
+//! It speaks just what palaver's clients use: the handshake with `auth: { token }`, events in
+//! both directions, acknowledgements, and answering the server's pings. It is generic over the
+//! byte stream, so the same code runs over a real `TcpStream` and over the simulation's.
+//! Incoming events wait in a bounded queue; a consumer that stops reading eventually stops the
+//! reader, which is the backpressure a real slow client exerts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Events buffered for the consumer before the reader waits.
+const EVENTS_QUEUED_MAX: usize = 4096;
+/// Frames buffered towards the server before `emit` waits.
+const OUTGOING_QUEUED_MAX: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("websocket: {0}")]
+    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("connection refused by the server: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("connection closed")]
+    Closed,
+    #[error("no acknowledgement within {0:?}")]
+    AckTimeout(Duration),
+}
+
+/// An event the server sent: its name and its first argument.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub name: String,
+    pub data: Value,
+}
+
+type PendingAcks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
+
+/// The sending half of a connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    outgoing: mpsc::Sender<Message>,
+    acks: PendingAcks,
+    next_ack: Arc<AtomicU64>,
+}
+
+/// Connects over `stream` (already connected to the server) and performs the Engine.IO and
+/// Socket.IO handshakes on namespace `/` with `auth: { token }`. `host` goes into the request.
+pub async fn connect<S>(
+    stream: S,
+    host: &str,
+    token: &str,
+) -> Result<(Client, mpsc::Receiver<Event>), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // Engine.IO open packet: `0{"sid":…,"pingInterval":…}`.
+    match next_text(&mut ws).await? {
+        text if text.starts_with('0') => {}
+        other => {
+            return Err(ClientError::Protocol(format!(
+                "expected the open packet, got {other:?}"
+            )));
+        }
+    }
+    ws.send(Message::text(format!("40{}", json!({ "token": token }))))
+        .await?;
+    loop {
+        let text = next_text(&mut ws).await?;
+        if text == "2" {
+            ws.send(Message::text("3")).await?;
+        } else if text.starts_with("40") {
+            break;
+        } else if let Some(error) = text.strip_prefix("44") {
+            let message = serde_json::from_str::<Value>(error)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned));
+            return Err(ClientError::Refused(
+                message.unwrap_or_else(|| error.to_owned()),
+            ));
+        } else {
+            return Err(ClientError::Protocol(format!(
+                "unexpected packet during connect: {text:?}"
+            )));
+        }
+    }
+    let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUED_MAX);
+    let (events_tx, events) = mpsc::channel(EVENTS_QUEUED_MAX);
+    let acks: PendingAcks = Arc::default();
+    tokio::spawn(pump(
+        ws,
+        outgoing_rx,
+        outgoing.clone(),
+        events_tx,
+        Arc::clone(&acks),
+    ));
+    Ok((
+        Client {
+            outgoing,
+            acks,
+            next_ack: Arc::new(AtomicU64::new(1)),
+        },
+        events,
+    ))
+}
+
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<String, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await.ok_or(ClientError::Closed)?? {
+            Message::Text(text) => return Ok(text.as_str().to_owned()),
+            Message::Close(_) => return Err(ClientError::Closed),
+            _ => {}
+        }
+    }
+}
+
+/// Moves frames between the WebSocket and the queues until either side closes.
+async fn pump<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    mut outgoing: mpsc::Receiver<Message>,
+    pong: mpsc::Sender<Message>,
+    events: mpsc::Sender<Event>,
+    acks: PendingAcks,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let writer = async move {
+        while let Some(message) = outgoing.recv().await {
+            let closing = matches!(message, Message::Close(_));
+            if sink.send(message).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    };
+    let reader = async move {
+        while let Some(Ok(message)) = stream.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            match parse_packet(text.as_str()) {
+                Packet::Ping => {
+                    if pong.send(Message::text("3")).await.is_err() {
+                        break;
+                    }
+                }
+                Packet::Event(event) => {
+                    if events.send(event).await.is_err() {
+                        // Nobody listens for events any more; keep serving acks.
+                    }
+                }
+                Packet::Ack(id, data) => {
+                    if let Some(waiter) = acks.lock().expect("never poisoned").remove(&id) {
+                        let _ = waiter.send(data);
+                    }
+                }
+                Packet::Disconnect => break,
+                Packet::Other => {}
+            }
+        }
+        // Dropping the pending acks wakes their waiters with `Closed`.
+        acks.lock().expect("never poisoned").clear();
+    };
+    tokio::select! {
+        () = writer => {}
+        () = reader => {}
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Packet {
+    Ping,
+    Event(Event),
+    Ack(u64, Value),
+    Disconnect,
+    Other,
+}
+
+/// Parses one Engine.IO text frame carrying a Socket.IO packet on namespace `/`.
+fn parse_packet(text: &str) -> Packet {
+    if text == "2" {
+        return Packet::Ping;
+    }
+    if text == "1" || text.starts_with("41") {
+        return Packet::Disconnect;
+    }
+    let (kind, rest) = match text.strip_prefix("42") {
+        Some(rest) => ('e', rest),
+        None => match text.strip_prefix("43") {
+            Some(rest) => ('a', rest),
+            None => return Packet::Other,
+        },
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (id, body) = rest.split_at(digits);
+    let Ok(Value::Array(mut args)) = serde_json::from_str::<Value>(body) else {
+        return Packet::Other;
+    };
+    match kind {
+        'e' if !args.is_empty() => {
+            let Value::String(name) = args.remove(0) else {
+                return Packet::Other;
+            };
+            let data = if args.is_empty() {
+                Value::Null
+            } else {
+                args.swap_remove(0)
+            };
+            Packet::Event(Event { name, data })
+        }
+        'a' => match id.parse() {
+            Ok(id) => Packet::Ack(id, args.into_iter().next().unwrap_or(Value::Null)),
+            Err(_) => Packet::Other,
+        },
+        _ => Packet::Other,
+    }
+}
+
+impl Client {
+    /// Sends an event without asking for an acknowledgement.
+    pub async fn emit(&self, event: &str, data: &Value) -> Result<(), ClientError> {
+        let frame = format!("42{}", json!([event, data]));
+        self.outgoing
+            .send(Message::text(frame))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends an event and waits for its acknowledgement.
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        data: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.acks.lock().expect("never poisoned").insert(id, tx);
+        let frame = format!("42{id}{}", json!([event, data]));
+        if self.outgoing.send(Message::text(frame)).await.is_err() {
+            self.acks.lock().expect("never poisoned").remove(&id);
+            return Err(ClientError::Closed);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                self.acks.lock().expect("never poisoned").remove(&id);
+                Err(ClientError::AckTimeout(timeout))
+            }
+        }
+    }
+
+    /// Closes the connection cleanly (Socket.IO disconnect, then a WebSocket close).
+    pub async fn close(&self) {
+        let _ = self.outgoing.send(Message::text("41")).await;
+        let _ = self.outgoing.send(Message::Close(None)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_packets_palaver_sends() {
+        assert_eq!(parse_packet("2"), Packet::Ping);
+        assert_eq!(
+            parse_packet(r#"42["new-message",{"seq":1}]"#),
+            Packet::Event(Event {
+                name: "new-message".into(),
+                data: json!({"seq": 1})
+            })
+        );
+        assert_eq!(
+            parse_packet(r#"4317[{"ok":true}]"#),
+            Packet::Ack(17, json!({"ok": true}))
+        );
+        assert_eq!(parse_packet("41"), Packet::Disconnect);
+        assert_eq!(parse_packet("42not json"), Packet::Other);
+        assert_eq!(parse_packet("42[5]"), Packet::Other);
+        assert_eq!(parse_packet("43[1]"), Packet::Other);
+    }
+}
