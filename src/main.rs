@@ -8,7 +8,7 @@ use clap::Parser;
 use palaver::clock::SystemClock;
 use palaver::config::{Cli, Command, Config};
 use palaver::server;
-use palaver::storage::{self, Durability};
+use palaver::storage::{self, Durability, WriterExit};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -44,8 +44,10 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     let (store, writer, writer_task) = storage::start(db, Durability::Immediate)?;
 
     // The writer does blocking fsyncs: it gets a thread of its own, so they never stall the
-    // async workers that serve sockets.
-    let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel::<()>();
+    // async workers that serve sockets. It reports how it ended, so a storage failure can stop
+    // the server (see `WriterExit::Failed`).
+    let (stop_writer, writer_stop) = tokio::sync::oneshot::channel::<()>();
+    let (writer_exit_tx, writer_exit) = tokio::sync::oneshot::channel::<WriterExit>();
     let writer_thread = std::thread::Builder::new()
         .name("palaver-writer".into())
         .spawn(move || {
@@ -53,14 +55,16 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
                 .enable_all()
                 .build()
                 .expect("writer runtime");
-            runtime.block_on(writer_task.run(async {
-                let _ = writer_stopped.await;
+            let exit = runtime.block_on(writer_task.run(async {
+                let _ = writer_stop.await;
             }));
+            let _ = writer_exit_tx.send(exit);
         })?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let (storage_failed_tx, mut storage_failed) = tokio::sync::oneshot::channel::<String>();
     let served = runtime.block_on(async {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| format!("no OS randomness: {e}"))?;
@@ -69,7 +73,18 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
             .await
             .map_err(|e| format!("cannot listen on {} (PALAVER_LISTEN): {e}", config.listen))?;
         tracing::info!(address = %listener.local_addr()?, data_dir = %config.data_dir.display(), "palaver listening");
-        server::run(listener, app, config, shutdown_signal()).await?;
+        let watch_writer = async move {
+            if let Ok(WriterExit::Failed(error)) = writer_exit.await {
+                let _ = storage_failed_tx.send(error);
+            }
+        };
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                () = watch_writer => tracing::error!("storage failed: stopping so that a restart can reopen and repair the database"),
+            }
+        };
+        server::run(listener, app, config, shutdown).await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     });
     // Dropping the runtime drops every task still holding the service; then the writer commits
@@ -79,8 +94,15 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     writer_thread
         .join()
         .map_err(|_| "the storage writer panicked")?;
+    served?;
+    if let Ok(error) = storage_failed.try_recv() {
+        return Err(format!(
+            "storage failed ({error}); restart palaver to reopen and repair the database"
+        )
+        .into());
+    }
     tracing::info!("database closed; bye");
-    served
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 pub use records::{ChatRecord, MessageRecord, UserRecord};
-pub use writer::{AppendOutcome, NewMessage, NewUser, StoreWriter, WriteError, WriterTask};
+pub use writer::{
+    AppendOutcome, NewMessage, NewUser, StoreWriter, WriteError, WriterExit, WriterTask,
+};
 
 use records::{DecodeError, decode};
 use tables::*;

@@ -19,7 +19,7 @@ use crate::limits::{WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WriteError {
-    /// The transaction failed; nothing of this batch was committed.
+    /// The transaction failed; nothing of this batch was acknowledged.
     #[error("commit failed: {0}")]
     Storage(String),
     /// The writer task has stopped (shutting down).
@@ -113,6 +113,15 @@ impl Applied {
     }
 }
 
+/// Why the writer task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterExit {
+    /// Asked to stop, or every handle dropped; everything queued was committed.
+    Stopped,
+    /// A commit failed; the database must be reopened before anything more is written.
+    Failed(String),
+}
+
 /// The handle through which the service writes. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreWriter {
@@ -187,30 +196,40 @@ impl WriterTask {
     /// Commits batches until every [`StoreWriter`] is gone or `stop` completes. On `stop`, the
     /// queue is closed to new requests, and the ones already queued are committed and answered
     /// before returning: a clean shutdown loses nothing that was handed to the writer.
-    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+    ///
+    /// A failed commit ends the writer with [`WriterExit::Failed`]: redb refuses every later
+    /// write after an I/O error until the database is reopened, and after a failed fsync the
+    /// page cache cannot be trusted anyway (PostgreSQL's "fsyncgate"). The process should stop
+    /// and restart, which reopens the file and lets redb repair it.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> WriterExit {
         let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
         let mut stop = std::pin::pin!(stop);
+        let mut stopping = false;
         loop {
-            tokio::select! {
-                received = self.requests.recv_many(&mut batch, WRITE_BATCH_MAX) => {
-                    if received == 0 {
-                        break;
+            let received = if stopping {
+                self.requests.recv_many(&mut batch, WRITE_BATCH_MAX).await
+            } else {
+                tokio::select! {
+                    received = self.requests.recv_many(&mut batch, WRITE_BATCH_MAX) => received,
+                    () = &mut stop => {
+                        stopping = true;
+                        self.requests.close();
+                        continue;
                     }
-                    self.commit_batch(std::mem::take(&mut batch));
                 }
-                () = &mut stop => {
-                    self.requests.close();
-                    while self.requests.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
-                        self.commit_batch(std::mem::take(&mut batch));
-                    }
-                    break;
-                }
+            };
+            if received == 0 {
+                tracing::debug!("storage writer stopped");
+                return WriterExit::Stopped;
+            }
+            if let Err(error) = self.commit_batch(std::mem::take(&mut batch)) {
+                // Whatever is still queued is refused by dropping it: its senders see `Closed`.
+                return WriterExit::Failed(error);
             }
         }
-        tracing::debug!("storage writer stopped");
     }
 
-    fn commit_batch(&self, batch: Vec<Request>) {
+    fn commit_batch(&self, batch: Vec<Request>) -> Result<(), String> {
         let mut applied = Vec::with_capacity(batch.len());
         let mut pending = batch.into_iter();
         let outcome = self.begin().and_then(|tx| {
@@ -223,14 +242,20 @@ impl WriterTask {
             tx.commit().map_err(redb::Error::from)
         });
         match outcome {
-            Ok(()) => applied.into_iter().for_each(|a| a.answer(Ok(()))),
+            Ok(()) => {
+                applied.into_iter().for_each(|a| a.answer(Ok(())));
+                Ok(())
+            }
             Err(error) => {
-                tracing::error!(%error, "write batch failed; nothing in it was committed");
+                // Not acknowledged. After a failed fsync the batch may still turn out durable;
+                // clients retry with the same clientMsgId and get the original if so.
+                tracing::error!(%error, "write batch failed; none of it was acknowledged");
                 let error = WriteError::Storage(error.to_string());
                 applied
                     .into_iter()
                     .for_each(|a| a.answer(Err(error.clone())));
                 pending.for_each(|r| r.fail(error.clone()));
+                Err(error.to_string())
             }
         }
     }
