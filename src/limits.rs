@@ -22,8 +22,11 @@ pub const AVATAR_CHARS_MAX: usize = 2048;
 
 /// REST request bodies and single Socket.IO / WebSocket messages.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
-/// Messages queued towards one socket before socketioxide drops it as a slow reader.
-pub const SOCKET_BUFFER_MAX: usize = 256;
+/// Packets queued towards one socket; beyond it socketioxide refuses further emits to that
+/// socket (the client recovers missed messages with `sync`, its seqs show the gap). A burst of
+/// group-committed messages to a user with many tabs must fit; the queue is allocated as it
+/// fills, so idle sockets do not pay for the bound.
+pub const SOCKET_BUFFER_MAX: usize = 1024;
 
 /// History pages (`limit` query) and `sync`.
 pub const PAGE_DEFAULT: u32 = 100;

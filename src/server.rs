@@ -112,13 +112,28 @@ where
     L: Listener,
     L::Addr: std::fmt::Debug,
 {
-    let (router, io) = router(app, config);
+    let (router, io) = router(Arc::clone(&app), config);
+    let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), app));
     let closing = async move {
         shutdown.await;
         tracing::info!("shutting down: closing sockets");
+        sweeper.abort();
         io.close().await;
     };
     axum::serve(listener, router)
         .with_graceful_shutdown(closing)
         .await
+}
+
+/// How often presence is reconciled with the live sockets (see `socket::sweep_presence`).
+const PRESENCE_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+async fn sweep_presence_forever(io: SocketIo, app: Arc<App>) {
+    let mut suspects = std::collections::HashSet::new();
+    let mut ticks = tokio::time::interval(PRESENCE_SWEEP_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        socket::sweep_presence(&io, &app, &mut suspects).await;
+    }
 }

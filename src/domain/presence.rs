@@ -26,6 +26,13 @@ impl Presence {
         if self.users_by_connection.contains_key(conn) {
             return false;
         }
+        #[cfg(feature = "sim-faults")]
+        if crate::faults::is_planted(crate::faults::PlantedFault::PresenceWithoutCounting) {
+            self.users_by_connection
+                .insert(conn.to_owned(), user.to_owned());
+            self.connections.insert(user.to_owned(), 1);
+            return true;
+        }
         self.users_by_connection
             .insert(conn.to_owned(), user.to_owned());
         let count = self.connections.entry(user.to_owned()).or_insert(0);
@@ -37,6 +44,11 @@ impl Presence {
     /// connection (the user went offline); `None` if the connection was not counted.
     pub fn disconnect(&mut self, conn: &str) -> Option<(String, bool)> {
         let user = self.users_by_connection.remove(conn)?;
+        #[cfg(feature = "sim-faults")]
+        if crate::faults::is_planted(crate::faults::PlantedFault::PresenceWithoutCounting) {
+            self.connections.remove(&user);
+            return Some((user, true));
+        }
         let count = self
             .connections
             .get_mut(&user)
@@ -75,6 +87,13 @@ impl Presence {
 
     pub fn connection_count(&self) -> usize {
         self.users_by_connection.len()
+    }
+
+    /// Every counted connection, sorted (for reconciling against the transport's live set).
+    pub fn connections(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.users_by_connection.keys().cloned().collect();
+        ids.sort_unstable();
+        ids
     }
 }
 

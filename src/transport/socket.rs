@@ -3,6 +3,7 @@
 //! socketioxide runs every handler on a task of its own, so nothing here may assume that two
 //! events of one socket are handled in order; the service and storage make each one safe alone.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -49,56 +50,59 @@ fn handshake_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
 }
 
 /// Refuses the connection (`connect_error` with `Unauthorized` or `User not found!`) unless the
-/// handshake carries a valid token of an existing user.
+/// handshake carries a valid token of an existing user. On success it also registers the event
+/// handlers and joins the user's room, here rather than in `on_connect`: socketioxide sends the
+/// client its CONNECT ack before it spawns the connect handler, and a client that emits at once
+/// (socket.io-client does, from its `connect` callback) must find its handlers in place.
 async fn authenticate(
     socket: SocketRef,
+    io: SocketIo,
     TryData(auth): TryData<Value>,
     State(app): State<Arc<App>>,
 ) -> Result<(), AuthFailure> {
     let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
     let user = app.authenticate(&token).await?;
+    let user_id = user.id.clone();
+    socket.join(user_room(&user_id));
     let window = SlidingWindow::new(TYPING_PER_SEC, 1000);
     socket.extensions.insert(Session {
         user: Arc::new(user),
         typing: Arc::new(Mutex::new(window)),
     });
-    Ok(())
-}
-
-async fn on_connect(
-    socket: SocketRef,
-    Extension(session): Extension<Session>,
-    State(app): State<Arc<App>>,
-) {
-    // Handlers first, before any await: events the client sends right after its CONNECT ack
-    // would otherwise find no handler and be dropped.
     socket.on("join-chat", join_chat);
     socket.on("leave-chat", leave_chat);
     socket.on("send-message", send_message);
     socket.on("typing", typing);
     socket.on("sync", sync);
     socket.on_disconnect(on_disconnect);
-
-    let user_id = session.user.id.clone();
-    socket.join(user_room(&user_id));
-    {
-        // Under the presence lock, so that this socket's snapshot (`online-users`) and the
-        // transitions broadcast to it afterwards come in the order they happened.
-        let mut presence = app.presence.lock().await;
-        let _ = socket.emit(
-            "online-users",
-            &json!({ "userIds": presence.online_except(&user_id) }),
-        );
-        socket.join(PRESENCE_ROOM);
-        if presence.connect(&socket.id.to_string(), &user_id) {
-            let _ = socket
-                .to(PRESENCE_ROOM)
-                .emit("user-online", &json!({ "userId": user_id }))
-                .await;
-        }
+    // Counted before the client learns it is connected, so that a tab closed right after
+    // another one opened never sees its user flicker offline.
+    let mut presence = app.presence.lock().await;
+    if presence.connect(&socket.id.to_string(), &user_id) {
+        // Not yet in the presence room: the newcomer is not told about itself.
+        let _ = io
+            .to(PRESENCE_ROOM)
+            .emit("user-online", &json!({ "userId": user_id }))
+            .await;
     }
-    // The socket may have closed before its disconnect handler was registered above; then no
-    // handler will run for it, and the connection just counted must be retired here.
+    socket.join(PRESENCE_ROOM);
+    Ok(())
+}
+
+/// Sends the new socket its `online-users` snapshot. Taken under the presence lock, so that it
+/// and the transitions broadcast to the socket afterwards come in the order they happened.
+async fn on_connect(
+    socket: SocketRef,
+    Extension(session): Extension<Session>,
+    State(app): State<Arc<App>>,
+) {
+    {
+        let presence = app.presence.lock().await;
+        let online = presence.online_except(&session.user.id);
+        let _ = socket.emit("online-users", &json!({ "userIds": online }));
+    }
+    // A socket that closed before this handler ran was retired by its disconnect handler;
+    // retiring is idempotent, so checking again here closes the window completely.
     if !socket.connected() {
         retire(&socket, &app).await;
     }
@@ -121,6 +125,31 @@ async fn retire(socket: &SocketRef, app: &App) {
             .emit("user-offline", &json!({ "userId": user_id }))
             .await;
     }
+}
+
+/// Reconciles presence with the sockets socketioxide still holds. A connection can vanish
+/// without its disconnect handler ever running (its CONNECT ack failed to send right after
+/// the middleware counted it); such a connection would keep its user online forever. One
+/// that is missing at two consecutive sweeps is retired (a single miss can be a socket
+/// between its middleware and its entry into the namespace).
+pub async fn sweep_presence(io: &SocketIo, app: &App, suspects: &mut HashSet<String>) {
+    let live: HashSet<String> = io.sockets().into_iter().map(|s| s.id.to_string()).collect();
+    let mut presence = app.presence.lock().await;
+    let missing: HashSet<String> = presence
+        .connections()
+        .into_iter()
+        .filter(|c| !live.contains(c))
+        .collect();
+    for stale in missing.intersection(suspects) {
+        tracing::warn!(connection = %stale, "retiring a connection that vanished without a disconnect");
+        if let Some((user_id, true)) = presence.disconnect(stale) {
+            let _ = io
+                .to(PRESENCE_ROOM)
+                .emit("user-offline", &json!({ "userId": user_id }))
+                .await;
+        }
+    }
+    *suspects = missing.difference(suspects).cloned().collect();
 }
 
 /// Answers an event: `{ ok: true, ...body }`, or `{ ok: false, error }` plus a `socket-error`.
@@ -163,6 +192,11 @@ async fn join_chat(
 ) {
     let result = data.map_err(|_| Refusal::InvalidPayload).and_then(|value| {
         let chat_id = payload::chat_id(&value).map_err(|_| Refusal::ChatNotFound)?;
+        #[cfg(feature = "sim-faults")]
+        if crate::faults::is_planted(crate::faults::PlantedFault::JoinWithoutMembership) {
+            socket.join(chat_room(chat_id));
+            return Ok(json!({}));
+        }
         let chat = app.member_chat(&session.user.id, chat_id)?;
         socket.join(chat_room(&chat.id));
         Ok(json!({}))

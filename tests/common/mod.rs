@@ -1,0 +1,215 @@
+//! Shared harness for the integration tests: a real palaver server on `127.0.0.1:0` with a
+//! temporary data directory, and small REST and Socket.IO helpers.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use palaver::client::{self, Client, Event};
+use palaver::clock::SystemClock;
+use palaver::config::Config;
+use palaver::storage::{self, Durability, WriterExit};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop_server: Option<oneshot::Sender<()>>,
+    stop_writer: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    writer: Option<JoinHandle<WriterExit>>,
+}
+
+fn install_tls_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Send limits high enough that only the rate-limit tests meet them.
+pub fn relaxed_config() -> Config {
+    Config {
+        send_rate_per_sec: 100_000,
+        send_burst: 100_000,
+        ..Config::default()
+    }
+}
+
+pub async fn start(config: Config) -> TestServer {
+    install_tls_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = storage::open_dir(dir.path()).expect("open database");
+    let (store, writer, writer_task) =
+        storage::start(db, Durability::Immediate).expect("start storage");
+    let (stop_writer, writer_stop) = oneshot::channel::<()>();
+    let writer_handle = tokio::spawn(writer_task.run(async {
+        let _ = writer_stop.await;
+    }));
+    let app = palaver::server::build_app(&config, store, writer, Arc::new(SystemClock), [7; 32])
+        .await
+        .expect("build app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop_server, server_stop) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        palaver::server::run(listener, app, &config, async {
+            let _ = server_stop.await;
+        })
+        .await
+    });
+    TestServer {
+        addr,
+        dir,
+        stop_server: Some(stop_server),
+        stop_writer: Some(stop_writer),
+        server: Some(server),
+        writer: Some(writer_handle),
+    }
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops serving, then lets the writer commit what is queued; returns how the writer ended.
+    pub async fn stop(self) -> WriterExit {
+        self.stop_keeping_data().await.0
+    }
+
+    /// Like `stop`, but hands back the data directory instead of deleting it.
+    pub async fn stop_keeping_data(mut self) -> (WriterExit, tempfile::TempDir) {
+        let _ = self.stop_server.take().expect("running").send(());
+        let served = self
+            .server
+            .take()
+            .expect("running")
+            .await
+            .expect("server task");
+        served.expect("server ran cleanly");
+        let _ = self.stop_writer.take().expect("running").send(());
+        let exit = self
+            .writer
+            .take()
+            .expect("running")
+            .await
+            .expect("writer task");
+        (exit, self.dir)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = reqwest::Client::new().post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request.send().await.expect("request")).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = reqwest::Client::new().get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request.send().await.expect("request")).await
+    }
+
+    /// Registers a user; returns (token, user id).
+    pub async fn register(&self, name: &str) -> (String, String) {
+        let email = format!("{name}@example.com");
+        let (status, body) = self
+            .post(
+                "/api/auth/register",
+                None,
+                json!({ "name": name, "email": email, "password": "password123" }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["token"].as_str().unwrap().to_owned(),
+            body["user"]["_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn open_chat(&self, token: &str, other: &str) -> String {
+        let (status, body) = self
+            .post(&format!("/api/chats/with/{other}"), Some(token), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn connect(&self, token: &str) -> Socket {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("tcp connect");
+        let (client, events) = client::connect(stream, &self.addr.to_string(), token)
+            .await
+            .expect("socket.io connect");
+        Socket { client, events }
+    }
+
+    pub async fn connect_refused(&self, token: &str) -> String {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("tcp connect");
+        match client::connect(stream, &self.addr.to_string(), token).await {
+            Err(client::ClientError::Refused(message)) => message,
+            Err(other) => panic!("expected a refusal, got {other}"),
+            Ok(_) => panic!("expected a refusal, got a connection"),
+        }
+    }
+}
+
+async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// A connected socket and the events it received.
+pub struct Socket {
+    pub client: Client,
+    pub events: mpsc::Receiver<Event>,
+}
+
+impl Socket {
+    pub async fn ack(&self, event: &str, data: Value) -> Value {
+        self.client
+            .emit_with_ack(event, &data, ACK_TIMEOUT)
+            .await
+            .expect("ack")
+    }
+
+    /// The next event named `name` within `within`, skipping others.
+    pub async fn next(&mut self, name: &str, within: Duration) -> Option<Value> {
+        tokio::time::timeout(within, async {
+            loop {
+                let event = self.events.recv().await?;
+                if event.name == name {
+                    return Some(event.data);
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Every event named `name` that arrives within `quiet`.
+    pub async fn drain(&mut self, name: &str, quiet: Duration) -> Vec<Value> {
+        let mut found = Vec::new();
+        while let Some(data) = self.next(name, quiet).await {
+            found.push(data);
+        }
+        found
+    }
+}
