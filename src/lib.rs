@@ -9,6 +9,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;
+#[cfg(feature = "sim-faults")]
+pub mod faults;
 pub mod limits;
 pub mod server;
 pub mod service;

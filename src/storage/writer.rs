@@ -202,6 +202,8 @@ impl WriterTask {
     /// page cache cannot be trusted anyway (PostgreSQL's "fsyncgate"). The process should stop
     /// and restart, which reopens the file and lets redb repair it.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> WriterExit {
+        #[cfg(feature = "sim-faults")]
+        crate::faults::writer_started();
         let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
         let mut stop = std::pin::pin!(stop);
         let mut stopping = false;
@@ -238,6 +240,10 @@ impl WriterTask {
                 for request in pending.by_ref() {
                     applied.push(tables.apply(request)?);
                 }
+            }
+            #[cfg(feature = "sim-faults")]
+            if crate::faults::is_planted(crate::faults::PlantedFault::AckBeforeCommit) {
+                applied.drain(..).for_each(|a| a.answer(Ok(())));
             }
             tx.commit().map_err(redb::Error::from)
         });
@@ -430,6 +436,10 @@ impl<'tx> Tables<'tx> {
             if let Some(seq) = seq.map(|s| s.value()) {
                 return Ok(AppendOutcome::Duplicate(self.message(&new.chat, seq)?));
             }
+        }
+        #[cfg(feature = "sim-faults")]
+        if crate::faults::reuse_seq(&chat.id, chat.last_seq) {
+            chat.last_seq -= 1;
         }
         chat.last_seq += 1;
         // Keep createdAt non-decreasing along seq even if the requests' clocks interleave.

@@ -39,6 +39,20 @@ pub const PRESENCE_ROOM: &str = "presence";
 /// socket. A socket whose outgoing buffer is full misses the event; its client sees the gap in
 /// `seq` and recovers it with `sync`.
 pub async fn fan_out(io: &SocketIo, sent: &Sent) {
+    #[cfg(feature = "sim-faults")]
+    if crate::faults::is_planted(crate::faults::PlantedFault::DuplicateFanOut) {
+        let _ = io
+            .to(chat_room(&sent.message.chat))
+            .emit("new-message", &sent.message)
+            .await;
+        for member in &sent.members {
+            let _ = io
+                .to(user_room(member))
+                .emit("new-message", &sent.message)
+                .await;
+        }
+        return;
+    }
     let mut rooms = Vec::with_capacity(sent.members.len() + 1);
     rooms.push(chat_room(&sent.message.chat));
     rooms.extend(sent.members.iter().map(|m| user_room(m)));

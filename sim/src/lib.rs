@@ -1,0 +1,18 @@
+//! palaver-sim: a deterministic simulation of the palaver server.
+//!
+//! The real server (the `palaver` library's `build_app` and `run`, with real redb storage) runs
+//! on a turmoil host, on a simulated network and a simulated disk, with a simulated clock.
+//! Simulated clients behave like the real app's tabs over Socket.IO and REST. A seeded
+//! schedule injects faults (partitions, held links, latency, dropped clients, power cuts, disk
+//! errors) during a safety phase, then heals everything for a liveness phase, and an oracle
+//! checks the invariants of the contract. The same seed replays the same run: each run prints
+//! the hash of its event trace.
+//!
+//! Modules in reading order: `model` (what the simulation knows), `trace`, `disk`, `net`,
+//! `server_host`.
+
+pub mod disk;
+pub mod model;
+pub mod net;
+pub mod server_host;
+pub mod trace;

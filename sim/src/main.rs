@@ -1,0 +1,3 @@
+//! The `palaver-sim` command line (in progress).
+
+fn main() {}

@@ -1,0 +1,120 @@
+//! The server host: the real palaver server (the library's `build_app` and `run`) on the
+//! simulated network and disk, with a simulated clock.
+//!
+//! Each boot opens the database on the simulated disk (redb repairs it after a crash), starts
+//! the storage writer as a task of the host, and serves until the writer fails. Then it stops
+//! the way the binary does (closing every socket), and the driver restarts it. A power cut or a
+//! crash instead kills the host at once; the driver restarts it later on the same disk.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use palaver::clock::Clock;
+use palaver::config::Config;
+use palaver::server;
+use palaver::storage::{self, Durability, WriterExit};
+use sha2::{Digest, Sha256};
+
+use crate::disk::{DiskSwitch, SimDisk};
+use crate::net::{SERVER_PORT, SimListener};
+use crate::trace::Trace;
+
+/// The simulation's wall clock: a fixed epoch (set on the turmoil builder) plus simulated time.
+/// Outside a host's turn (never, in practice) it repeats the last time it read.
+#[derive(Debug, Default)]
+pub struct SimClock {
+    last_ms: AtomicU64,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        match turmoil::since_epoch() {
+            Some(now) => {
+                let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+                self.last_ms.store(ms, Ordering::Relaxed);
+                ms
+            }
+            None => self.last_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the server host shares with the driver.
+#[derive(Default)]
+pub struct ServerState {
+    /// Boots so far (the first is 1).
+    pub boots: u32,
+    /// The disk switch of the current boot.
+    pub disk: Option<DiskSwitch>,
+    /// Why the last boot stopped on its own, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Everything a boot needs; cloned into each boot's future.
+#[derive(Clone)]
+pub struct ServerSetup {
+    pub seed: u64,
+    pub state: Rc<RefCell<ServerState>>,
+    pub trace: Trace,
+    /// Whether the server fsyncs the data directory after creating the database file.
+    pub sync_dir_entries: bool,
+}
+
+/// The id generator's seed of one boot: distinct per boot, as the binary's OS-random seed is.
+fn boot_seed(seed: u64, boot: u32) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"palaver-sim server boot");
+    hash.update(seed.to_le_bytes());
+    hash.update(boot.to_le_bytes());
+    hash.finalize().into()
+}
+
+/// One boot of the server, from opening the disk to stopping.
+pub async fn boot(setup: ServerSetup) -> turmoil::Result {
+    let switch = DiskSwitch::default();
+    let boot = {
+        let mut state = setup.state.borrow_mut();
+        state.boots += 1;
+        state.disk = Some(switch.clone());
+        state.stopped = None;
+        state.boots
+    };
+    setup.trace.record(format!("server boot {boot}"));
+    let disk = SimDisk::open(switch.clone(), setup.sync_dir_entries)?;
+    let db = storage::open_backend(disk)?;
+    let (store, writer, writer_task) = storage::start(db, Durability::Immediate)?;
+
+    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<WriterExit>();
+    tokio::spawn(async move {
+        let exit = writer_task.run(std::future::pending()).await;
+        let _ = exit_tx.send(exit);
+    });
+
+    let config = Config::default();
+    let clock: Arc<dyn Clock> = Arc::new(SimClock::default());
+    let app = server::build_app(&config, store, writer, clock, boot_seed(setup.seed, boot))
+        .await
+        .map_err(|e| format!("build_app: {e}"))?;
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
+
+    // The shutdown future must be Send (axum spawns it), so the reason travels back through a
+    // channel rather than the Rc.
+    let (reason_tx, reason_rx) = tokio::sync::oneshot::channel::<String>();
+    let shutdown = async move {
+        if let Ok(WriterExit::Failed(error)) = exit_rx.await {
+            let _ = reason_tx.send(error);
+        } else {
+            // The writer stopped without failing (never while serving): keep serving.
+            std::future::pending::<()>().await;
+        }
+    };
+    server::run(SimListener(listener), app, &config, shutdown).await?;
+    let reason = reason_rx.await.unwrap_or_default();
+    setup
+        .trace
+        .record(format!("server boot {boot} stopped: storage failed"));
+    setup.state.borrow_mut().stopped = Some(reason);
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Planted bugs, compiled only with the `sim-faults` feature, so that the simulation (`sim/`) can
+//! prove its oracle is not vacuous: each planted bug must be reported with the invariant it
+//! breaks.
+//!
+//! The selector is thread-local rather than a process-wide static: the simulation runs every
+//! simulated host of one run on the thread that steps it, and the test harness runs several
+//! runs on parallel threads, each with a different bug planted. A build without the feature
+//! contains none of this, nor any of the hooks that consult it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+
+/// The bugs the simulation knows how to plant, each a defect the seed application had or a
+/// plausible regression of the durability design.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PlantedFault {
+    /// The writer answers a batch before its commit, so a failed commit loses acknowledged
+    /// messages.
+    AckBeforeCommit,
+    /// `join-chat` joins any chat's room, member or not.
+    JoinWithoutMembership,
+    /// Presence marks a user offline when any one tab closes and online on every connect.
+    PresenceWithoutCounting,
+    /// `new-message` goes to the chat room and to each member's room in separate emits, so a
+    /// socket in both gets it twice.
+    DuplicateFanOut,
+    /// After a restart, the first message appended to each chat reuses the chat's last seq.
+    SeqReuseAfterRestart,
+}
+
+thread_local! {
+    static PLANTED: Cell<Option<PlantedFault>> = const { Cell::new(None) };
+    /// Chats the current writer has appended to since it started (for `SeqReuseAfterRestart`).
+    static APPENDED_SINCE_START: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+/// Plants `fault` (or none) for everything that runs on this thread from now on.
+pub fn plant(fault: Option<PlantedFault>) {
+    PLANTED.with(|p| p.set(fault));
+}
+
+/// True when `fault` is planted on this thread.
+pub fn is_planted(fault: PlantedFault) -> bool {
+    PLANTED.with(|p| p.get()) == Some(fault)
+}
+
+/// Called when a storage writer starts (every server start).
+pub fn writer_started() {
+    APPENDED_SINCE_START.with(|s| s.borrow_mut().clear());
+}
+
+/// With `SeqReuseAfterRestart` planted: true for the first append to `chat` since the writer
+/// started when the chat already has messages, i.e. when the bug should reuse its last seq.
+pub fn reuse_seq(chat: &str, last_seq: u64) -> bool {
+    if !is_planted(PlantedFault::SeqReuseAfterRestart) {
+        return false;
+    }
+    let first = APPENDED_SINCE_START.with(|s| s.borrow_mut().insert(chat.to_owned()));
+    first && last_seq > 0
+}
