@@ -365,9 +365,23 @@ async fn fetch_jwks(url: &str) -> Result<Vec<ProviderKey>, AuthSetupError> {
     jwks_keys(&body)
 }
 
-/// argon2id with the crate's default (OWASP-recommended) parameters and a caller-supplied salt.
-pub fn hash_password(password: &str, salt: &[u8; 16]) -> String {
+/// argon2id with the crate's default (OWASP-recommended) parameters. Under cargo-fuzz
+/// (`cfg(fuzzing)`, set only by its builds) the cheapest parameters instead, so that the fuzz
+/// targets that register and log in run thousands of cases a second rather than tens; the
+/// parameters travel in the PHC string, so verification follows whichever produced the hash.
+fn hasher() -> Argon2<'static> {
+    #[cfg(fuzzing)]
+    {
+        let params = argon2::Params::new(8, 1, 1, None).expect("valid argon2 parameters");
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+    }
+    #[cfg(not(fuzzing))]
     Argon2::default()
+}
+
+/// argon2id with a caller-supplied salt (see [`hasher`] for the parameters).
+pub fn hash_password(password: &str, salt: &[u8; 16]) -> String {
+    hasher()
         .hash_password_with_salt(password.as_bytes(), salt)
         .expect("argon2 accepts a 16-byte salt and a bounded password")
         .to_string()
