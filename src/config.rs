@@ -138,6 +138,9 @@ impl std::fmt::Debug for Config {
     }
 }
 
+/// Shortest accepted `PALAVER_JWT_SECRET`.
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {reason}")]
 pub struct ConfigError {
@@ -214,6 +217,19 @@ impl Config {
             .jwt_secret
             .or(file.jwt_secret)
             .filter(|s| !s.is_empty());
+        // RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
+        if config
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < JWT_SECRET_BYTES_MIN)
+        {
+            return Err(bad(
+                "PALAVER_JWT_SECRET",
+                format!(
+                    "must be at least {JWT_SECRET_BYTES_MIN} bytes (or unset, to generate one)"
+                ),
+            ));
+        }
         if let Some(ttl) = text(args.token_ttl, file.token_ttl) {
             config.token_ttl = parse_duration(&ttl).map_err(|r| bad("PALAVER_TOKEN_TTL", r))?;
         }
@@ -446,6 +462,13 @@ mod tests {
                     ..Default::default()
                 },
                 "PALAVER_AUTH_JWKS",
+            ),
+            (
+                ServeArgs {
+                    jwt_secret: Some("short".into()),
+                    ..Default::default()
+                },
+                "PALAVER_JWT_SECRET",
             ),
         ];
         for (args, setting) in cases {
