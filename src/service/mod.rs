@@ -7,7 +7,6 @@
 pub mod auth;
 pub mod views;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Semaphore;
@@ -22,8 +21,8 @@ use crate::domain::validate::{self, FieldError, Refusal};
 use crate::limits::*;
 use crate::storage::writer::CreateUserOutcome;
 use crate::storage::{
-    AppendOutcome, ChatRecord, NewMessage, NewUser, Store, StoreError, StoreWriter, UserRecord,
-    WriteError,
+    AppendOutcome, ChatRecord, MessageRecord, NewMessage, NewUser, Store, StoreError, StoreWriter,
+    UserRecord,
 };
 use auth::{ExternalClaims, Identity, Tokens};
 use views::{ChatView, MessageView, PublicUser, UserView};
@@ -73,10 +72,6 @@ pub enum AuthFailure {
 fn internal(error: impl std::fmt::Display) -> ApiError {
     tracing::error!(%error, "storage failure");
     ApiError::Internal
-}
-
-fn write_failed(error: WriteError) -> ApiError {
-    internal(error)
 }
 
 /// A message that was accepted by `send`: the view to ack and, if it was new, to fan out.
@@ -214,7 +209,7 @@ impl App {
             external_id: None,
             now_ms: now,
         };
-        match self.writer.create_user(new).await.map_err(write_failed)? {
+        match self.writer.create_user(new).await.map_err(internal)? {
             CreateUserOutcome::Created(user) => {
                 Ok((self.tokens.issue(&user.id, now), UserView::from(&user)))
             }
@@ -305,7 +300,7 @@ impl App {
             return Ok(UserView::from(&user));
         }
         let new = self.new_external_user(&claims)?;
-        match self.writer.create_user(new).await.map_err(write_failed)? {
+        match self.writer.create_user(new).await.map_err(internal)? {
             CreateUserOutcome::Created(user) | CreateUserOutcome::ExistingExternal(user) => {
                 Ok(UserView::from(&user))
             }
@@ -373,16 +368,15 @@ impl App {
 
     // ---- chats ----
 
+    fn public_user(&self, id: &str) -> Result<PublicUser, StoreError> {
+        let user = self.store.user(id)?;
+        Ok(user
+            .as_ref()
+            .map_or_else(|| PublicUser::unknown(id), PublicUser::from))
+    }
+
     fn public_users(&self, ids: &[String]) -> Result<Vec<PublicUser>, StoreError> {
-        ids.iter()
-            .map(|id| {
-                Ok(self
-                    .store
-                    .user(id)?
-                    .as_ref()
-                    .map_or_else(|| PublicUser::unknown(id), PublicUser::from))
-            })
-            .collect()
+        ids.iter().map(|id| self.public_user(id)).collect()
     }
 
     fn chat_view(&self, chat: &ChatRecord, viewer: &str) -> Result<ChatView, StoreError> {
@@ -435,7 +429,7 @@ impl App {
                 self.now_ms(),
             )
             .await
-            .map_err(write_failed)?;
+            .map_err(internal)?;
         self.chat_view(&chat, caller).map_err(internal)
     }
 
@@ -457,26 +451,24 @@ impl App {
 
     // ---- messages ----
 
+    /// Views of `records`, all of `chat`. Senders are members, whose public profiles are read
+    /// once per page rather than once per message.
     fn message_views(
         &self,
         chat: &ChatRecord,
-        records: Vec<crate::storage::MessageRecord>,
+        records: Vec<MessageRecord>,
     ) -> Result<Vec<MessageView>, StoreError> {
-        let mut senders: HashMap<String, PublicUser> = HashMap::new();
+        let members = self.public_users(&chat.members)?;
         records
             .into_iter()
             .map(|m| {
-                if !senders.contains_key(&m.sender) {
-                    let user = self
-                        .public_users(std::slice::from_ref(&m.sender))?
-                        .remove(0);
-                    senders.insert(m.sender.clone(), user);
-                }
-                let sender = senders[&m.sender].clone();
+                let sender = match members.iter().find(|u| u.id == m.sender) {
+                    Some(member) => member.clone(),
+                    None => self.public_user(&m.sender)?,
+                };
                 Ok(MessageView::new(m, sender))
             })
-            .collect::<Result<_, StoreError>>()
-            .inspect(|_: &Vec<MessageView>| debug_assert!(chat.members.len() <= CHAT_MEMBERS_MAX))
+            .collect()
     }
 
     /// A history page, ascending by seq.
@@ -580,15 +572,14 @@ impl App {
     fn sent(
         &self,
         chat: &ChatRecord,
-        message: crate::storage::MessageRecord,
+        message: MessageRecord,
         created: bool,
         sender: &UserRecord,
     ) -> Result<Sent, StoreError> {
         let sender_view = if message.sender == sender.id {
             PublicUser::from(sender)
         } else {
-            self.public_users(std::slice::from_ref(&message.sender))?
-                .remove(0)
+            self.public_user(&message.sender)?
         };
         Ok(Sent {
             message: MessageView::new(message, sender_view),
