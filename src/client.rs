@@ -52,6 +52,8 @@ pub struct Client {
     outgoing: mpsc::Sender<Message>,
     acks: PendingAcks,
     next_ack: Arc<AtomicU64>,
+    /// The task that moves frames; aborting it drops the connection without a goodbye.
+    pump: tokio::task::AbortHandle,
 }
 
 /// Connects over `stream` (already connected to the server) and performs the Engine.IO and
@@ -67,14 +69,14 @@ where
     let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     // Engine.IO open packet: `0{"sid":…,"pingInterval":…}`.
-    match next_text(&mut ws).await? {
-        text if text.starts_with('0') => {}
+    let silence_max = match next_text(&mut ws).await? {
+        text if text.starts_with('0') => silence_allowed(&text[1..]),
         other => {
             return Err(ClientError::Protocol(format!(
                 "expected the open packet, got {other:?}"
             )));
         }
-    }
+    };
     ws.send(Message::text(format!("40{}", json!({ "token": token }))))
         .await?;
     loop {
@@ -99,21 +101,33 @@ where
     let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUED_MAX);
     let (events_tx, events) = mpsc::channel(EVENTS_QUEUED_MAX);
     let acks: PendingAcks = Arc::default();
-    tokio::spawn(pump(
+    let pump = tokio::spawn(pump(
         ws,
         outgoing_rx,
         outgoing.clone(),
         events_tx,
         Arc::clone(&acks),
-    ));
+        silence_max,
+    ))
+    .abort_handle();
     Ok((
         Client {
             outgoing,
             acks,
             next_ack: Arc::new(AtomicU64::new(1)),
+            pump,
         },
         events,
     ))
+}
+
+/// How long the server may stay silent before the connection counts as dead: its ping interval
+/// plus its ping timeout, from the open packet, as socket.io-client does. A connection whose
+/// packets silently stopped arriving (a dead network path) is noticed this way.
+fn silence_allowed(open: &str) -> Duration {
+    let open = serde_json::from_str::<Value>(open).unwrap_or(Value::Null);
+    let ms = |key: &str, default: u64| open.get(key).and_then(Value::as_u64).unwrap_or(default);
+    Duration::from_millis(ms("pingInterval", 25_000) + ms("pingTimeout", 20_000))
 }
 
 async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<String, ClientError>
@@ -136,6 +150,7 @@ async fn pump<S>(
     pong: mpsc::Sender<Message>,
     events: mpsc::Sender<Event>,
     acks: PendingAcks,
+    silence_max: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -150,7 +165,7 @@ async fn pump<S>(
         let _ = sink.close().await;
     };
     let reader = async move {
-        while let Some(Ok(message)) = stream.next().await {
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(silence_max, stream.next()).await {
             let Message::Text(text) = message else {
                 continue;
             };
@@ -249,6 +264,20 @@ impl Client {
         data: &Value,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
+        self.emit_expecting_ack(event, data)
+            .await?
+            .wait(timeout)
+            .await
+    }
+
+    /// Sends an event that asks for an acknowledgement, without waiting for it: the caller
+    /// awaits the returned [`PendingAck`] when it suits it. A load generator keeps sending on
+    /// schedule this way instead of holding one task per message in flight.
+    pub async fn emit_expecting_ack(
+        &self,
+        event: &str,
+        data: &Value,
+    ) -> Result<PendingAck, ClientError> {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.acks.lock().expect("never poisoned").insert(id, tx);
@@ -257,20 +286,66 @@ impl Client {
             self.acks.lock().expect("never poisoned").remove(&id);
             return Err(ClientError::Closed);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => {
-                self.acks.lock().expect("never poisoned").remove(&id);
-                Err(ClientError::AckTimeout(timeout))
-            }
-        }
+        Ok(PendingAck {
+            id,
+            answer: rx,
+            acks: Arc::clone(&self.acks),
+        })
+    }
+
+    /// Drops the connection at once, without a Socket.IO or WebSocket goodbye, as a killed tab
+    /// does: the server learns of it from the closed TCP connection.
+    pub fn abort(&self) {
+        self.pump.abort();
+    }
+
+    /// True once the connection has ended, whichever side ended it.
+    pub fn is_closed(&self) -> bool {
+        self.outgoing.is_closed()
     }
 
     /// Closes the connection cleanly (Socket.IO disconnect, then a WebSocket close).
     pub async fn close(&self) {
         let _ = self.outgoing.send(Message::text("41")).await;
         let _ = self.outgoing.send(Message::Close(None)).await;
+    }
+}
+
+/// An acknowledgement the server still owes (see [`Client::emit_expecting_ack`]).
+pub struct PendingAck {
+    id: u64,
+    answer: oneshot::Receiver<Value>,
+    acks: PendingAcks,
+}
+
+impl PendingAck {
+    /// The acknowledgement's first argument, or an error if the connection closed or nothing
+    /// came within `timeout`.
+    pub async fn wait(self, timeout: Duration) -> Result<Value, ClientError> {
+        self.finish(tokio::time::Instant::now() + timeout, timeout)
+            .await
+    }
+
+    /// Like [`wait`](Self::wait), with an absolute deadline.
+    pub async fn wait_until(self, deadline: tokio::time::Instant) -> Result<Value, ClientError> {
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.finish(deadline, timeout).await
+    }
+
+    async fn finish(
+        self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
+        match tokio::time::timeout_at(deadline, self.answer).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => {
+                // Forget the waiter, so a late answer finds nothing and the map stays bounded.
+                self.acks.lock().expect("never poisoned").remove(&self.id);
+                Err(ClientError::AckTimeout(timeout))
+            }
+        }
     }
 }
 
