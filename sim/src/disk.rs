@@ -59,6 +59,11 @@ impl DiskSwitch {
         self.lock().armed = Some(failure);
     }
 
+    /// Clears a fault that has not fired yet.
+    pub fn disarm(&self) {
+        self.lock().armed = None;
+    }
+
     /// True once an armed fault has fired.
     pub fn has_failed(&self) -> bool {
         self.lock().failed

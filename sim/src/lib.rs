@@ -12,7 +12,41 @@
 //! `server_host`.
 
 pub mod disk;
+pub mod minimize;
 pub mod model;
 pub mod net;
+pub mod oracle;
+pub mod report;
+pub mod run;
+pub mod schedule;
 pub mod server_host;
+pub mod tab;
 pub mod trace;
+
+/// The name of a planted bug on the command line (`--plant`).
+#[cfg(feature = "sim-faults")]
+pub fn planted_name(fault: palaver::faults::PlantedFault) -> &'static str {
+    use palaver::faults::PlantedFault::*;
+    match fault {
+        AckBeforeCommit => "ack-before-commit",
+        JoinWithoutMembership => "join-without-membership",
+        PresenceWithoutCounting => "presence-without-counting",
+        DuplicateFanOut => "duplicate-fan-out",
+        SeqReuseAfterRestart => "seq-reuse-after-restart",
+    }
+}
+
+/// The planted bug named `name` (see [`planted_name`]).
+#[cfg(feature = "sim-faults")]
+pub fn planted_by_name(name: &str) -> Option<palaver::faults::PlantedFault> {
+    use palaver::faults::PlantedFault::*;
+    [
+        AckBeforeCommit,
+        JoinWithoutMembership,
+        PresenceWithoutCounting,
+        DuplicateFanOut,
+        SeqReuseAfterRestart,
+    ]
+    .into_iter()
+    .find(|f| planted_name(*f) == name)
+}

@@ -1,3 +1,149 @@
-//! The `palaver-sim` command line (in progress).
+//! `palaver-sim`: runs one seed or sweeps a range of seeds, prints each run's trace hash, and
+//! on failure the violated invariant, the command that replays it and the end of the trace.
 
-fn main() {}
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use palaver_sim::report;
+use palaver_sim::run::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "palaver-sim",
+    about = "Deterministic simulation of the palaver server"
+)]
+struct Cli {
+    /// Run this one seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Sweep seeds A..B (B excluded); exits non-zero if any fails.
+    #[arg(long, value_parser = parse_range)]
+    seeds: Option<(u64, u64)>,
+    /// Simulated clients (browser tabs), each a host of its own.
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Users; client i belongs to user i mod users.
+    #[arg(long, default_value_t = 16)]
+    users: usize,
+    /// Simulated seconds of the safety phase (faults); liveness and audit follow.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Replay only these faults of the schedule (indices, as printed), e.g. `--faults 3,7`.
+    #[arg(long, value_delimiter = ',')]
+    faults: Option<Vec<usize>>,
+    /// Run seeds on this many threads.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// On failure, shrink the fault schedule to a smaller one that still fails the same way.
+    #[arg(long)]
+    minimize: bool,
+    /// Write the whole trace of a single-seed run to this file.
+    #[arg(long)]
+    trace_out: Option<std::path::PathBuf>,
+    /// Print the fault schedule of a single-seed run.
+    #[arg(long)]
+    show_schedule: bool,
+    /// Plant a known bug in the server (built with `--features sim-faults`): ack-before-commit,
+    /// join-without-membership, presence-without-counting, duplicate-fan-out,
+    /// seq-reuse-after-restart.
+    #[cfg(feature = "sim-faults")]
+    #[arg(long, value_parser = parse_planted)]
+    plant: Option<palaver::faults::PlantedFault>,
+}
+
+#[cfg(feature = "sim-faults")]
+fn parse_planted(name: &str) -> Result<palaver::faults::PlantedFault, String> {
+    palaver_sim::planted_by_name(name).ok_or_else(|| format!("no planted bug called {name:?}"))
+}
+
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| format!("{text:?} is not a range like 0..100"))?;
+    let a: u64 = a.parse().map_err(|_| format!("bad start in {text:?}"))?;
+    let b: u64 = b.parse().map_err(|_| format!("bad end in {text:?}"))?;
+    if a >= b {
+        return Err(format!("{text:?} is empty"));
+    }
+    Ok((a, b))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = Settings {
+        users: cli.users,
+        clients: cli.clients,
+        duration: Duration::from_secs(cli.duration),
+        faults: cli
+            .faults
+            .as_ref()
+            .map(|f| f.iter().copied().collect::<BTreeSet<_>>()),
+        keep_trace: cli.trace_out.is_some(),
+        #[cfg(feature = "sim-faults")]
+        planted: cli.plant,
+        ..Settings::default()
+    };
+    if settings.users < 2 || settings.clients < settings.users {
+        eprintln!("palaver-sim: need --users >= 2 and --clients >= --users");
+        return ExitCode::from(2);
+    }
+    let seeds: Vec<u64> = match (cli.seed, cli.seeds) {
+        (Some(seed), _) => vec![seed],
+        (None, Some((a, b))) => (a..b).collect(),
+        (None, None) => vec![0],
+    };
+    let started = Instant::now();
+    let outcomes = report::sweep(&settings, &seeds, cli.jobs, |outcome| {
+        println!("{}", report::summary_line(outcome));
+        if !outcome.passed() {
+            println!("{}", report::failure_report(outcome, &settings));
+        }
+    });
+    if seeds.len() == 1 {
+        let outcome = &outcomes[0];
+        if cli.show_schedule {
+            for scheduled in &outcome.schedule {
+                println!(
+                    "  #{:<3} at {:>6}ms  {}",
+                    scheduled.index,
+                    scheduled.at.as_millis(),
+                    scheduled.fault
+                );
+            }
+        }
+        if let (Some(path), Some(trace)) = (&cli.trace_out, &outcome.full_trace) {
+            if let Err(error) = std::fs::write(path, trace.join("\n") + "\n") {
+                eprintln!("palaver-sim: cannot write {}: {error}", path.display());
+            }
+        }
+        if cli.minimize && !outcome.passed() {
+            let minimal = palaver_sim::minimize::minimize(&settings, outcome, |line| {
+                println!("  minimize: {line}");
+            });
+            println!("{}", report::minimized_report(&minimal, &settings));
+        }
+    }
+    let failed: Vec<u64> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| o.seed)
+        .collect();
+    println!(
+        "{} seeds, {} failed{}, {:.1}s",
+        outcomes.len(),
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({failed:?})")
+        },
+        started.elapsed().as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

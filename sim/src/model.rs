@@ -131,6 +131,8 @@ pub struct ChatSlot {
     pub a: usize,
     pub b: usize,
     pub id: Option<String>,
+    /// The tab that reads this chat's history back at the audit.
+    pub audit_tab: Option<usize>,
 }
 
 /// How one attempt of a send ended.
@@ -185,6 +187,8 @@ pub struct TabReport {
 /// Driver-side status of each client.
 #[derive(Debug, Clone, Default)]
 pub struct TabStatus {
+    /// Setup done: registered, chats known.
+    pub ready: bool,
     /// Stays offline once the liveness phase starts (a closed tab).
     pub ends_offline: bool,
     pub settled: bool,

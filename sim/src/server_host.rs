@@ -18,8 +18,9 @@ use palaver::storage::{self, Durability, WriterExit};
 use sha2::{Digest, Sha256};
 
 use crate::disk::{DiskSwitch, SimDisk};
+use crate::model::Model;
 use crate::net::{SERVER_PORT, SimListener};
-use crate::trace::Trace;
+use crate::oracle;
 
 /// The simulation's wall clock: a fixed epoch (set on the turmoil builder) plus simulated time.
 /// Outside a host's turn (never, in practice) it repeats the last time it read.
@@ -57,7 +58,7 @@ pub struct ServerState {
 pub struct ServerSetup {
     pub seed: u64,
     pub state: Rc<RefCell<ServerState>>,
-    pub trace: Trace,
+    pub model: Model,
     /// Whether the server fsyncs the data directory after creating the database file.
     pub sync_dir_entries: bool,
 }
@@ -81,10 +82,12 @@ pub async fn boot(setup: ServerSetup) -> turmoil::Result {
         state.stopped = None;
         state.boots
     };
-    setup.trace.record(format!("server boot {boot}"));
+    setup.model.trace.record(format!("server boot {boot}"));
     let disk = SimDisk::open(switch.clone(), setup.sync_dir_entries)?;
     let db = storage::open_backend(disk)?;
     let (store, writer, writer_task) = storage::start(db, Durability::Immediate)?;
+    // Durability is checked on what the disk gave back, before anyone can change it.
+    oracle::check_recovered(&store, &setup.model, boot);
 
     let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<WriterExit>();
     tokio::spawn(async move {
@@ -113,6 +116,7 @@ pub async fn boot(setup: ServerSetup) -> turmoil::Result {
     server::run(SimListener(listener), app, &config, shutdown).await?;
     let reason = reason_rx.await.unwrap_or_default();
     setup
+        .model
         .trace
         .record(format!("server boot {boot} stopped: storage failed"));
     setup.state.borrow_mut().stopped = Some(reason);
