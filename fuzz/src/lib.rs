@@ -1,0 +1,153 @@
+//! Shared harness for palaver's fuzz targets: an in-memory server with a clock the target drives.
+//!
+//! Each case builds its own server (fresh in-memory database, fixed seed, fixed clock), so a
+//! crash reproduces from its input alone. That is affordable because cargo-fuzz builds with
+//! `--cfg fuzzing`, under which palaver hashes passwords with argon2's cheapest parameters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use palaver::clock::Clock;
+use palaver::config::Config;
+use palaver::server::build_app;
+use palaver::service::App;
+use palaver::storage::{self, Durability, NewUser, Store, StoreWriter, UserRecord};
+use palaver::storage::writer::CreateUserOutcome;
+
+/// 2027-01-15T08:00:00Z: a fixed "now", so ids and token expiries do not depend on the wall clock.
+pub const START_MS: u64 = 1_800_000_000_000;
+
+/// The contract's refusal messages (PROTOCOL.md, "Refusal messages").
+pub const REFUSALS: [&str; 6] = [
+    "Chat not found",
+    "Invalid payload",
+    "Message is empty",
+    "Message too long",
+    "Rate limited",
+    "Failed to send message",
+];
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct FakeClock(AtomicU64);
+
+impl FakeClock {
+    pub fn new(now_ms: u64) -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(now_ms)))
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs `case` on a fixture built by `build` and reused for `every` cases, then rebuilt: building
+/// a server costs milliseconds under the sanitizer, a case microseconds. Reuse means a case may
+/// see what earlier ones stored; the targets' oracles read that state rather than assume a fresh
+/// server, and the periodic rebuild bounds memory.
+pub fn with_fixture<T: 'static, B, C>(every: u32, build: B, case: C)
+where
+    B: AsyncFnOnce() -> T,
+    C: AsyncFnOnce(&T),
+{
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = runtime();
+        static FIXTURE: std::cell::RefCell<Option<(Box<dyn std::any::Any>, u32)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    RUNTIME.with(|rt| {
+        let mut slot = FIXTURE.with(|f| f.borrow_mut().take());
+        if slot.as_ref().is_none_or(|(fixture, uses)| *uses >= every || !fixture.is::<T>()) {
+            // Drop the old fixture first, inside the runtime, so its writer task ends.
+            drop(slot.take());
+            slot = Some((Box::new(rt.block_on(build())), 0));
+        }
+        let (fixture, uses) = slot.as_mut().expect("just built");
+        *uses += 1;
+        rt.block_on(case(fixture.downcast_ref::<T>().expect("fixture type")));
+        FIXTURE.with(|f| *f.borrow_mut() = slot);
+    });
+}
+
+/// A single-threaded runtime: deterministic scheduling, and `App` runs argon2 inline on it.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The settings every target starts from: a fixed secret (no generated one to store) and a long
+/// token lifetime; targets adjust the rest.
+pub fn config() -> Config {
+    Config {
+        jwt_secret: Some("fuzz-secret-fuzz-secret-fuzz-sec".into()),
+        token_ttl: Duration::from_secs(30 * 86_400),
+        ..Config::default()
+    }
+}
+
+/// A palaver service on a fresh in-memory database. Must be called inside `runtime()`: it spawns
+/// the storage writer there, which stops when the runtime is dropped.
+pub struct Server {
+    pub app: Arc<App>,
+    pub store: Store,
+    pub writer: StoreWriter,
+    pub clock: Arc<FakeClock>,
+}
+
+impl Server {
+    pub async fn start(config: &Config) -> Self {
+        let db = storage::open_in_memory().expect("in-memory database");
+        let (store, writer, task) = storage::start(db, Durability::Immediate).expect("start");
+        tokio::spawn(task.run(std::future::pending()));
+        let clock = FakeClock::new(START_MS);
+        let app = build_app(
+            config,
+            store.clone(),
+            writer.clone(),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+            [7; 32],
+        )
+        .await
+        .expect("build_app");
+        Self {
+            app,
+            store,
+            writer,
+            clock,
+        }
+    }
+
+    pub fn clock_now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// A user created straight through storage (no password), for targets that need a caller.
+    pub async fn user(&self, id: &str, name: &str) -> UserRecord {
+        let outcome = self
+            .writer
+            .create_user(NewUser {
+                id: id.into(),
+                name: name.into(),
+                email: format!("{}@example.com", name.to_lowercase()),
+                avatar: String::new(),
+                password_hash: None,
+                external_id: None,
+                now_ms: START_MS,
+            })
+            .await
+            .expect("create user");
+        match outcome {
+            CreateUserOutcome::Created(user) => user,
+            other => panic!("fixture user not created: {other:?}"),
+        }
+    }
+}
