@@ -10,6 +10,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
 
@@ -209,6 +211,9 @@ pub struct ModelState {
     /// History read back at the audit, per chat id.
     pub histories: BTreeMap<String, Vec<MessageFacts>>,
     pub violations: Vec<Violation>,
+    /// Set by the server host from the moment its storage failed until it stops: a handshake
+    /// in that window is refused with `Invalid namespace` (see `tab::Tab::connect`).
+    pub server_stopping: Arc<AtomicBool>,
 }
 
 /// The shared model. Cheap to clone.
@@ -230,6 +235,14 @@ impl Model {
             })),
             trace,
         }
+    }
+
+    /// True while the server is stopping after a storage failure.
+    pub fn server_stopping(&self) -> bool {
+        self.state
+            .borrow()
+            .server_stopping
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn phase(&self) -> Phase {

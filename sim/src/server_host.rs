@@ -105,8 +105,11 @@ pub async fn boot(setup: ServerSetup) -> turmoil::Result {
     // The shutdown future must be Send (axum spawns it), so the reason travels back through a
     // channel rather than the Rc.
     let (reason_tx, reason_rx) = tokio::sync::oneshot::channel::<String>();
+    let stopping = Arc::clone(&setup.model.state.borrow().server_stopping);
+    stopping.store(false, Ordering::Relaxed);
     let shutdown = async move {
         if let Ok(WriterExit::Failed(error)) = exit_rx.await {
+            stopping.store(true, Ordering::Relaxed);
             let _ = reason_tx.send(error);
         } else {
             // The writer stopped without failing (never while serving): keep serving.

@@ -462,6 +462,15 @@ impl Tab {
         .await;
         let (client, events) = match handshake {
             Ok(Ok(connected)) => connected,
+            Ok(Err(ClientError::Refused(message)))
+                if message == "Invalid namespace" && self.model.server_stopping() =>
+            {
+                // The server is closing after a storage failure: socketioxide has already
+                // dropped its namespaces. Known behaviour (see the README's findings).
+                self.trace("handshake refused: Invalid namespace (server stopping)");
+                self.back_off();
+                return Err(Failure::Connection(message));
+            }
             Ok(Err(ClientError::Refused(message))) => {
                 self.model.violate(
                     Invariant::Contract,
