@@ -21,12 +21,15 @@ struct Cli {
     /// Sweep seeds A..B (B excluded); exits non-zero if any fails.
     #[arg(long, value_parser = parse_range)]
     seeds: Option<(u64, u64)>,
-    /// Simulated clients (browser tabs), each a host of its own.
+    /// Simulated clients (browser tabs).
     #[arg(long, default_value_t = 50)]
     clients: usize,
     /// Users; client i belongs to user i mod users.
     #[arg(long, default_value_t = 16)]
     users: usize,
+    /// Tabs of one user per device (simulated host with one network link to the server).
+    #[arg(long, default_value_t = 2)]
+    tabs_per_device: usize,
     /// Simulated seconds of the safety phase (faults); liveness and audit follow.
     #[arg(long, default_value_t = 60)]
     duration: u64,
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
     let settings = Settings {
         users: cli.users,
         clients: cli.clients,
+        tabs_per_device: cli.tabs_per_device,
         duration: Duration::from_secs(cli.duration),
         faults: cli
             .faults

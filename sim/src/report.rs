@@ -103,6 +103,9 @@ pub fn replay_command(settings: &Settings, seed: u64) -> String {
     if settings.clients != defaults.clients {
         let _ = write!(command, " --clients {}", settings.clients);
     }
+    if settings.tabs_per_device != defaults.tabs_per_device {
+        let _ = write!(command, " --tabs-per-device {}", settings.tabs_per_device);
+    }
     if settings.users != defaults.users {
         let _ = write!(command, " --users {}", settings.users);
     }

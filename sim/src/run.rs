@@ -35,8 +35,10 @@ const AUDIT_MAX: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub users: usize,
-    /// Simulated tabs (Socket.IO clients), each on a host of its own.
+    /// Simulated tabs (Socket.IO clients).
     pub clients: usize,
+    /// Tabs of one user that share a device (a simulated host, with one network link).
+    pub tabs_per_device: usize,
     /// Length of the safety phase (simulated).
     pub duration: Duration,
     /// Simulated time per step.
@@ -58,8 +60,9 @@ impl Default for Settings {
         Self {
             users: 16,
             clients: 50,
+            tabs_per_device: 2,
             duration: Duration::from_secs(60),
-            tick: Duration::from_millis(10),
+            tick: Duration::from_millis(20),
             faults: None,
             keep_trace: false,
             sync_dir_entries: true,
@@ -120,13 +123,15 @@ enum Link {
 /// Things the driver does later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
+    /// Heal device `n`'s link.
     Heal(usize),
+    /// Give device `n`'s link the base latency again.
     EndLatency(usize),
     Restart,
 }
 
-fn tab_host(tab: usize) -> String {
-    format!("t{tab}")
+fn device_host(device: usize) -> String {
+    format!("d{device}")
 }
 
 fn mix(seed: u64, salt: &str) -> u64 {
@@ -187,7 +192,12 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
             status.ends_offline = t >= settings.users && plan_rng.random_bool(0.15);
         }
     }
-    let full_schedule = schedule::generate(seed, settings.clients, settings.duration);
+    let full_schedule = schedule::generate(
+        seed,
+        settings.clients,
+        device_plan(settings).iter().max().map_or(1, |d| d + 1),
+        settings.duration,
+    );
     let schedule: VecDeque<Scheduled> = full_schedule
         .iter()
         .filter(|s| {
@@ -218,7 +228,12 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
     };
     sim.host(SERVER_HOST, move || server_host::boot(setup.clone()));
 
+    // Tab t belongs to user t % users and is that user's (t / users)-th tab; a user's tabs
+    // share devices (hosts), `tabs_per_device` to a device, like tabs of one browser.
+    let device_of: Vec<usize> = device_plan(settings);
+    let devices = device_of.iter().max().map_or(0, |d| d + 1);
     let mut controls = Vec::with_capacity(settings.clients);
+    let mut tabs_of_device: Vec<Vec<Rc<Tab>>> = vec![Vec::new(); devices];
     for t in 0..settings.clients {
         let control = Rc::new(TabControl::default());
         controls.push(Rc::clone(&control));
@@ -230,7 +245,16 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
             model.clone(),
             control,
         );
-        sim.client(tab_host(t), async move { tab.run().await });
+        tabs_of_device[device_of[t]].push(tab);
+    }
+    for (device, tabs) in tabs_of_device.into_iter().enumerate() {
+        sim.client(device_host(device), async move {
+            let runs = tabs.into_iter().map(|tab| tab.run());
+            for result in futures_util::future::join_all(runs).await {
+                result?;
+            }
+            Ok(())
+        });
     }
 
     let mut driver = Driver {
@@ -242,7 +266,7 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
         schedule,
         timers: BTreeMap::new(),
         timer_seq: 0,
-        links: vec![Link::Healthy; settings.clients],
+        links: vec![Link::Healthy; devices],
         rng: ChaCha8Rng::seed_from_u64(mix(seed, "driver")),
         server_down: false,
         safety_start_ms: 0,
@@ -279,6 +303,20 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
         schedule: full_schedule,
         stats,
     }
+}
+
+/// The device (simulated host) of each tab: user u's tabs, in order, fill devices of
+/// `tabs_per_device` tabs each.
+fn device_plan(settings: &Settings) -> Vec<usize> {
+    let per_device = settings.tabs_per_device.max(1);
+    let mut devices: BTreeMap<(usize, usize), usize> = BTreeMap::new();
+    (0..settings.clients)
+        .map(|t| {
+            let key = (t % settings.users, (t / settings.users) / per_device);
+            let next = devices.len();
+            *devices.entry(key).or_insert(next)
+        })
+        .collect()
 }
 
 /// A ring of chats (each user talks to the next) plus a few random extra pairs.
@@ -428,13 +466,13 @@ impl Driver<'_> {
         let Scheduled { index, fault, .. } = scheduled;
         let applied = match &fault {
             Fault::Partition {
-                tab,
+                device,
                 direction,
                 lasts,
             } => {
-                let ok = self.links[*tab] == Link::Healthy;
+                let ok = self.links[*device] == Link::Healthy;
                 if ok {
-                    let host = tab_host(*tab);
+                    let host = device_host(*device);
                     match direction {
                         Direction::Both => self.sim.partition(SERVER_HOST, host.as_str()),
                         Direction::ToServer => {
@@ -444,28 +482,28 @@ impl Driver<'_> {
                             self.sim.partition_oneway(SERVER_HOST, host.as_str())
                         }
                     }
-                    self.links[*tab] = Link::Partitioned(*direction);
-                    self.later(*lasts, Action::Heal(*tab));
+                    self.links[*device] = Link::Partitioned(*direction);
+                    self.later(*lasts, Action::Heal(*device));
                 }
                 ok
             }
-            Fault::Hold { tab, lasts } => {
-                let ok = self.links[*tab] == Link::Healthy;
+            Fault::Hold { device, lasts } => {
+                let ok = self.links[*device] == Link::Healthy;
                 if ok {
-                    self.sim.hold(SERVER_HOST, tab_host(*tab).as_str());
-                    self.links[*tab] = Link::Held;
-                    self.later(*lasts, Action::Heal(*tab));
+                    self.sim.hold(SERVER_HOST, device_host(*device).as_str());
+                    self.links[*device] = Link::Held;
+                    self.later(*lasts, Action::Heal(*device));
                 }
                 ok
             }
             Fault::Latency {
-                tab,
+                device,
                 latency,
                 lasts,
             } => {
                 self.sim
-                    .set_link_latency(SERVER_HOST, tab_host(*tab).as_str(), *latency);
-                self.later(*lasts, Action::EndLatency(*tab));
+                    .set_link_latency(SERVER_HOST, device_host(*device).as_str(), *latency);
+                self.later(*lasts, Action::EndLatency(*device));
                 true
             }
             Fault::DropClient { tab, back_after } => {
@@ -484,10 +522,11 @@ impl Driver<'_> {
                 let ok = !self.server_down;
                 if ok {
                     if *silent {
-                        for tab in 0..self.links.len() {
-                            if self.links[tab] == Link::Healthy {
-                                self.sim.partition(SERVER_HOST, tab_host(tab).as_str());
-                                self.links[tab] = Link::Cut;
+                        for device in 0..self.links.len() {
+                            if self.links[device] == Link::Healthy {
+                                self.sim
+                                    .partition(SERVER_HOST, device_host(device).as_str());
+                                self.links[device] = Link::Cut;
                             }
                         }
                     }
@@ -515,18 +554,18 @@ impl Driver<'_> {
 
     fn act(&mut self, action: Action) {
         match action {
-            Action::Heal(tab) => self.heal_link(tab),
-            Action::EndLatency(tab) => {
+            Action::Heal(device) => self.heal_link(device),
+            Action::EndLatency(device) => {
                 self.sim
-                    .set_link_latency(SERVER_HOST, tab_host(tab).as_str(), BASE_LATENCY);
+                    .set_link_latency(SERVER_HOST, device_host(device).as_str(), BASE_LATENCY);
             }
             Action::Restart => self.restart(),
         }
     }
 
-    fn heal_link(&mut self, tab: usize) {
-        let host = tab_host(tab);
-        match self.links[tab] {
+    fn heal_link(&mut self, device: usize) {
+        let host = device_host(device);
+        match self.links[device] {
             Link::Healthy | Link::Cut => return,
             Link::Partitioned(Direction::Both) => self.sim.repair(SERVER_HOST, host.as_str()),
             Link::Partitioned(Direction::ToServer) => {
@@ -537,8 +576,8 @@ impl Driver<'_> {
             }
             Link::Held => self.sim.release(SERVER_HOST, host.as_str()),
         }
-        self.links[tab] = Link::Healthy;
-        self.trace.record(format!("heal t{tab}"));
+        self.links[device] = Link::Healthy;
+        self.trace.record(format!("heal d{device}"));
     }
 
     /// Power off: the disk refuses everything from now on, then the host dies.
@@ -552,10 +591,10 @@ impl Driver<'_> {
     }
 
     fn restart(&mut self) {
-        for tab in 0..self.links.len() {
-            if self.links[tab] == Link::Cut {
-                self.sim.repair(SERVER_HOST, tab_host(tab).as_str());
-                self.links[tab] = Link::Healthy;
+        for device in 0..self.links.len() {
+            if self.links[device] == Link::Cut {
+                self.sim.repair(SERVER_HOST, device_host(device).as_str());
+                self.links[device] = Link::Healthy;
             }
         }
         self.sim.bounce(SERVER_HOST);
@@ -584,10 +623,10 @@ impl Driver<'_> {
         self.schedule.clear();
         let restart_pending = self.timers.values().any(|a| *a == Action::Restart);
         self.timers.clear();
-        for tab in 0..self.links.len() {
-            self.heal_link(tab);
+        for device in 0..self.links.len() {
+            self.heal_link(device);
             self.sim
-                .set_link_latency(SERVER_HOST, tab_host(tab).as_str(), BASE_LATENCY);
+                .set_link_latency(SERVER_HOST, device_host(device).as_str(), BASE_LATENCY);
         }
         if let Some(disk) = self.server.borrow().disk.clone() {
             disk.disarm();

@@ -22,17 +22,17 @@ pub enum Direction {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// Packets on one client's link are dropped (in one or both directions) for a while.
+    /// Packets between one device and the server are dropped (one or both ways) for a while.
     Partition {
-        tab: usize,
+        device: usize,
         direction: Direction,
         lasts: Duration,
     },
-    /// Packets on one client's link are held, then all delivered at once.
-    Hold { tab: usize, lasts: Duration },
-    /// One client's link gets a different latency for a while.
+    /// Packets between one device and the server are held, then all delivered at once.
+    Hold { device: usize, lasts: Duration },
+    /// One device's link to the server gets a different latency for a while.
     Latency {
-        tab: usize,
+        device: usize,
         latency: Duration,
         lasts: Duration,
     },
@@ -52,16 +52,16 @@ impl fmt::Display for Fault {
         let ms = |d: &Duration| d.as_millis();
         match self {
             Fault::Partition {
-                tab,
+                device,
                 direction,
                 lasts,
-            } => write!(f, "partition t{tab} {direction:?} for {}ms", ms(lasts)),
-            Fault::Hold { tab, lasts } => write!(f, "hold t{tab} for {}ms", ms(lasts)),
+            } => write!(f, "partition d{device} {direction:?} for {}ms", ms(lasts)),
+            Fault::Hold { device, lasts } => write!(f, "hold d{device} for {}ms", ms(lasts)),
             Fault::Latency {
-                tab,
+                device,
                 latency,
                 lasts,
-            } => write!(f, "latency t{tab} {}ms for {}ms", ms(latency), ms(lasts)),
+            } => write!(f, "latency d{device} {}ms for {}ms", ms(latency), ms(lasts)),
             Fault::DropClient { tab, back_after } => {
                 write!(f, "drop t{tab}, back after {}ms", ms(back_after))
             }
@@ -105,8 +105,9 @@ const RATES: Rates = Rates {
     closes: 0.15,
 };
 
-/// The schedule for a run with `clients` clients and a safety phase of `duration`.
-pub fn generate(seed: u64, clients: usize, duration: Duration) -> Vec<Scheduled> {
+/// The schedule for a run with `clients` clients on `devices` devices and a safety phase of
+/// `duration`.
+pub fn generate(seed: u64, clients: usize, devices: usize, duration: Duration) -> Vec<Scheduled> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5c4e_d01e_f417_0000);
     let minutes = duration.as_secs_f64() / 60.0;
     let count = |rate: f64, rng: &mut ChaCha8Rng| -> usize {
@@ -124,7 +125,7 @@ pub fn generate(seed: u64, clients: usize, duration: Duration) -> Vec<Scheduled>
     };
 
     for _ in 0..count(RATES.partitions, &mut rng) {
-        let tab = rng.random_range(0..clients);
+        let device = rng.random_range(0..devices);
         let direction = match rng.random_range(0..4) {
             0 => Direction::ToServer,
             1 => Direction::FromServer,
@@ -140,27 +141,27 @@ pub fn generate(seed: u64, clients: usize, duration: Duration) -> Vec<Scheduled>
         faults.push((
             when,
             Fault::Partition {
-                tab,
+                device,
                 direction,
                 lasts,
             },
         ));
     }
     for _ in 0..count(RATES.holds, &mut rng) {
-        let tab = rng.random_range(0..clients);
+        let device = rng.random_range(0..devices);
         let lasts = ms(&mut rng, 300, 12_000);
         let when = at(&mut rng);
-        faults.push((when, Fault::Hold { tab, lasts }));
+        faults.push((when, Fault::Hold { device, lasts }));
     }
     for _ in 0..count(RATES.latencies, &mut rng) {
-        let tab = rng.random_range(0..clients);
+        let device = rng.random_range(0..devices);
         let latency = ms(&mut rng, 30, 600);
         let lasts = ms(&mut rng, 1_000, 20_000);
         let when = at(&mut rng);
         faults.push((
             when,
             Fault::Latency {
-                tab,
+                device,
                 latency,
                 lasts,
             },
