@@ -56,7 +56,7 @@ pub enum StoreError {
         "the data directory was written by a newer palaver (database format {found}; this build reads up to {FORMAT_VERSION})"
     )]
     NewerFormat { found: u8 },
-    #[error("cannot create data directory {path}: {source}")]
+    #[error("cannot create or sync data directory {path}: {source}")]
     DataDir {
         path: String,
         source: std::io::Error,
@@ -101,7 +101,26 @@ pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
         })
         .create(dir.join(DB_FILE))
         .map_err(redb::Error::from)?;
+    // A new file survives a power cut only once the directory entry naming it is durable, which
+    // takes an fsync of its directory (and a new directory's, of its parent); fsyncing the file
+    // is not enough. Without this, a power cut soon after the first start can lose the whole
+    // database, acknowledged messages included (found by the simulation, sim/README.md).
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    sync_dir(dir)
+        .and_then(|()| sync_dir(parent))
+        .map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     Ok(db)
+}
+
+/// Makes the entries of directory `dir` durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Opens (or creates) a database on any redb storage backend (in-memory, simulated disk).
