@@ -21,15 +21,12 @@ struct Cli {
     /// Sweep seeds A..B (B excluded); exits non-zero if any fails.
     #[arg(long, value_parser = parse_range)]
     seeds: Option<(u64, u64)>,
-    /// Simulated clients (browser tabs).
+    /// Simulated clients (browser tabs), each on a host of its own.
     #[arg(long, default_value_t = 50)]
     clients: usize,
     /// Users; client i belongs to user i mod users.
     #[arg(long, default_value_t = 16)]
     users: usize,
-    /// Tabs of one user per device (simulated host with one network link to the server).
-    #[arg(long, default_value_t = 2)]
-    tabs_per_device: usize,
     /// Simulated seconds of the safety phase (faults); liveness and audit follow.
     #[arg(long, default_value_t = 60)]
     duration: u64,
@@ -48,6 +45,10 @@ struct Cli {
     /// Print the fault schedule of a single-seed run.
     #[arg(long)]
     show_schedule: bool,
+    /// Model a server that does not fsync its data directory after creating the database
+    /// (palaver before the simulation found it): the first power cut loses the whole file.
+    #[arg(long)]
+    no_dir_fsync: bool,
     /// Plant a known bug in the server (built with `--features sim-faults`): ack-before-commit,
     /// join-without-membership, presence-without-counting, duplicate-fan-out,
     /// seq-reuse-after-restart.
@@ -78,13 +79,13 @@ fn main() -> ExitCode {
     let settings = Settings {
         users: cli.users,
         clients: cli.clients,
-        tabs_per_device: cli.tabs_per_device,
         duration: Duration::from_secs(cli.duration),
         faults: cli
             .faults
             .as_ref()
             .map(|f| f.iter().copied().collect::<BTreeSet<_>>()),
         keep_trace: cli.trace_out.is_some(),
+        sync_dir_entries: !cli.no_dir_fsync,
         #[cfg(feature = "sim-faults")]
         planted: cli.plant,
         ..Settings::default()

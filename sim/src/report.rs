@@ -103,14 +103,14 @@ pub fn replay_command(settings: &Settings, seed: u64) -> String {
     if settings.clients != defaults.clients {
         let _ = write!(command, " --clients {}", settings.clients);
     }
-    if settings.tabs_per_device != defaults.tabs_per_device {
-        let _ = write!(command, " --tabs-per-device {}", settings.tabs_per_device);
-    }
     if settings.users != defaults.users {
         let _ = write!(command, " --users {}", settings.users);
     }
     if settings.duration != defaults.duration {
         let _ = write!(command, " --duration {}", settings.duration.as_secs());
+    }
+    if !settings.sync_dir_entries {
+        command.push_str(" --no-dir-fsync");
     }
     if let Some(faults) = &settings.faults {
         let list: Vec<String> = faults.iter().map(usize::to_string).collect();

@@ -13,7 +13,7 @@ use turmoil::Sim;
 use crate::model::{ChatSlot, Invariant, Model, Phase, UserSlot, Violation};
 use crate::net::SERVER_HOST;
 use crate::oracle;
-use crate::schedule::{self, Direction, Fault, Scheduled};
+use crate::schedule::{self, Direction, Fault, Scheduled, Target};
 use crate::server_host::{self, ServerSetup, ServerState};
 use crate::tab::{Command, Tab, TabControl};
 use crate::trace::Trace;
@@ -35,10 +35,8 @@ const AUDIT_MAX: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub users: usize,
-    /// Simulated tabs (Socket.IO clients).
+    /// Simulated tabs (Socket.IO clients), each on a host of its own.
     pub clients: usize,
-    /// Tabs of one user that share a device (a simulated host, with one network link).
-    pub tabs_per_device: usize,
     /// Length of the safety phase (simulated).
     pub duration: Duration,
     /// Simulated time per step.
@@ -60,7 +58,6 @@ impl Default for Settings {
         Self {
             users: 16,
             clients: 50,
-            tabs_per_device: 2,
             duration: Duration::from_secs(60),
             tick: Duration::from_millis(20),
             faults: None,
@@ -123,15 +120,15 @@ enum Link {
 /// Things the driver does later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
-    /// Heal device `n`'s link.
-    Heal(usize),
-    /// Give device `n`'s link the base latency again.
-    EndLatency(usize),
+    /// Heal these tabs' links.
+    Heal(Vec<usize>),
+    /// Give these tabs' links the base latency again.
+    EndLatency(Vec<usize>),
     Restart,
 }
 
-fn device_host(device: usize) -> String {
-    format!("d{device}")
+fn tab_host(tab: usize) -> String {
+    format!("t{tab}")
 }
 
 fn mix(seed: u64, salt: &str) -> u64 {
@@ -152,7 +149,9 @@ struct Driver<'a> {
     schedule: VecDeque<Scheduled>,
     timers: BTreeMap<(u64, u64), Action>,
     timer_seq: u64,
+    /// The link of each tab's host to the server.
     links: Vec<Link>,
+    users: usize,
     rng: ChaCha8Rng,
     server_down: bool,
     safety_start_ms: u64,
@@ -192,12 +191,8 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
             status.ends_offline = t >= settings.users && plan_rng.random_bool(0.15);
         }
     }
-    let full_schedule = schedule::generate(
-        seed,
-        settings.clients,
-        device_plan(settings).iter().max().map_or(1, |d| d + 1),
-        settings.duration,
-    );
+    let full_schedule =
+        schedule::generate(seed, settings.clients, settings.users, settings.duration);
     let schedule: VecDeque<Scheduled> = full_schedule
         .iter()
         .filter(|s| {
@@ -228,12 +223,10 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
     };
     sim.host(SERVER_HOST, move || server_host::boot(setup.clone()));
 
-    // Tab t belongs to user t % users and is that user's (t / users)-th tab; a user's tabs
-    // share devices (hosts), `tabs_per_device` to a device, like tabs of one browser.
-    let device_of: Vec<usize> = device_plan(settings);
-    let devices = device_of.iter().max().map_or(0, |d| d + 1);
+    // Each tab is a host of its own: socketioxide writes to its sockets in hash order, so two
+    // sockets behind one host's link would see their packets interleave differently from run
+    // to run; one link per socket keeps every run of a seed identical.
     let mut controls = Vec::with_capacity(settings.clients);
-    let mut tabs_of_device: Vec<Vec<Rc<Tab>>> = vec![Vec::new(); devices];
     for t in 0..settings.clients {
         let control = Rc::new(TabControl::default());
         controls.push(Rc::clone(&control));
@@ -245,16 +238,7 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
             model.clone(),
             control,
         );
-        tabs_of_device[device_of[t]].push(tab);
-    }
-    for (device, tabs) in tabs_of_device.into_iter().enumerate() {
-        sim.client(device_host(device), async move {
-            let runs = tabs.into_iter().map(|tab| tab.run());
-            for result in futures_util::future::join_all(runs).await {
-                result?;
-            }
-            Ok(())
-        });
+        sim.client(tab_host(t), async move { tab.run().await });
     }
 
     let mut driver = Driver {
@@ -266,7 +250,8 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
         schedule,
         timers: BTreeMap::new(),
         timer_seq: 0,
-        links: vec![Link::Healthy; devices],
+        links: vec![Link::Healthy; settings.clients],
+        users: settings.users,
         rng: ChaCha8Rng::seed_from_u64(mix(seed, "driver")),
         server_down: false,
         safety_start_ms: 0,
@@ -303,20 +288,6 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
         schedule: full_schedule,
         stats,
     }
-}
-
-/// The device (simulated host) of each tab: user u's tabs, in order, fill devices of
-/// `tabs_per_device` tabs each.
-fn device_plan(settings: &Settings) -> Vec<usize> {
-    let per_device = settings.tabs_per_device.max(1);
-    let mut devices: BTreeMap<(usize, usize), usize> = BTreeMap::new();
-    (0..settings.clients)
-        .map(|t| {
-            let key = (t % settings.users, (t / settings.users) / per_device);
-            let next = devices.len();
-            *devices.entry(key).or_insert(next)
-        })
-        .collect()
 }
 
 /// A ring of chats (each user talks to the next) plus a few random extra pairs.
@@ -466,13 +437,13 @@ impl Driver<'_> {
         let Scheduled { index, fault, .. } = scheduled;
         let applied = match &fault {
             Fault::Partition {
-                device,
+                target,
                 direction,
                 lasts,
             } => {
-                let ok = self.links[*device] == Link::Healthy;
-                if ok {
-                    let host = device_host(*device);
+                let tabs = self.healthy_tabs(*target);
+                for &tab in &tabs {
+                    let host = tab_host(tab);
                     match direction {
                         Direction::Both => self.sim.partition(SERVER_HOST, host.as_str()),
                         Direction::ToServer => {
@@ -482,28 +453,33 @@ impl Driver<'_> {
                             self.sim.partition_oneway(SERVER_HOST, host.as_str())
                         }
                     }
-                    self.links[*device] = Link::Partitioned(*direction);
-                    self.later(*lasts, Action::Heal(*device));
+                    self.links[tab] = Link::Partitioned(*direction);
                 }
-                ok
+                let applied = !tabs.is_empty();
+                self.later(*lasts, Action::Heal(tabs));
+                applied
             }
-            Fault::Hold { device, lasts } => {
-                let ok = self.links[*device] == Link::Healthy;
-                if ok {
-                    self.sim.hold(SERVER_HOST, device_host(*device).as_str());
-                    self.links[*device] = Link::Held;
-                    self.later(*lasts, Action::Heal(*device));
+            Fault::Hold { target, lasts } => {
+                let tabs = self.healthy_tabs(*target);
+                for &tab in &tabs {
+                    self.sim.hold(SERVER_HOST, tab_host(tab).as_str());
+                    self.links[tab] = Link::Held;
                 }
-                ok
+                let applied = !tabs.is_empty();
+                self.later(*lasts, Action::Heal(tabs));
+                applied
             }
             Fault::Latency {
-                device,
+                target,
                 latency,
                 lasts,
             } => {
-                self.sim
-                    .set_link_latency(SERVER_HOST, device_host(*device).as_str(), *latency);
-                self.later(*lasts, Action::EndLatency(*device));
+                let tabs = self.tabs_of(*target);
+                for &tab in &tabs {
+                    self.sim
+                        .set_link_latency(SERVER_HOST, tab_host(tab).as_str(), *latency);
+                }
+                self.later(*lasts, Action::EndLatency(tabs));
                 true
             }
             Fault::DropClient { tab, back_after } => {
@@ -522,11 +498,10 @@ impl Driver<'_> {
                 let ok = !self.server_down;
                 if ok {
                     if *silent {
-                        for device in 0..self.links.len() {
-                            if self.links[device] == Link::Healthy {
-                                self.sim
-                                    .partition(SERVER_HOST, device_host(device).as_str());
-                                self.links[device] = Link::Cut;
+                        for tab in 0..self.links.len() {
+                            if self.links[tab] == Link::Healthy {
+                                self.sim.partition(SERVER_HOST, tab_host(tab).as_str());
+                                self.links[tab] = Link::Cut;
                             }
                         }
                     }
@@ -554,18 +529,42 @@ impl Driver<'_> {
 
     fn act(&mut self, action: Action) {
         match action {
-            Action::Heal(device) => self.heal_link(device),
-            Action::EndLatency(device) => {
-                self.sim
-                    .set_link_latency(SERVER_HOST, device_host(device).as_str(), BASE_LATENCY);
+            Action::Heal(tabs) => {
+                for tab in tabs {
+                    self.heal_link(tab);
+                }
+            }
+            Action::EndLatency(tabs) => {
+                for tab in tabs {
+                    self.sim
+                        .set_link_latency(SERVER_HOST, tab_host(tab).as_str(), BASE_LATENCY);
+                }
             }
             Action::Restart => self.restart(),
         }
     }
 
-    fn heal_link(&mut self, device: usize) {
-        let host = device_host(device);
-        match self.links[device] {
+    /// The tabs a fault aims at.
+    fn tabs_of(&self, target: Target) -> Vec<usize> {
+        match target {
+            Target::Tab(tab) => vec![tab],
+            Target::User(user) => (0..self.links.len())
+                .filter(|t| t % self.users == user)
+                .collect(),
+        }
+    }
+
+    /// The tabs a link fault aims at whose links have no other fault.
+    fn healthy_tabs(&self, target: Target) -> Vec<usize> {
+        self.tabs_of(target)
+            .into_iter()
+            .filter(|&t| self.links[t] == Link::Healthy)
+            .collect()
+    }
+
+    fn heal_link(&mut self, tab: usize) {
+        let host = tab_host(tab);
+        match self.links[tab] {
             Link::Healthy | Link::Cut => return,
             Link::Partitioned(Direction::Both) => self.sim.repair(SERVER_HOST, host.as_str()),
             Link::Partitioned(Direction::ToServer) => {
@@ -576,8 +575,8 @@ impl Driver<'_> {
             }
             Link::Held => self.sim.release(SERVER_HOST, host.as_str()),
         }
-        self.links[device] = Link::Healthy;
-        self.trace.record(format!("heal d{device}"));
+        self.links[tab] = Link::Healthy;
+        self.trace.record(format!("heal t{tab}"));
     }
 
     /// Power off: the disk refuses everything from now on, then the host dies.
@@ -591,10 +590,10 @@ impl Driver<'_> {
     }
 
     fn restart(&mut self) {
-        for device in 0..self.links.len() {
-            if self.links[device] == Link::Cut {
-                self.sim.repair(SERVER_HOST, device_host(device).as_str());
-                self.links[device] = Link::Healthy;
+        for tab in 0..self.links.len() {
+            if self.links[tab] == Link::Cut {
+                self.sim.repair(SERVER_HOST, tab_host(tab).as_str());
+                self.links[tab] = Link::Healthy;
             }
         }
         self.sim.bounce(SERVER_HOST);
@@ -623,10 +622,10 @@ impl Driver<'_> {
         self.schedule.clear();
         let restart_pending = self.timers.values().any(|a| *a == Action::Restart);
         self.timers.clear();
-        for device in 0..self.links.len() {
-            self.heal_link(device);
+        for tab in 0..self.links.len() {
+            self.heal_link(tab);
             self.sim
-                .set_link_latency(SERVER_HOST, device_host(device).as_str(), BASE_LATENCY);
+                .set_link_latency(SERVER_HOST, tab_host(tab).as_str(), BASE_LATENCY);
         }
         if let Some(disk) = self.server.borrow().disk.clone() {
             disk.disarm();

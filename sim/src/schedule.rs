@@ -20,19 +20,36 @@ pub enum Direction {
     FromServer,
 }
 
+/// What a link fault hits: one tab's link, or the links of all of a user's tabs (the user's
+/// machine goes offline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Tab(usize),
+    User(usize),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tab(tab) => write!(f, "t{tab}"),
+            Target::User(user) => write!(f, "u{user}'s tabs"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// Packets between one device and the server are dropped (one or both ways) for a while.
+    /// Packets between the target and the server are dropped (one or both ways) for a while.
     Partition {
-        device: usize,
+        target: Target,
         direction: Direction,
         lasts: Duration,
     },
-    /// Packets between one device and the server are held, then all delivered at once.
-    Hold { device: usize, lasts: Duration },
-    /// One device's link to the server gets a different latency for a while.
+    /// Packets between the target and the server are held, then all delivered at once.
+    Hold { target: Target, lasts: Duration },
+    /// The target's links to the server get a different latency for a while.
     Latency {
-        device: usize,
+        target: Target,
         latency: Duration,
         lasts: Duration,
     },
@@ -52,16 +69,16 @@ impl fmt::Display for Fault {
         let ms = |d: &Duration| d.as_millis();
         match self {
             Fault::Partition {
-                device,
+                target,
                 direction,
                 lasts,
-            } => write!(f, "partition d{device} {direction:?} for {}ms", ms(lasts)),
-            Fault::Hold { device, lasts } => write!(f, "hold d{device} for {}ms", ms(lasts)),
+            } => write!(f, "partition {target} {direction:?} for {}ms", ms(lasts)),
+            Fault::Hold { target, lasts } => write!(f, "hold {target} for {}ms", ms(lasts)),
             Fault::Latency {
-                device,
+                target,
                 latency,
                 lasts,
-            } => write!(f, "latency d{device} {}ms for {}ms", ms(latency), ms(lasts)),
+            } => write!(f, "latency {target} {}ms for {}ms", ms(latency), ms(lasts)),
             Fault::DropClient { tab, back_after } => {
                 write!(f, "drop t{tab}, back after {}ms", ms(back_after))
             }
@@ -105,9 +122,9 @@ const RATES: Rates = Rates {
     closes: 0.15,
 };
 
-/// The schedule for a run with `clients` clients on `devices` devices and a safety phase of
+/// The schedule for a run with `clients` clients of `users` users and a safety phase of
 /// `duration`.
-pub fn generate(seed: u64, clients: usize, devices: usize, duration: Duration) -> Vec<Scheduled> {
+pub fn generate(seed: u64, clients: usize, users: usize, duration: Duration) -> Vec<Scheduled> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5c4e_d01e_f417_0000);
     let minutes = duration.as_secs_f64() / 60.0;
     let count = |rate: f64, rng: &mut ChaCha8Rng| -> usize {
@@ -124,8 +141,16 @@ pub fn generate(seed: u64, clients: usize, devices: usize, duration: Duration) -
         Duration::from_millis(rng.random_range(low..=high))
     };
 
+    // Mostly one tab; sometimes every tab of a user, as when their machine goes offline.
+    let target = |rng: &mut ChaCha8Rng| {
+        if rng.random_bool(0.25) {
+            Target::User(rng.random_range(0..users))
+        } else {
+            Target::Tab(rng.random_range(0..clients))
+        }
+    };
     for _ in 0..count(RATES.partitions, &mut rng) {
-        let device = rng.random_range(0..devices);
+        let target = target(&mut rng);
         let direction = match rng.random_range(0..4) {
             0 => Direction::ToServer,
             1 => Direction::FromServer,
@@ -141,27 +166,27 @@ pub fn generate(seed: u64, clients: usize, devices: usize, duration: Duration) -
         faults.push((
             when,
             Fault::Partition {
-                device,
+                target,
                 direction,
                 lasts,
             },
         ));
     }
     for _ in 0..count(RATES.holds, &mut rng) {
-        let device = rng.random_range(0..devices);
+        let target = target(&mut rng);
         let lasts = ms(&mut rng, 300, 12_000);
         let when = at(&mut rng);
-        faults.push((when, Fault::Hold { device, lasts }));
+        faults.push((when, Fault::Hold { target, lasts }));
     }
     for _ in 0..count(RATES.latencies, &mut rng) {
-        let device = rng.random_range(0..devices);
+        let target = target(&mut rng);
         let latency = ms(&mut rng, 30, 600);
         let lasts = ms(&mut rng, 1_000, 20_000);
         let when = at(&mut rng);
         faults.push((
             when,
             Fault::Latency {
-                device,
+                target,
                 latency,
                 lasts,
             },

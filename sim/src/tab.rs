@@ -32,10 +32,12 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(6);
 /// TCP connect and Socket.IO handshake, each.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REST_TIMEOUT: Duration = Duration::from_secs(8);
-/// `sync` page size.
-const SYNC_LIMIT: u64 = 100;
-/// History page size at the audit (the contract's maximum).
-const HISTORY_LIMIT: u64 = 500;
+/// `sync` page size: random up to this (the contract's default), so that paging is exercised.
+const SYNC_LIMIT_MAX: u64 = 100;
+/// History page size at the audit: random up to this (the contract's maximum).
+const HISTORY_LIMIT_MAX: u64 = 500;
+/// Messages a burst sends at once, without waiting for acks in between.
+const BURST_MAX: usize = 8;
 /// Pages of one chat's history read at the audit before giving up (a bound on a broken server).
 const HISTORY_PAGES_MAX: usize = 100;
 
@@ -373,7 +375,8 @@ impl Tab {
         let roll: f64 = self.rng.borrow_mut().random();
         let _ = match roll {
             r if r < 0.40 => self.send_new(false).await,
-            r if r < 0.45 => self.send_new(true).await,
+            r if r < 0.43 => self.send_new(true).await,
+            r if r < 0.45 => self.burst().await,
             r if r < 0.55 => self.retry_one_pending().await,
             r if r < 0.67 => self.type_something().await,
             r if r < 0.75 => self.join_some_chat().await,
@@ -586,12 +589,13 @@ impl Tab {
 
     async fn sync_chat(&self, chat: &str) -> Result<(), Failure> {
         let label = self.model.chat_label(chat);
+        let limit = self.rng.borrow_mut().random_range(1..=SYNC_LIMIT_MAX);
         loop {
             let after = self.contiguous(chat);
             let answer = self
                 .ask(
                     "sync",
-                    &json!({ "chatId": chat, "afterSeq": after, "limit": SYNC_LIMIT }),
+                    &json!({ "chatId": chat, "afterSeq": after, "limit": limit }),
                 )
                 .await?;
             if answer["ok"] != json!(true) {
@@ -664,6 +668,42 @@ impl Tab {
         } else {
             self.send_socket(&cmid, &chat, &text).await
         }
+    }
+
+    /// Several sends at once to one chat, as a user pasting lines quickly would: the server
+    /// handles them concurrently and commits them in one batch or a few.
+    async fn burst(&self) -> Result<(), Failure> {
+        let Some(chat) = self.pick(&self.model.chats_of(self.user)) else {
+            return Ok(());
+        };
+        let count = self.rng.borrow_mut().random_range(2..=BURST_MAX);
+        let mut sends = Vec::with_capacity(count);
+        for _ in 0..count {
+            let n = {
+                let mut state = self.state.borrow_mut();
+                state.sends += 1;
+                state.sends
+            };
+            let cmid = format!("t{}-{n}", self.index);
+            let text = format!("m{}-{n}", self.index);
+            self.register_send(&cmid, &chat, &text, true);
+            self.state.borrow_mut().pending.insert(
+                cmid.clone(),
+                PendingSend {
+                    chat: chat.clone(),
+                    text: text.clone(),
+                },
+            );
+            sends.push((cmid, text));
+        }
+        self.trace(format!("burst of {count}"));
+        let results = futures_util::future::join_all(
+            sends
+                .iter()
+                .map(|(cmid, text)| self.send_socket(cmid, &chat, text)),
+        )
+        .await;
+        results.into_iter().collect()
     }
 
     fn register_send(&self, cmid: &str, chat: &str, text: &str, valid: bool) {
@@ -1006,10 +1046,18 @@ impl Tab {
         .await;
         match answer {
             Ok((StatusCode::OK, Value::Array(messages))) => {
+                let mut seqs = Vec::with_capacity(messages.len());
                 for message in &messages {
                     if let Some(facts) = MessageFacts::parse(message) {
                         self.model.observe(&facts, "history");
+                        seqs.push(facts.seq);
                     }
+                }
+                if seqs.windows(2).any(|w| w[1] != w[0] + 1) {
+                    self.model.violate(
+                        Invariant::SeqContiguous,
+                        format!("{} history page of {label} has seqs {seqs:?}", self.label()),
+                    );
                 }
                 self.trace(format!("history {label}: {} messages", messages.len()));
             }
@@ -1180,8 +1228,9 @@ impl Tab {
         let token = self.token();
         let mut history = Vec::new();
         let mut after = 0;
+        let limit = self.rng.borrow_mut().random_range(7..=HISTORY_LIMIT_MAX);
         for _ in 0..HISTORY_PAGES_MAX {
-            let path = format!("/api/messages/chat/{chat}?after={after}&limit={HISTORY_LIMIT}");
+            let path = format!("/api/messages/chat/{chat}?after={after}&limit={limit}");
             let page =
                 match net::rest(Method::GET, &path, token.as_deref(), None, REST_TIMEOUT).await {
                     Ok((StatusCode::OK, Value::Array(page))) => page,
@@ -1204,7 +1253,7 @@ impl Tab {
                     ),
                 }
             }
-            if (count as u64) < HISTORY_LIMIT {
+            if (count as u64) < limit {
                 break;
             }
         }
@@ -1228,7 +1277,13 @@ impl Tab {
                     })
                     .unwrap_or_default();
                 ids.sort();
-                let labels: Vec<String> = ids.iter().map(|id| self.model.user_label(id)).collect();
+                let mut users: Vec<Option<usize>> =
+                    ids.iter().map(|id| self.model.user_index(id)).collect();
+                users.sort();
+                let labels: Vec<String> = users
+                    .iter()
+                    .map(|u| u.map_or_else(|| "u?".to_owned(), |u| format!("u{u}")))
+                    .collect();
                 self.trace(format!("#{no} online-users {}", labels.join(",")));
                 self.with_live(no, |live| {
                     live.online = ids.into_iter().map(|id| (id, true)).collect();
