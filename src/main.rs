@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use palaver::clock::SystemClock;
 use palaver::config::{Cli, Command, Config};
@@ -85,6 +86,14 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
                 () = watch_writer => tracing::error!("storage failed: stopping so that a restart can reopen and repair the database"),
             }
         };
+        // Without TCP_NODELAY, Nagle's algorithm holds back a small frame (an ack, a
+        // `new-message`) written while an earlier one is unacknowledged, until the client's
+        // delayed ACK: p99 send-to-deliver latency sat at 40-48 ms for any load (BENCHMARKS.md).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+            }
+        });
         server::run(listener, app, config, shutdown).await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     });
