@@ -17,11 +17,14 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Events buffered for the consumer before the reader waits.
 const EVENTS_QUEUED_MAX: usize = 4096;
 /// Frames buffered towards the server before `emit` waits.
 const OUTGOING_QUEUED_MAX: usize = 1024;
+/// Bytes read from the socket at a time (see `websocket_config`).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -67,7 +70,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(websocket_config())).await?;
     // Engine.IO open packet: `0{"sid":…,"pingInterval":…}`.
     let silence_max = match next_text(&mut ws).await? {
         text if text.starts_with('0') => silence_allowed(&text[1..]),
@@ -130,6 +134,13 @@ fn silence_allowed(open: &str) -> Duration {
     Duration::from_millis(ms("pingInterval", 25_000) + ms("pingTimeout", 20_000))
 }
 
+/// tungstenite zero-fills its whole read buffer (128 KiB by default) before every read; with
+/// thousands of sockets in one load generator that memset was 10% of its CPU. Frames here are
+/// small, and a larger one just takes several reads.
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)
+}
+
 async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<String, ClientError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -156,9 +167,18 @@ async fn pump<S>(
 {
     let (mut sink, mut stream) = ws.split();
     let writer = async move {
-        while let Some(message) = outgoing.recv().await {
-            let closing = matches!(message, Message::Close(_));
-            if sink.send(message).await.is_err() || closing {
+        // Everything already queued goes out with one flush (one write to the socket), not one
+        // each: a busy connection makes one system call for a burst instead of one per frame.
+        'frames: while let Some(message) = outgoing.recv().await {
+            let mut next = Some(message);
+            while let Some(message) = next.take() {
+                let closing = matches!(message, Message::Close(_));
+                if sink.feed(message).await.is_err() || closing {
+                    break 'frames;
+                }
+                next = outgoing.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
