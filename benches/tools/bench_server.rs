@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use palaver::clock::SystemClock;
 use palaver::config::{Config, ServeArgs};
@@ -123,7 +124,12 @@ fn serve_none(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async {
         let app = server::build_app(&config, store, writer, Arc::new(SystemClock), [3; 32]).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        // As in src/main.rs: no Nagle delay on small frames.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await?
+            .tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
