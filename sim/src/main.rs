@@ -118,10 +118,10 @@ fn main() -> ExitCode {
                 );
             }
         }
-        if let (Some(path), Some(trace)) = (&cli.trace_out, &outcome.full_trace) {
-            if let Err(error) = std::fs::write(path, trace.join("\n") + "\n") {
-                eprintln!("palaver-sim: cannot write {}: {error}", path.display());
-            }
+        if let (Some(path), Some(trace)) = (&cli.trace_out, &outcome.full_trace)
+            && let Err(error) = std::fs::write(path, trace.join("\n") + "\n")
+        {
+            eprintln!("palaver-sim: cannot write {}: {error}", path.display());
         }
         if cli.minimize && !outcome.passed() {
             let minimal = palaver_sim::minimize::minimize(&settings, outcome, |line| {

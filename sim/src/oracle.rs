@@ -303,3 +303,200 @@ fn check_presence(model: &Model) {
         model.violate(Invariant::Presence, detail);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The checks that no planted bug exercises (phantoms, idempotency, convergence) and the
+    //! others, on hand-made records: each must fire on its violation and stay quiet otherwise.
+
+    use super::*;
+    use crate::model::{Attempt, ChatSlot, SendRecord, TabReport, UserSlot};
+    use crate::trace::Trace;
+
+    fn model() -> Model {
+        let users = (0..2)
+            .map(|u| UserSlot {
+                id: Some(format!("user{u}")),
+                ..UserSlot::default()
+            })
+            .collect();
+        let chats = vec![ChatSlot {
+            a: 0,
+            b: 1,
+            id: Some("chat".into()),
+            audit_tab: Some(0),
+        }];
+        Model::new(Trace::new(false), users, chats, 2)
+    }
+
+    fn message(seq: u64, cmid: &str) -> MessageFacts {
+        MessageFacts {
+            id: format!("id-{cmid}"),
+            chat: "chat".into(),
+            seq,
+            sender: "user0".into(),
+            text: format!("text-{cmid}"),
+            client_msg_id: Some(cmid.into()),
+        }
+    }
+
+    fn sent(model: &Model, cmid: &str, valid: bool, attempt: Attempt) {
+        model.state.borrow_mut().sends.insert(
+            (0, cmid.into()),
+            SendRecord {
+                user: 0,
+                chat: "chat".into(),
+                text: format!("text-{cmid}"),
+                valid,
+                attempts: vec![attempt],
+            },
+        );
+    }
+
+    fn acked(seq: u64, cmid: &str) -> Attempt {
+        Attempt::Acked {
+            id: format!("id-{cmid}"),
+            seq,
+        }
+    }
+
+    fn violated(model: &Model, history: Vec<MessageFacts>) -> Vec<Invariant> {
+        let histories = BTreeMap::from([("chat".to_owned(), history)]);
+        check_histories(model, &histories, "test");
+        model
+            .state
+            .borrow()
+            .violations
+            .iter()
+            .map(|v| v.invariant)
+            .collect()
+    }
+
+    #[test]
+    fn a_consistent_history_passes() {
+        let model = model();
+        sent(&model, "a", true, acked(1, "a"));
+        sent(&model, "b", true, Attempt::Unknown("ack timeout".into()));
+        assert!(violated(&model, vec![message(1, "a"), message(2, "b")]).is_empty());
+    }
+
+    #[test]
+    fn a_lost_acknowledged_message_breaks_durability() {
+        let model = model();
+        sent(&model, "a", true, acked(1, "a"));
+        assert_eq!(violated(&model, vec![]), vec![Invariant::Durability]);
+    }
+
+    #[test]
+    fn an_acknowledged_message_at_another_seq_breaks_durability() {
+        let model = model();
+        sent(&model, "a", true, Attempt::Unknown("closed".into()));
+        sent(&model, "b", true, acked(1, "b"));
+        assert_eq!(
+            violated(&model, vec![message(1, "a"), message(2, "b")]),
+            vec![Invariant::Durability]
+        );
+    }
+
+    #[test]
+    fn unsent_refused_and_hostile_messages_are_phantoms() {
+        let model = model();
+        sent(
+            &model,
+            "refused",
+            true,
+            Attempt::Refused("Rate limited".into()),
+        );
+        sent(
+            &model,
+            "hostile",
+            false,
+            Attempt::Refused("Chat not found".into()),
+        );
+        let history = vec![
+            message(1, "never-sent"),
+            message(2, "refused"),
+            message(3, "hostile"),
+        ];
+        assert_eq!(violated(&model, history), vec![Invariant::NoPhantoms; 3]);
+    }
+
+    #[test]
+    fn a_gap_breaks_seq_order() {
+        let model = model();
+        sent(&model, "a", true, acked(1, "a"));
+        sent(&model, "b", true, acked(3, "b"));
+        assert_eq!(
+            violated(&model, vec![message(1, "a"), message(3, "b")]),
+            vec![Invariant::SeqContiguous]
+        );
+    }
+
+    #[test]
+    fn one_client_msg_id_twice_breaks_idempotency() {
+        let model = model();
+        sent(&model, "a", true, Attempt::Unknown("closed".into()));
+        let mut again = message(2, "a");
+        again.id = "id-a-again".into();
+        assert_eq!(
+            violated(&model, vec![message(1, "a"), again]),
+            vec![Invariant::Idempotency]
+        );
+    }
+
+    #[test]
+    fn two_messages_at_one_seq_break_seq_order() {
+        let model = model();
+        model.observe(&message(1, "a"), "test");
+        model.observe(&message(1, "a"), "test");
+        assert!(model.state.borrow().violations.is_empty());
+        model.observe(&message(1, "b"), "test");
+        let violations = model.state.borrow().violations.clone();
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].invariant, Invariant::SeqContiguous);
+    }
+
+    fn report(user: usize, views: Vec<MessageFacts>, online: &[&str]) -> TabReport {
+        TabReport {
+            user,
+            connected: true,
+            views: BTreeMap::from([(
+                "chat".to_owned(),
+                views.into_iter().map(|m| (m.seq, m)).collect(),
+            )]),
+            online: online.iter().map(|u| (*u).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_view_that_differs_from_history_breaks_convergence() {
+        let model = model();
+        let history = vec![message(1, "a"), message(2, "b")];
+        {
+            let mut state = model.state.borrow_mut();
+            state.tabs[0].report = Some(report(0, history.clone(), &[]));
+            state.tabs[1].report = Some(report(1, vec![message(1, "a")], &[]));
+        }
+        let histories = BTreeMap::from([("chat".to_owned(), history)]);
+        check_convergence(&model, &histories);
+        let violations = model.state.borrow().violations.clone();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].invariant, Invariant::Convergence);
+        assert!(violations[0].detail.starts_with("t1"));
+    }
+
+    #[test]
+    fn presence_must_match_the_connected_users() {
+        let model = model();
+        {
+            let mut state = model.state.borrow_mut();
+            state.tabs[0].report = Some(report(0, vec![], &["user1"]));
+            state.tabs[1].report = Some(report(1, vec![], &[]));
+        }
+        check_presence(&model);
+        let violations = model.state.borrow().violations.clone();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].invariant, Invariant::Presence);
+        assert!(violations[0].detail.starts_with("t1"));
+    }
+}

@@ -94,7 +94,7 @@ pub fn summary_line(outcome: &Outcome) -> String {
 /// The command line that replays a run with these settings.
 pub fn replay_command(settings: &Settings, seed: u64) -> String {
     let defaults = Settings::default();
-    let mut command = format!("cargo run --release -p palaver-sim");
+    let mut command = String::from("cargo run --release -p palaver-sim");
     #[cfg(feature = "sim-faults")]
     if settings.planted.is_some() {
         command.push_str(" --features sim-faults");
