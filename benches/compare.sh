@@ -9,7 +9,8 @@
 # commits that skip fsync: the durability cost), latency (1,000 users x 1 msg/s), memory (10,000
 # idle sockets), start (1,000,000 stored messages: cold start to /health, and after kill -9).
 # palaver-load drives palaver and Node; the relay is driven by its own `pairs` client. Results go
-# to $WORK/results.jsonl (one JSON line per measurement) and a summary with the ratios is printed.
+# to $WORK/results.jsonl (one JSON line per measurement; every ramp step in $WORK/ramp-*.jsonl)
+# and a summary with the ratios is printed.
 # Every process started here is stopped on exit, also on error or Ctrl-C.
 #
 # Settings (environment): SHARED (default ../shared next to the repo), WORK (scratch directory),
@@ -104,7 +105,7 @@ stop() { # pid: SIGTERM, then SIGKILL after 5 s
 SERVER_PID=
 start_server() { # kind data-dir: palaver | palaver-none | node | relay
   local kind=$1 data=$2
-  mkdir -p "$data"
+  [[ -n $data ]] && mkdir -p "$data"
   case $kind in
     palaver)
       env "${LIMITS[@]}" "${JWT[@]}" RUST_LOG=warn PALAVER_LISTEN=127.0.0.1:$P_PORT \
@@ -144,7 +145,7 @@ relay_ramp() { # users rate secs
   local rate=$2 best='' failures=0 line
   for _ in $(seq 1 20); do
     line=$(relay_step "$1" "$rate" "$3")
-    echo "$line" >&2
+    echo "$line" >>"$WORK/ramp-relay.jsonl"
     if jq -e '.lost <= 0 and .p99_ms < 50' <<<"$line" >/dev/null; then
       best=$line; failures=0
     else
@@ -183,7 +184,7 @@ for scenario in $SCENARIOS; do
       start_server "$kind" "$WORK/data-$kind-sat"
       # The last line is the best step; none when not even the first step passed.
       line=$("$LOAD" --url "http://127.0.0.1:$PORT" --users "$SAT_USERS" --rate "$SAT_RATE" \
-        --secs "$SECS" --ramp --server-pid "$SERVER_PID" | tee /dev/stderr | tail -1) || line='{}'
+        --secs "$SECS" --ramp --server-pid "$SERVER_PID" | tee "$WORK/ramp-$kind.jsonl" | tail -1) || line='{}'
       record saturation "$kind" "${line:-"{}"}"
       stop "$SERVER_PID"
     done
