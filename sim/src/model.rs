@@ -208,6 +208,10 @@ pub struct ModelState {
     pub sends: BTreeMap<(usize, String), SendRecord>,
     /// The message each `(chat, seq)` was seen bound to, first sighting.
     pub bindings: BTreeMap<(String, u64), MessageFacts>,
+    /// Conflicting sightings already reported, as `(chat, seq, _id)`: reported once each.
+    pub conflicts: BTreeSet<(String, u64, String)>,
+    /// Acknowledged sends already reported missing, as `(user, clientMsgId)`.
+    pub lost: BTreeSet<(usize, String)>,
     /// History read back at the audit, per chat id.
     pub histories: BTreeMap<String, Vec<MessageFacts>>,
     pub violations: Vec<Violation>,
@@ -323,16 +327,22 @@ impl Model {
         let earlier = {
             let mut state = self.state.borrow_mut();
             match state.bindings.get(&key) {
-                Some(bound) => Some(bound.clone()),
+                Some(bound) if bound == facts => None,
+                Some(bound) => {
+                    let bound = bound.clone();
+                    let fresh =
+                        state
+                            .conflicts
+                            .insert((facts.chat.clone(), facts.seq, facts.id.clone()));
+                    fresh.then_some(bound)
+                }
                 None => {
                     state.bindings.insert(key, facts.clone());
                     None
                 }
             }
         };
-        if let Some(bound) = earlier
-            && bound != *facts
-        {
+        if let Some(bound) = earlier {
             let chat = self.chat_label(&facts.chat);
             if bound.id == facts.id {
                 self.violate(

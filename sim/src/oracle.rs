@@ -103,11 +103,12 @@ pub fn final_check(model: &Model) {
 
 /// Invariants 1–4 on one reading of every chat's history.
 fn check_histories(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>>, when: &str) {
+    let mut found = Vec::new();
+    let mut lost = Vec::new();
     let state = model.state.borrow();
     let user_of = |id: &str| state.users.iter().position(|u| u.id.as_deref() == Some(id));
-    let mut found = Vec::new();
 
-    // 1. Durability: every acknowledged message, same id and seq.
+    // 1. Durability: every acknowledged message, same id and seq (each loss reported once).
     for ((user, cmid), send) in &state.sends {
         let Some((id, seq)) = send.acked() else {
             continue;
@@ -116,7 +117,8 @@ fn check_histories(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>
             continue;
         };
         let present = history.iter().any(|m| m.id == id && m.seq == seq);
-        if !present {
+        if !present && !state.lost.contains(&(*user, cmid.clone())) {
+            lost.push((*user, cmid.clone()));
             let now_at = history.iter().find(|m| m.seq == seq).map(|m| m.id.as_str());
             found.push((
                 Invariant::Durability,
@@ -193,6 +195,7 @@ fn check_histories(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>
         }
     }
     drop(state);
+    model.state.borrow_mut().lost.extend(lost);
     for (invariant, detail) in found {
         model.violate(invariant, detail);
     }
