@@ -279,7 +279,9 @@ fn oracle(input: &Structured, header_alg: HeaderAlg, claims: &Map<String, Value>
                 && as_str(&sub).is_some_and(|s| !s.is_empty())
                 && names(&iss, ISSUER)
                 && names(&aud, AUDIENCE)
-                && (nbf.is_none() || as_secs(&nbf).is_some_and(|n| n as i64 <= NOW))
+                // `"nbf": null` means no not-before, as serde reads an absent claim.
+                && (matches!(nbf, None | Some(Value::Null))
+                    || as_secs(&nbf).is_some_and(|n| n as i64 <= NOW))
                 && (email.is_none() || as_str(&email).is_some()) =>
         {
             Some(Expected::External(as_str(&sub).unwrap().to_owned()))
