@@ -29,24 +29,62 @@ use palaver_fuzz::{Server, config, with_fixture};
 
 const USERS: u8 = 4;
 const OPS_MAX: usize = 96;
-const TEXTS: [&str; 7] = ["hello", "  padded  ", "", " \n\t ", "multi\nline", "😀", "long"];
+const TEXTS: [&str; 7] = [
+    "hello",
+    "  padded  ",
+    "",
+    " \n\t ",
+    "multi\nline",
+    "😀",
+    "long",
+];
 const TEXT_LONG_CHARS: usize = 4001;
 
 #[derive(Arbitrary, Debug, Clone)]
 enum Op {
     /// variant: 0 as is, 1 email in upper case, 2 empty name, 3 short password.
-    Register { user: u8, variant: u8 },
-    Login { user: u8, right_password: bool },
-    CreateChat { caller: u8, other: u8 },
-    Join { user: u8, chat: u8 },
+    Register {
+        user: u8,
+        variant: u8,
+    },
+    Login {
+        user: u8,
+        right_password: bool,
+    },
+    CreateChat {
+        caller: u8,
+        other: u8,
+    },
+    Join {
+        user: u8,
+        chat: u8,
+    },
     Send(SendOp),
     /// The `index`-th earlier send, again, exactly (a client retrying after a lost ack).
-    Retry { index: u8 },
-    Sync { user: u8, chat: u8, after: u8, limit: u8 },
-    History { user: u8, chat: u8, before: Option<u8>, limit: u8 },
-    Connect { user: u8 },
-    Disconnect { conn: u8 },
-    Tick { ms: u16 },
+    Retry {
+        index: u8,
+    },
+    Sync {
+        user: u8,
+        chat: u8,
+        after: u8,
+        limit: u8,
+    },
+    History {
+        user: u8,
+        chat: u8,
+        before: Option<u8>,
+        limit: u8,
+    },
+    Connect {
+        user: u8,
+    },
+    Disconnect {
+        conn: u8,
+    },
+    Tick {
+        ms: u16,
+    },
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
@@ -122,13 +160,21 @@ fn text(pick: u8) -> String {
 }
 
 fn cmid(pick: Option<u8>) -> Option<String> {
-    pick.map(|n| if n < 8 { format!("c{n}") } else { "x".repeat(65) })
+    pick.map(|n| {
+        if n < 8 {
+            format!("c{n}")
+        } else {
+            "x".repeat(65)
+        }
+    })
 }
 
 fuzz_target!(|ops: Vec<Op>| {
     static CASES: AtomicU64 = AtomicU64::new(0);
     let case = CASES.fetch_add(1, Ordering::Relaxed);
-    with_fixture(25, build, async |server: &Server| run(server, case, ops).await);
+    with_fixture(25, build, async |server: &Server| {
+        run(server, case, ops).await
+    });
 });
 
 async fn build() -> Server {
@@ -138,7 +184,10 @@ async fn build() -> Server {
 }
 
 async fn run(server: &Server, case: u64, ops: Vec<Op>) {
-    let mut model = Model { case, ..Model::default() };
+    let mut model = Model {
+        case,
+        ..Model::default()
+    };
     for op in ops.into_iter().take(OPS_MAX) {
         step(server, &mut model, op).await;
         check_invariants(server, &model).await;
@@ -170,18 +219,33 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
                 (2 | 3, Err(ApiError::BadRequest(_))) => {}
                 (0 | 1, Err(ApiError::EmailTaken)) => assert!(model.users.contains_key(&slot)),
                 (0 | 1, Ok((token, view))) => {
-                    assert!(!model.users.contains_key(&slot), "registered an email twice");
+                    assert!(
+                        !model.users.contains_key(&slot),
+                        "registered an email twice"
+                    );
                     assert_eq!(view.email, self::email(model.case, slot));
-                    assert_eq!(app.authenticate(&token).await.expect("fresh token").id, view.id);
+                    assert_eq!(
+                        app.authenticate(&token).await.expect("fresh token").id,
+                        view.id
+                    );
                     model.users.insert(slot, view.id);
                 }
                 (variant, result) => panic!("register variant {variant}: {result:?}"),
             }
         }
-        Op::Login { user, right_password } => {
+        Op::Login {
+            user,
+            right_password,
+        } => {
             let slot = user % USERS;
-            let attempt = if right_password { password(slot) } else { "wrong-password".into() };
-            let result = app.login(&email(model.case, slot).to_uppercase(), &attempt).await;
+            let attempt = if right_password {
+                password(slot)
+            } else {
+                "wrong-password".into()
+            };
+            let result = app
+                .login(&email(model.case, slot).to_uppercase(), &attempt)
+                .await;
             let failures = model.failed_logins.get(&slot).copied().unwrap_or(0);
             match result {
                 Ok((_, view)) => {
@@ -201,8 +265,14 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
         }
         Op::CreateChat { caller, other } => {
             let (a, b) = (caller % USERS, other % USERS);
-            let Some(a_id) = model.users.get(&a).cloned() else { return };
-            let b_id = model.users.get(&b).cloned().unwrap_or_else(|| "65f000000000000000000bad".into());
+            let Some(a_id) = model.users.get(&a).cloned() else {
+                return;
+            };
+            let b_id = model
+                .users
+                .get(&b)
+                .cloned()
+                .unwrap_or_else(|| "65f000000000000000000bad".into());
             let result = app.open_chat_with(&a_id, &b_id).await;
             if a == b {
                 assert!(matches!(result, Err(ApiError::BadRequest(_))), "{result:?}");
@@ -220,7 +290,10 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
                 messages: Vec::new(),
             });
             assert_eq!(view.id, chat.id, "a second chat for one pair");
-            assert_eq!(view.participant.as_ref().map(|p| p.id.as_str()), Some(b_id.as_str()));
+            assert_eq!(
+                view.participant.as_ref().map(|p| p.id.as_str()),
+                Some(b_id.as_str())
+            );
             assert_eq!(
                 view.last_message.as_ref().map(|m| m.seq),
                 (!chat.messages.is_empty()).then_some(chat.messages.len() as u64)
@@ -228,9 +301,14 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
         }
         Op::Join { user, chat } => {
             let slot = user % USERS;
-            let Some(user_id) = model.users.get(&slot) else { return };
+            let Some(user_id) = model.users.get(&slot) else {
+                return;
+            };
             let chat_id = model.chat_id(chat);
-            let member = model.chats.values().any(|c| c.id == chat_id && c.members.contains(&slot));
+            let member = model
+                .chats
+                .values()
+                .any(|c| c.id == chat_id && c.members.contains(&slot));
             match app.member_chat(user_id, &chat_id) {
                 Ok(found) => {
                     assert!(member);
@@ -253,13 +331,24 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
             let send_op = model.sends[usize::from(index) % model.sends.len()];
             send(server, model, send_op).await;
         }
-        Op::Sync { user, chat, after, limit } => {
+        Op::Sync {
+            user,
+            chat,
+            after,
+            limit,
+        } => {
             let slot = user % USERS;
-            let Some(user_id) = model.users.get(&slot).cloned() else { return };
+            let Some(user_id) = model.users.get(&slot).cloned() else {
+                return;
+            };
             let chat_id = model.chat_id(chat);
             let limit = u64::from(limit % 8);
             let result = app.sync(&user_id, &chat_id, u64::from(after % 16), Some(limit));
-            let Some(chat) = model.chats.values().find(|c| c.id == chat_id && c.members.contains(&slot)) else {
+            let Some(chat) = model
+                .chats
+                .values()
+                .find(|c| c.id == chat_id && c.members.contains(&slot))
+            else {
                 assert_eq!(result.err(), Some(Refusal::ChatNotFound));
                 return;
             };
@@ -274,14 +363,25 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
             }
             assert_eq!(has_more, last < n);
         }
-        Op::History { user, chat, before, limit } => {
+        Op::History {
+            user,
+            chat,
+            before,
+            limit,
+        } => {
             let slot = user % USERS;
-            let Some(user_id) = model.users.get(&slot).cloned() else { return };
+            let Some(user_id) = model.users.get(&slot).cloned() else {
+                return;
+            };
             let chat_id = model.chat_id(chat);
             let limit = u64::from(limit) * 3;
             let anchor = before.map_or(Anchor::Newest, |b| Anchor::Before(u64::from(b % 16)));
             let result = app.history(&user_id, &chat_id, anchor, Some(limit));
-            let Some(chat) = model.chats.values().find(|c| c.id == chat_id && c.members.contains(&slot)) else {
+            let Some(chat) = model
+                .chats
+                .values()
+                .find(|c| c.id == chat_id && c.members.contains(&slot))
+            else {
                 assert_eq!(result.err(), Some(ApiError::NotFound("Chat not found")));
                 return;
             };
@@ -297,12 +397,17 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
         }
         Op::Connect { user } => {
             let slot = user % USERS;
-            let Some(user_id) = model.users.get(&slot).cloned() else { return };
+            let Some(user_id) = model.users.get(&slot).cloned() else {
+                return;
+            };
             let conn = format!("conn{}", model.next_connection);
             model.next_connection += 1;
             let was_online = model.connections.values().any(|&s| s == slot);
             let came_online = app.presence.lock().await.connect(&conn, &user_id);
-            assert_eq!(came_online, !was_online, "user-online must mark the first connection");
+            assert_eq!(
+                came_online, !was_online,
+                "user-online must mark the first connection"
+            );
             model.connections.insert(conn, slot);
         }
         Op::Disconnect { conn } => {
@@ -326,11 +431,20 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
 
 async fn send(server: &Server, model: &mut Model, op: SendOp) {
     let slot = op.user % USERS;
-    let Some(user_id) = model.users.get(&slot).cloned() else { return };
-    let user = server.store.user(&user_id).expect("read").expect("registered user");
+    let Some(user_id) = model.users.get(&slot).cloned() else {
+        return;
+    };
+    let user = server
+        .store
+        .user(&user_id)
+        .expect("read")
+        .expect("registered user");
     let chat_id = model.chat_id(op.chat);
     let (raw_text, cmid) = (text(op.text), cmid(op.cmid));
-    let result = server.app.send(&user, &chat_id, &raw_text, cmid.as_deref()).await;
+    let result = server
+        .app
+        .send(&user, &chat_id, &raw_text, cmid.as_deref())
+        .await;
 
     // The model, in the contract's order of checks.
     let trimmed = raw_text.trim().to_owned();
@@ -338,7 +452,10 @@ async fn send(server: &Server, model: &mut Model, op: SendOp) {
         if cmid.as_ref().is_some_and(|c| c.chars().count() > 64) {
             break 'expected Err(Refusal::InvalidPayload);
         }
-        let Some(chat) = model.chat_mut(&chat_id).filter(|c| c.members.contains(&slot)) else {
+        let Some(chat) = model
+            .chat_mut(&chat_id)
+            .filter(|c| c.members.contains(&slot))
+        else {
             break 'expected Err(Refusal::ChatNotFound);
         };
         if trimmed.is_empty() {
@@ -355,7 +472,11 @@ async fn send(server: &Server, model: &mut Model, op: SendOp) {
         {
             break 'expected Ok((at as u64 + 1, false));
         }
-        chat.messages.push(ModelMessage { sender: slot, text: trimmed.clone(), cmid: cmid.clone() });
+        chat.messages.push(ModelMessage {
+            sender: slot,
+            text: trimmed.clone(),
+            cmid: cmid.clone(),
+        });
         Ok((chat.messages.len() as u64, true))
     };
     match (result, expected) {
@@ -363,10 +484,21 @@ async fn send(server: &Server, model: &mut Model, op: SendOp) {
             assert_eq!((sent.message.seq, sent.created), (seq, created));
             assert_eq!(sent.message.chat, chat_id);
             assert_eq!(sent.message.sender.id, user_id);
-            let chat = model.chats.values().find(|c| c.id == chat_id).expect("model chat");
+            let chat = model
+                .chats
+                .values()
+                .find(|c| c.id == chat_id)
+                .expect("model chat");
             assert_eq!(sent.message.text, chat.messages[seq as usize - 1].text);
-            let members: BTreeSet<String> = chat.members.iter().map(|s| model.users[s].clone()).collect();
-            assert_eq!(sent.members.iter().cloned().collect::<BTreeSet<_>>(), members);
+            let members: BTreeSet<String> = chat
+                .members
+                .iter()
+                .map(|s| model.users[s].clone())
+                .collect();
+            assert_eq!(
+                sent.members.iter().cloned().collect::<BTreeSet<_>>(),
+                members
+            );
         }
         (Err(refusal), Err(expected)) => assert_eq!(refusal, expected),
         (result, expected) => panic!("send {op:?}: service {result:?}, model {expected:?}"),
@@ -377,26 +509,50 @@ async fn check_invariants(server: &Server, model: &Model) {
     let problems = server.store.check_consistency().expect("readable");
     assert!(problems.is_empty(), "{problems:?}");
     for chat in model.chats.values() {
-        let stored = server.store.chat(&chat.id).expect("read").expect("chat exists");
+        let stored = server
+            .store
+            .chat(&chat.id)
+            .expect("read")
+            .expect("chat exists");
         let n = chat.messages.len() as u64;
         assert_eq!(stored.last_seq, n);
         let messages = server.store.messages(&chat.id, 1..n + 1).expect("read");
         let got: Vec<ModelMessage> = messages
             .iter()
             .map(|m| ModelMessage {
-                sender: *model.users.iter().find(|(_, id)| **id == m.sender).expect("known sender").0,
+                sender: *model
+                    .users
+                    .iter()
+                    .find(|(_, id)| **id == m.sender)
+                    .expect("known sender")
+                    .0,
                 text: m.text.clone(),
                 cmid: m.client_msg_id.clone(),
             })
             .collect();
         assert_eq!(got, chat.messages);
-        assert!(messages.iter().enumerate().all(|(i, m)| m.seq == i as u64 + 1));
+        assert!(
+            messages
+                .iter()
+                .enumerate()
+                .all(|(i, m)| m.seq == i as u64 + 1)
+        );
     }
     for (slot, id) in &model.users {
-        let mut listed: Vec<String> = server.app.chats_of(id).expect("chats").into_iter().map(|c| c.id).collect();
+        let mut listed: Vec<String> = server
+            .app
+            .chats_of(id)
+            .expect("chats")
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
         listed.sort();
-        let mut want: Vec<String> =
-            model.chats.values().filter(|c| c.members.contains(slot)).map(|c| c.id.clone()).collect();
+        let mut want: Vec<String> = model
+            .chats
+            .values()
+            .filter(|c| c.members.contains(slot))
+            .map(|c| c.id.clone())
+            .collect();
         want.sort();
         assert_eq!(listed, want);
     }

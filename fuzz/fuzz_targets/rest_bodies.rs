@@ -59,10 +59,22 @@ impl Fixture {
             .user_id_by_email("cy@example.com")
             .expect("read")
             .expect("cy exists");
-        let chat = server.app.open_chat_with(&ada, &bob).await.expect("chat").id;
+        let chat = server
+            .app
+            .open_chat_with(&ada, &bob)
+            .await
+            .expect("chat")
+            .id;
         let foreign = server.app.open_chat_with(&bob, &cy).await.expect("chat").id;
         let (router, _io) = palaver::server::router(server.app.clone(), &config);
-        Self { server, router, ada, bob, chat, foreign }
+        Self {
+            server,
+            router,
+            ada,
+            bob,
+            chat,
+            foreign,
+        }
     }
 }
 
@@ -80,8 +92,20 @@ fn percent_encode(bytes: &[u8]) -> String {
 }
 
 async fn case(fixture: &Fixture, route: u8, auth: u8, target: u8, content_type: u8, rest: &[u8]) {
-    let Fixture { server, router, ada, bob, chat, foreign } = fixture;
-    let last_seq = server.store.chat(chat).expect("read").expect("chat").last_seq;
+    let Fixture {
+        server,
+        router,
+        ada,
+        bob,
+        chat,
+        foreign,
+    } = fixture;
+    let last_seq = server
+        .store
+        .chat(chat)
+        .expect("read")
+        .expect("chat")
+        .last_seq;
     let (segment, body) = match target {
         0 => (bob.clone(), rest),
         1 => (ada.clone(), rest),
@@ -104,11 +128,17 @@ async fn case(fixture: &Fixture, route: u8, auth: u8, target: u8, content_type: 
     let now = server.clock_now();
     request = match auth {
         0 => request,
-        1 => request.header(header::AUTHORIZATION, format!("Bearer {}", server.app.tokens.issue(ada, now))),
+        1 => request.header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", server.app.tokens.issue(ada, now)),
+        ),
         2 => request.header(header::AUTHORIZATION, "Bearer not.a.token"),
         3 => request.header(
             header::AUTHORIZATION,
-            format!("Bearer {}", server.app.tokens.issue("nobody000000000000000000", now)),
+            format!(
+                "Bearer {}",
+                server.app.tokens.issue("nobody000000000000000000", now)
+            ),
         ),
         _ => request.header(header::AUTHORIZATION, "Basic YWRhOnBhc3N3b3Jk"),
     };
@@ -129,16 +159,27 @@ async fn case(fixture: &Fixture, route: u8, auth: u8, target: u8, content_type: 
         return;
     };
 
-    let response = router.clone().oneshot(request).await.expect("infallible router");
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .expect("infallible router");
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
         .await
         .expect("response body");
-    let what = format!("POST {path} ({}) answered {status}: {}", ROUTES[usize::from(route)], String::from_utf8_lossy(&bytes));
+    let what = format!(
+        "POST {path} ({}) answered {status}: {}",
+        ROUTES[usize::from(route)],
+        String::from_utf8_lossy(&bytes)
+    );
     assert!(!status.is_server_error(), "{what}");
     let json: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {what}"));
     if !status.is_success() {
-        assert!(json["message"].is_string(), "error without a message: {what}");
+        assert!(
+            json["message"].is_string(),
+            "error without a message: {what}"
+        );
     }
     if oversize {
         // Register and login read the body first; posting a message reads it after the caller
@@ -154,7 +195,10 @@ async fn case(fixture: &Fixture, route: u8, auth: u8, target: u8, content_type: 
     }
     match (route, status) {
         (0, StatusCode::CREATED) | (1, StatusCode::OK) => {
-            assert!(json["token"].is_string() && json["user"]["_id"].is_string(), "{what}");
+            assert!(
+                json["token"].is_string() && json["user"]["_id"].is_string(),
+                "{what}"
+            );
         }
         (3, StatusCode::OK) => assert!(json["_id"].is_string(), "{what}"),
         (4, StatusCode::CREATED) => {

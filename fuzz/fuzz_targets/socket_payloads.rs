@@ -14,8 +14,8 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use palaver::domain::validate::{self, Refusal};
 use palaver::limits::{CLIENT_MSG_ID_CHARS_MAX, PAGE_DEFAULT, PAGE_MAX};
-use palaver::transport::payload;
 use palaver::storage::UserRecord;
+use palaver::transport::payload;
 use palaver_fuzz::{REFUSALS, Server, config, with_fixture};
 use serde_json::{Map, Number, Value};
 
@@ -56,9 +56,19 @@ impl Fixture {
         let ada = server.user("ada0000000000000000000001", "Ada").await;
         let bob = server.user("bob0000000000000000000002", "Bob").await;
         let cy = server.user("cyc0000000000000000000003", "Cy").await;
-        let chat = server.app.open_chat_with(&ada.id, &bob.id).await.expect("chat").id;
+        let chat = server
+            .app
+            .open_chat_with(&ada.id, &bob.id)
+            .await
+            .expect("chat")
+            .id;
         // A chat the caller is not in: must look exactly like one that does not exist.
-        let foreign = server.app.open_chat_with(&bob.id, &cy.id).await.expect("chat").id;
+        let foreign = server
+            .app
+            .open_chat_with(&bob.id, &cy.id)
+            .await
+            .expect("chat")
+            .id;
         assert_ne!(chat, foreign);
         for n in 1..=EXISTING {
             server
@@ -67,14 +77,31 @@ impl Fixture {
                 .await
                 .expect("seed message");
         }
-        Self { server, ada, cy, chat }
+        Self {
+            server,
+            ada,
+            cy,
+            chat,
+        }
     }
 }
 
 /// A JSON value from raw bytes, nested at most four deep, biased to the keys the events use.
 fn arbitrary_value(u: &mut Unstructured, depth: u32) -> arbitrary::Result<Value> {
-    const KEYS: [&str; 7] = ["chatId", "text", "clientMsgId", "isTyping", "afterSeq", "limit", "x"];
-    let kind = if depth >= 4 { u.int_in_range(0..=4)? } else { u.int_in_range(0..=6)? };
+    const KEYS: [&str; 7] = [
+        "chatId",
+        "text",
+        "clientMsgId",
+        "isTyping",
+        "afterSeq",
+        "limit",
+        "x",
+    ];
+    let kind = if depth >= 4 {
+        u.int_in_range(0..=4)?
+    } else {
+        u.int_in_range(0..=6)?
+    };
     Ok(match kind {
         0 => Value::Null,
         1 => Value::Bool(bool::arbitrary(u)?),
@@ -83,7 +110,11 @@ fn arbitrary_value(u: &mut Unstructured, depth: u32) -> arbitrary::Result<Value>
         4 => Value::String(String::arbitrary(u)?),
         5 => {
             let n = u.int_in_range(0..=4)?;
-            Value::Array((0..n).map(|_| arbitrary_value(u, depth + 1)).collect::<Result<_, _>>()?)
+            Value::Array(
+                (0..n)
+                    .map(|_| arbitrary_value(u, depth + 1))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         _ => {
             let mut fields = Map::new();
@@ -176,9 +207,17 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
     // current state (earlier cases may have added messages).
     let cmid = command.client_msg_id.filter(|id| !id.is_empty());
     let trimmed = command.text.trim();
-    let last_seq = server.store.chat(chat_id).expect("read").expect("chat").last_seq;
+    let last_seq = server
+        .store
+        .chat(chat_id)
+        .expect("read")
+        .expect("chat")
+        .last_seq;
     let original = cmid.and_then(|id| {
-        server.store.message_by_client_id(chat_id, &ada.id, id).expect("read")
+        server
+            .store
+            .message_by_client_id(chat_id, &ada.id, id)
+            .expect("read")
     });
     let expected = if cmid.is_some_and(|id| id.chars().count() > CLIENT_MSG_ID_CHARS_MAX) {
         Err(Refusal::InvalidPayload)
@@ -195,7 +234,12 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
         .app
         .send(ada, command.chat_id, command.text, command.client_msg_id)
         .await;
-    let last_seq_after = server.store.chat(chat_id).expect("read").expect("chat").last_seq;
+    let last_seq_after = server
+        .store
+        .chat(chat_id)
+        .expect("read")
+        .expect("chat")
+        .last_seq;
     match (result, expected) {
         (Ok(sent), Ok(())) => {
             match original {
@@ -214,7 +258,9 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
                     assert_eq!(last_seq_after, last_seq + 1);
                 }
             }
-            let stored = server.store.messages(chat_id, sent.message.seq..sent.message.seq + 1);
+            let stored = server
+                .store
+                .messages(chat_id, sent.message.seq..sent.message.seq + 1);
             assert_eq!(stored.expect("read")[0].id, sent.message.id);
         }
         (Err(refusal), Err(expected)) => {
@@ -234,13 +280,20 @@ fn sync(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
             return;
         }
     };
-    let result = server.app.sync(&ada.id, command.chat_id, command.after_seq, command.limit);
+    let result = server
+        .app
+        .sync(&ada.id, command.chat_id, command.after_seq, command.limit);
     if command.chat_id != chat_id {
         assert_eq!(result.err(), Some(Refusal::ChatNotFound));
         return;
     }
     let (messages, has_more) = result.expect("sync of a member chat");
-    let existing = server.store.chat(chat_id).expect("read").expect("chat").last_seq;
+    let existing = server
+        .store
+        .chat(chat_id)
+        .expect("read")
+        .expect("chat")
+        .last_seq;
     let limit = match command.limit {
         None => u64::from(PAGE_DEFAULT),
         Some(n) => n.clamp(1, u64::from(PAGE_MAX)),
@@ -249,6 +302,10 @@ fn sync(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
     let last = command.after_seq.saturating_add(limit).min(existing);
     let expected: Vec<u64> = (first..=last).collect();
     let got: Vec<u64> = messages.iter().map(|m| m.seq).collect();
-    assert_eq!(got, expected, "sync after {} limit {limit}", command.after_seq);
+    assert_eq!(
+        got, expected,
+        "sync after {} limit {limit}",
+        command.after_seq
+    );
     assert_eq!(has_more, last < existing);
 }

@@ -257,10 +257,21 @@ fn well_typed_time(value: &Option<Value>) -> bool {
 }
 
 /// What the contract accepts, and whether the oracle is sure enough to demand acceptance.
-fn oracle(input: &Structured, header_alg: HeaderAlg, claims: &Map<String, Value>) -> (Option<Expected>, bool) {
+fn oracle(
+    input: &Structured,
+    header_alg: HeaderAlg,
+    claims: &Map<String, Value>,
+) -> (Option<Expected>, bool) {
     let get = |key: &str| claims.get(key).cloned();
-    let (sub, exp, nbf, iat, iss, aud, email) =
-        (get("sub"), get("exp"), get("nbf"), get("iat"), get("iss"), get("aud"), get("email"));
+    let (sub, exp, nbf, iat, iss, aud, email) = (
+        get("sub"),
+        get("exp"),
+        get("nbf"),
+        get("iat"),
+        get("iss"),
+        get("aud"),
+        get("email"),
+    );
     let future_exp = as_secs(&exp).is_some_and(|e| e as i64 > NOW);
     let signed_by = input.signer;
     let expected = match header_alg {
@@ -326,12 +337,18 @@ fuzz_target!(|input: Input| {
     let input = match input {
         Input::Raw(token) => {
             // Nobody can forge our HMAC or the provider's signatures from nothing.
-            assert!(verify(keys, &token).is_none(), "accepted a raw string: {token:?}");
+            assert!(
+                verify(keys, &token).is_none(),
+                "accepted a raw string: {token:?}"
+            );
             return;
         }
         Input::Structured(input) => input,
     };
-    let header_alg = input.header_alg.or(input.signer.alg()).unwrap_or(HeaderAlg::None);
+    let header_alg = input
+        .header_alg
+        .or(input.signer.alg())
+        .unwrap_or(HeaderAlg::None);
     let mut header = Map::new();
     header.insert("alg".into(), json!(header_alg.name()));
     if let Some(typ) = &input.typ {
@@ -379,8 +396,15 @@ fuzz_target!(|input: Input| {
     });
     if let Some(got) = &got {
         assert!(!tampered, "accepted a tampered token {token:?} as {got:?}");
-        assert_eq!(Some(got), expected.as_ref(), "accepted {token:?} against the contract");
+        assert_eq!(
+            Some(got),
+            expected.as_ref(),
+            "accepted {token:?} against the contract"
+        );
     } else if certain && !tampered {
-        assert!(expected.is_none(), "refused a valid token {token:?} (expected {expected:?})");
+        assert!(
+            expected.is_none(),
+            "refused a valid token {token:?} (expected {expected:?})"
+        );
     }
 });

@@ -12,8 +12,8 @@ use palaver::clock::Clock;
 use palaver::config::Config;
 use palaver::server::build_app;
 use palaver::service::App;
-use palaver::storage::{self, Durability, NewUser, Store, StoreWriter, UserRecord};
 use palaver::storage::writer::CreateUserOutcome;
+use palaver::storage::{self, Durability, NewUser, Store, StoreWriter, UserRecord};
 
 /// 2027-01-15T08:00:00Z: a fixed "now", so ids and token expiries do not depend on the wall clock.
 pub const START_MS: u64 = 1_800_000_000_000;
@@ -64,7 +64,10 @@ where
     }
     RUNTIME.with(|rt| {
         let mut slot = FIXTURE.with(|f| f.borrow_mut().take());
-        if slot.as_ref().is_none_or(|(fixture, uses)| *uses >= every || !fixture.is::<T>()) {
+        if slot
+            .as_ref()
+            .is_none_or(|(fixture, uses)| *uses >= every || !fixture.is::<T>())
+        {
             // Drop the old fixture first, inside the runtime, so its writer task ends.
             drop(slot.take());
             slot = Some((Box::new(rt.block_on(build())), 0));
