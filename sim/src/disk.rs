@@ -73,8 +73,12 @@ impl DiskSwitch {
         self.state.lock().expect("disk switch never poisoned")
     }
 
-    /// Refuses the call if the power is off or the disk has failed.
+    /// Refuses the call if the power is off or the disk has failed, or outside the simulation
+    /// (a run that panicked drops its hosts outside of it, and the database with them).
     fn check(&self) -> io::Result<()> {
+        if !turmoil::in_simulation() {
+            return Err(io::Error::other("outside the simulation"));
+        }
         let mut state = self.lock();
         if state.powered_off || state.failed {
             state.refused += 1;

@@ -62,6 +62,14 @@ fn parse_planted(name: &str) -> Result<palaver::faults::PlantedFault, String> {
     palaver_sim::planted_by_name(name).ok_or_else(|| format!("no planted bug called {name:?}"))
 }
 
+/// `println!` that ignores a closed stdout (`palaver-sim … | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
     let (a, b) = text
         .split_once("..")
@@ -101,16 +109,16 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let outcomes = report::sweep(&settings, &seeds, cli.jobs, |outcome| {
-        println!("{}", report::summary_line(outcome));
+        say!("{}", report::summary_line(outcome));
         if !outcome.passed() {
-            println!("{}", report::failure_report(outcome, &settings));
+            say!("{}", report::failure_report(outcome, &settings));
         }
     });
     if seeds.len() == 1 {
         let outcome = &outcomes[0];
         if cli.show_schedule {
             for scheduled in &outcome.schedule {
-                println!(
+                say!(
                     "  #{:<3} at {:>6}ms  {}",
                     scheduled.index,
                     scheduled.at.as_millis(),
@@ -125,9 +133,9 @@ fn main() -> ExitCode {
         }
         if cli.minimize && !outcome.passed() {
             let minimal = palaver_sim::minimize::minimize(&settings, outcome, |line| {
-                println!("  minimize: {line}");
+                say!("  minimize: {line}");
             });
-            println!("{}", report::minimized_report(&minimal, &settings));
+            say!("{}", report::minimized_report(&minimal, &settings));
         }
     }
     let failed: Vec<u64> = outcomes
@@ -135,7 +143,7 @@ fn main() -> ExitCode {
         .filter(|o| !o.passed())
         .map(|o| o.seed)
         .collect();
-    println!(
+    say!(
         "{} seeds, {} failed{}, {:.1}s",
         outcomes.len(),
         failed.len(),

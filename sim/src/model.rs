@@ -194,6 +194,8 @@ pub struct TabStatus {
     /// Stays offline once the liveness phase starts (a closed tab).
     pub ends_offline: bool,
     pub settled: bool,
+    /// The tab holds an open connection.
+    pub connected: bool,
     pub audited: bool,
     pub report: Option<TabReport>,
 }

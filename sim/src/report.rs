@@ -8,14 +8,17 @@ use std::sync::mpsc;
 
 use crate::minimize::Minimized;
 use crate::model::{Invariant, Violation};
-use crate::run::{Outcome, Settings, Stats, run_seed};
+use crate::run::{Outcome, Settings, Stats, run_seed_traced};
+use crate::trace::Trace;
 
 /// Violations listed in a failure report beyond the first.
 const MORE_VIOLATIONS_SHOWN: usize = 8;
 
 /// Runs one seed; a panic anywhere in it becomes a failed outcome rather than ending a sweep.
 pub fn run_guarded(settings: &Settings, seed: u64) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| run_seed(settings, seed))) {
+    let trace = Trace::new(settings.keep_trace);
+    let traced = trace.clone();
+    match catch_unwind(AssertUnwindSafe(|| run_seed_traced(settings, seed, traced))) {
         Ok(outcome) => outcome,
         Err(panic) => {
             let message = panic
@@ -31,8 +34,8 @@ pub fn run_guarded(settings: &Settings, seed: u64) -> Outcome {
                     at_ms: 0,
                     detail: format!("the run panicked: {message}"),
                 }],
-                tail: Vec::new(),
-                full_trace: None,
+                tail: trace.tail(),
+                full_trace: trace.full(),
                 schedule: Vec::new(),
                 stats: Stats::default(),
             }

@@ -22,11 +22,13 @@ use crate::trace::Trace;
 const EPOCH_SECS: u64 = 1_767_225_600;
 /// Latency of every link when no fault changes it.
 const BASE_LATENCY: Duration = Duration::from_millis(8);
+/// turmoil's listen backlog and socket buffers, in segments (its default is 64).
+const TCP_CAPACITY: usize = 4096;
 /// Setup (registering, opening chats) must finish within this much simulated time.
 const SETUP_MAX: Duration = Duration::from_secs(120);
-/// After healing, the run waits at least this long before the audit, so that the server has
-/// timed out every connection that died in the safety phase (ping interval 25 s + timeout 20 s).
-const QUIET: Duration = Duration::from_secs(50);
+/// After the clients settle, the run waits this long before the audit, for the last events in
+/// flight to arrive.
+const QUIET: Duration = Duration::from_secs(3);
 /// The liveness bound: every client must have settled this long after healing.
 const LIVENESS_MAX: Duration = Duration::from_secs(120);
 const AUDIT_MAX: Duration = Duration::from_secs(60);
@@ -154,13 +156,22 @@ struct Driver<'a> {
     users: usize,
     rng: ChaCha8Rng,
     server_down: bool,
+    /// The trace has a line for the current boot's storage failure.
+    stopping_noted: bool,
     safety_start_ms: u64,
     heal_ms: u64,
+    /// Since when the liveness phase has been settled, if it is.
+    settled_ms: Option<u64>,
     audit_start_ms: u64,
 }
 
 /// Runs one seed.
 pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
+    run_seed_traced(settings, seed, Trace::new(settings.keep_trace))
+}
+
+/// Runs one seed, recording into `trace` (which the caller keeps if the run panics).
+pub fn run_seed_traced(settings: &Settings, seed: u64, trace: Trace) -> Outcome {
     let started = Instant::now();
     #[cfg(feature = "sim-faults")]
     palaver::faults::plant(settings.planted);
@@ -169,7 +180,6 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
         "need at least two users and a client per user"
     );
 
-    let trace = Trace::new(settings.keep_trace);
     let mut plan_rng = ChaCha8Rng::seed_from_u64(mix(seed, "plan"));
     let users: Vec<UserSlot> = (0..settings.users)
         .map(|u| UserSlot {
@@ -211,7 +221,11 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
         .tick_duration(settings.tick)
         .simulation_duration(Duration::from_secs(24 * 3600))
         .min_message_latency(BASE_LATENCY)
-        .max_message_latency(BASE_LATENCY);
+        .max_message_latency(BASE_LATENCY)
+        // The listen backlog and socket buffers, in segments. When a hold ends, every SYN the
+        // held tabs sent meanwhile arrives at once (a user-wide hold: dozens), and turmoil
+        // panics when a backlog overflows where a kernel would drop the SYN (seed 68 did).
+        .tcp_capacity(TCP_CAPACITY);
     let mut sim = builder.build();
 
     let server = Rc::new(RefCell::new(ServerState::default()));
@@ -254,8 +268,10 @@ pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
         users: settings.users,
         rng: ChaCha8Rng::seed_from_u64(mix(seed, "driver")),
         server_down: false,
+        stopping_noted: false,
         safety_start_ms: 0,
         heal_ms: 0,
+        settled_ms: None,
         audit_start_ms: 0,
     };
     driver.run(settings);
@@ -372,18 +388,53 @@ impl Driver<'_> {
                         .filter(|(_, t)| !t.settled)
                         .map(|(i, _)| i)
                         .collect();
+                    // Settled means every client is done and the server counts exactly the
+                    // connections the clients hold: it has timed out every connection that
+                    // died during the faults (its heartbeat takes up to 25 s + 20 s).
                     let since_heal = now - self.heal_ms;
-                    if unsettled.is_empty() && since_heal >= QUIET.as_millis() as u64 {
+                    let connected = self
+                        .model
+                        .state
+                        .borrow()
+                        .tabs
+                        .iter()
+                        .filter(|t| t.connected)
+                        .count();
+                    let counted = self.server.borrow().counted_connections();
+                    let settled = unsettled.is_empty() && counted == Some(connected);
+                    match (settled, self.settled_ms) {
+                        (true, None) => self.settled_ms = Some(now),
+                        (false, Some(_)) => self.settled_ms = None,
+                        _ => {}
+                    }
+                    if self
+                        .settled_ms
+                        .is_some_and(|at| now - at >= QUIET.as_millis() as u64)
+                    {
+                        self.trace.record(format!(
+                            "settled {}ms after healing",
+                            self.settled_ms.unwrap_or(now) - self.heal_ms
+                        ));
                         self.audit_start_ms = now;
                         self.set_phase(Phase::Audit);
                     } else if since_heal >= LIVENESS_MAX.as_millis() as u64 {
-                        self.model.violate(
-                            Invariant::Convergence,
+                        let detail = if unsettled.is_empty() {
+                            format!(
+                                "{}s after healing the server still counts {counted:?} connections for the {connected} the clients hold",
+                                LIVENESS_MAX.as_secs()
+                            )
+                        } else {
                             format!(
                                 "not settled {}s after healing: clients {unsettled:?}",
                                 LIVENESS_MAX.as_secs()
-                            ),
-                        );
+                            )
+                        };
+                        let invariant = if unsettled.is_empty() {
+                            Invariant::Presence
+                        } else {
+                            Invariant::Convergence
+                        };
+                        self.model.violate(invariant, detail);
                         self.audit_start_ms = now;
                         self.set_phase(Phase::Audit);
                     }
@@ -598,6 +649,12 @@ impl Driver<'_> {
         }
         self.sim.bounce(SERVER_HOST);
         self.server_down = false;
+        self.stopping_noted = false;
+        self.model
+            .state
+            .borrow()
+            .server_stopping
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.trace.record("server restarting");
     }
 
@@ -605,7 +662,15 @@ impl Driver<'_> {
     /// supervisor would, after a power cycle of its disk (a failed fsync may have dropped the
     /// dirty pages too).
     fn watch_server(&mut self) {
-        if self.server_down || self.sim.is_host_running(SERVER_HOST) {
+        if self.server_down {
+            return;
+        }
+        if self.model.server_stopping() && !self.stopping_noted {
+            self.stopping_noted = true;
+            self.trace
+                .record("server storage failed: draining connections");
+        }
+        if self.sim.is_host_running(SERVER_HOST) {
             return;
         }
         let reason = self.server.borrow().stopped.clone().unwrap_or_default();

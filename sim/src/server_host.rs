@@ -51,6 +51,17 @@ pub struct ServerState {
     pub disk: Option<DiskSwitch>,
     /// Why the last boot stopped on its own, if it did.
     pub stopped: Option<String>,
+    /// The service of the current boot, for the driver to see how many connections it counts.
+    pub app: Option<Arc<palaver::service::App>>,
+}
+
+impl ServerState {
+    /// Connections the server counts for presence, if it is up and the count is not locked.
+    pub fn counted_connections(&self) -> Option<usize> {
+        let app = self.app.as_ref()?;
+        let presence = app.presence.try_lock().ok()?;
+        Some(presence.connection_count())
+    }
 }
 
 /// Everything a boot needs; cloned into each boot's future.
@@ -80,6 +91,7 @@ pub async fn boot(setup: ServerSetup) -> turmoil::Result {
         state.boots += 1;
         state.disk = Some(switch.clone());
         state.stopped = None;
+        state.app = None;
         state.boots
     };
     setup.model.trace.record(format!("server boot {boot}"));
@@ -100,6 +112,7 @@ pub async fn boot(setup: ServerSetup) -> turmoil::Result {
     let app = server::build_app(&config, store, writer, clock, boot_seed(setup.seed, boot))
         .await
         .map_err(|e| format!("build_app: {e}"))?;
+    setup.state.borrow_mut().app = Some(Arc::clone(&app));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
 
     // The shutdown future must be Send (axum spawns it), so the reason travels back through a

@@ -205,11 +205,20 @@ impl Tab {
                 Phase::Done => break,
             }
         }
-        if let Some(live) = self.state.borrow_mut().live.take() {
+        let live = self.state.borrow_mut().live.take();
+        if let Some(live) = live {
             live.client.abort();
             live.pump.abort();
         }
+        self.publish_connected();
         Ok(())
+    }
+
+    /// Tells the driver whether this tab holds a connection (the liveness phase ends only
+    /// when the server counts exactly the connections the tabs hold).
+    fn publish_connected(&self) {
+        let connected = self.state.borrow().live.is_some();
+        self.model.state.borrow_mut().tabs[self.index].connected = connected;
     }
 
     async fn wait_for_command(&self) {
@@ -247,6 +256,8 @@ impl Tab {
             }
             live.pump.abort();
         }
+        drop(state);
+        self.publish_connected();
     }
 
     // ---- setup ----
@@ -413,6 +424,7 @@ impl Tab {
             let live = state.live.take().expect("checked");
             live.pump.abort();
             drop(state);
+            self.publish_connected();
             self.trace(format!("conn {} found closed", live.no));
             return false;
         }
@@ -443,6 +455,7 @@ impl Tab {
             live.client.abort();
             live.pump.abort();
         }
+        self.publish_connected();
     }
 
     /// Connects, then re-joins, syncs every chat and resends what is pending.
@@ -510,6 +523,7 @@ impl Tab {
             online: BTreeMap::new(),
             pump,
         });
+        self.publish_connected();
         self.resync().await
     }
 
@@ -1418,6 +1432,7 @@ async fn pump_events(tab: Rc<Tab>, no: u32, mut events: mpsc::Receiver<Event>) {
         }
     };
     if ended.is_some() {
+        tab.publish_connected();
         tab.trace(format!("conn {no} closed"));
     }
 }
