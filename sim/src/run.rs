@@ -224,7 +224,7 @@ pub fn run_seed_traced(settings: &Settings, seed: u64, trace: Trace) -> Outcome 
         .max_message_latency(BASE_LATENCY)
         // The listen backlog and socket buffers, in segments. When a hold ends, every SYN the
         // held tabs sent meanwhile arrives at once (a user-wide hold: dozens), and turmoil
-        // panics when a backlog overflows where a kernel would drop the SYN (seed 68 did).
+        // panics when a backlog overflows where a kernel would drop the SYN.
         .tcp_capacity(TCP_CAPACITY);
     let mut sim = builder.build();
 
