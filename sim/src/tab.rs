@@ -59,9 +59,17 @@ pub struct TabControl {
     notify: Notify,
 }
 
+/// Commands waiting for a tab; a tab takes them all whenever it is woken, so only a tab that
+/// stopped running could fill this, and its commands no longer matter.
+const COMMANDS_QUEUED_MAX: usize = 64;
+
 impl TabControl {
     pub fn send(&self, command: Command) {
-        self.commands.borrow_mut().push_back(command);
+        let mut commands = self.commands.borrow_mut();
+        if commands.len() < COMMANDS_QUEUED_MAX {
+            commands.push_back(command);
+        }
+        drop(commands);
         self.notify.notify_one();
     }
 
