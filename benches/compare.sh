@@ -65,7 +65,9 @@ ulimit -n "$(ulimit -Hn)"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   log "building palaver, palaver-load, bench-server, ws-relay"
   (cd "$REPO" && cargo build --release --bin palaver --bin palaver-load --example bench-server)
-  cargo build --release --manifest-path "$SHARED/anchors/ws-relay/Cargo.toml" --target-dir "$RELAY_TARGET"
+  # Built from a copy: cargo writes a Cargo.lock next to the manifest, and shared/ is read-only.
+  rm -rf "$WORK/ws-relay" && cp -r "$SHARED/anchors/ws-relay" "$WORK/ws-relay" && chmod -R u+w "$WORK/ws-relay"
+  cargo build --release --manifest-path "$WORK/ws-relay/Cargo.toml" --target-dir "$RELAY_TARGET"
 fi
 PALAVER=$TARGET/release/palaver
 LOAD=$TARGET/release/palaver-load
