@@ -85,12 +85,14 @@ async fn authenticate(
             .emit("user-online", &json!({ "userId": user_id }))
             .await;
     }
-    socket.join(PRESENCE_ROOM);
     Ok(())
 }
 
-/// Sends the new socket its `online-users` snapshot. Taken under the presence lock, so that it
-/// and the transitions broadcast to the socket afterwards come in the order they happened.
+/// Sends the new socket its `online-users` snapshot and only then joins it to the presence
+/// room, both under the presence lock: every transition reaches the socket after its snapshot,
+/// in the order it happened. (Joining in the middleware let a transition broadcast between
+/// the two slip in before the snapshot, so a client saw `user-offline` for a user it had never
+/// seen online; found by the simulation, seed 141.)
 async fn on_connect(
     socket: SocketRef,
     Extension(session): Extension<Session>,
@@ -100,6 +102,10 @@ async fn on_connect(
         let presence = app.presence.lock().await;
         let online = presence.online_except(&session.user.id);
         let _ = socket.emit("online-users", &json!({ "userIds": online }));
+        // A socket already closed would stay in the room: its cleanup has run.
+        if socket.connected() {
+            socket.join(PRESENCE_ROOM);
+        }
     }
     // A socket that closed before this handler ran was retired by its disconnect handler;
     // retiring is idempotent, so checking again here closes the window completely.
