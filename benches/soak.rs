@@ -817,8 +817,9 @@ async fn control_user(
             }
         }
     }
-    // Give the last deliveries a moment before closing.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Keep listening well past the slowest delivery seen, so that a message acknowledged just
+    // before the stop is not counted as undelivered.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     client.close().await;
     receiver.abort();
 }
@@ -922,6 +923,20 @@ fn main() {
     ));
     for line in log.lines().filter(|l| l.contains("ERROR")).take(10) {
         text.push_str(&format!("    {line}\n"));
+    }
+    // The kinds of warnings, without timestamps and ids.
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("WARN")) {
+        let message = line.split_once("WARN").map_or(line, |(_, m)| m).trim();
+        let kind: String = message
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .take(120)
+            .collect();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    for (kind, n) in kinds.iter().take(10) {
+        text.push_str(&format!("    {n} × WARN {kind}\n"));
     }
     println!("{text}");
     if let Some(path) = &args.report {
@@ -1087,6 +1102,7 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
             .values()
             .flat_map(BTreeMap::values)
             .filter(|cmid| !delivered.contains(*cmid))
+            .inspect(|cmid| eprintln!("soak: acknowledged but not delivered live: {cmid}"))
             .count()
     };
     let sent = control.sent.load(Ordering::Relaxed);
