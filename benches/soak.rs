@@ -739,8 +739,13 @@ async fn control_user(
     me: usize,
     token: String,
     chat: String,
+    everyone_connected: Arc<tokio::sync::Barrier>,
 ) {
-    let Ok((client, mut events)) = env.connect(&token).await else {
+    let connected = env.connect(&token).await;
+    // Nobody sends before the whole group is connected: a message sent while the partner is
+    // still connecting reaches it through sync, not live, and would count as undelivered.
+    everyone_connected.wait().await;
+    let Ok((client, mut events)) = connected else {
         env.stats.inc("control: connect failed");
         return;
     };
@@ -1040,6 +1045,7 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
         flood.token.clone(),
         flood_chats[0].clone(),
     )));
+    let everyone_connected = Arc::new(tokio::sync::Barrier::new(control_users.len()));
     for (i, user) in control_users.iter().enumerate() {
         tasks.push(tokio::spawn(control_user(
             Arc::clone(&env),
@@ -1047,6 +1053,7 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
             i,
             user.token.clone(),
             control_chats[i / 2].clone(),
+            Arc::clone(&everyone_connected),
         )));
     }
 
