@@ -330,6 +330,15 @@ fn proc_status(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether the server still runs: an exited child stays in /proc as a zombie until reaped.
+fn server_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        !status.lines().any(|l| {
+            l.starts_with("State:") && (l.contains("Z (zombie)") || l.contains("X (dead)"))
+        })
+    })
+}
+
 fn sample(pid: u32, env: &Env, crowd_live: usize) -> Sample {
     Sample {
         at_secs: env.start.elapsed().as_secs(),
@@ -845,16 +854,20 @@ async fn verify_history(
             let url = env.url(&format!(
                 "/api/messages/chat/{chat}?after={after}&limit=500"
             ));
-            let page: Value = env
+            let page = env
                 .http
                 .get(url)
                 .bearer_auth(token)
                 .send()
                 .await
-                .expect("history")
-                .json()
-                .await
-                .expect("history JSON");
+                .and_then(|r| r.error_for_status());
+            let page: Value = match page {
+                Ok(response) => response.json().await.unwrap_or(Value::Null),
+                Err(error) => {
+                    eprintln!("soak: history of {chat} unreadable: {error}");
+                    return (checked, u64::MAX);
+                }
+            };
             let page = page.as_array().cloned().unwrap_or_default();
             if page.is_empty() {
                 break;
@@ -919,6 +932,21 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    if !report.passed || !exit.is_some_and(|s| s.success()) {
+        // Keep the data directory and the whole server log for a post-mortem.
+        let kept = dir.keep();
+        eprintln!("soak: server log and data kept in {}", kept.display());
+        for line in log
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
+            eprintln!("soak: server log: {line}");
+        }
+    }
     let errors = log.lines().filter(|l| l.contains("ERROR")).count();
     let warnings = log.lines().filter(|l| l.contains("WARN")).count();
     let mut text = report.text;
@@ -1062,7 +1090,7 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(args.sample_every).min(deadline - Instant::now()))
             .await;
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if !server_alive(pid) {
             server_died = true;
             eprintln!("soak: THE SERVER DIED");
             break;
