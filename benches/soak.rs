@@ -302,6 +302,7 @@ fn start_server(data_dir: &std::path::Path, port: u16) -> Child {
         .env("PALAVER_LISTEN", format!("127.0.0.1:{port}"))
         .env("PALAVER_DATA_DIR", data_dir.join("data"))
         .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .stdin(Stdio::null())
