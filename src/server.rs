@@ -17,11 +17,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::ids::IdMinter;
-use crate::limits::{BODY_BYTES_MAX, SOCKET_BUFFER_MAX};
+use crate::limits::{BODY_BYTES_MAX, SOCKET_BUFFER_MAX, WS_READ_BUFFER_BYTES};
 use crate::service::auth::{AuthSetupError, Tokens};
 use crate::service::{App, Policy};
 use crate::storage::{Store, StoreWriter, WriteError};
-use crate::transport::{Shared, rest, socket};
+use crate::transport::{Shared, request_head, rest, socket};
 
 /// Meta key of the generated token secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -76,6 +76,7 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
         .max_payload(BODY_BYTES_MAX as u64)
         .ws_max_message_size(BODY_BYTES_MAX)
         .ws_max_frame_size(BODY_BYTES_MAX)
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .with_state(Arc::clone(&app))
         .build_layer();
     let shared = Shared {
@@ -87,6 +88,10 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
         .with_state(shared)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(io_layer)
+        // Outside socketioxide's layer, so it sees the handshake before socketioxide keeps it.
+        .layer(axum::middleware::map_request(
+            request_head::detach_socket_io_head,
+        ))
         .layer(cors(&config.cors_origins));
     (router, io)
 }

@@ -5,6 +5,7 @@
 //! messages, which both a REST POST and a socket `send-message` produce.
 
 pub mod payload;
+pub mod request_head;
 pub mod rest;
 pub mod socket;
 
