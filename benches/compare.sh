@@ -34,10 +34,12 @@ LAT_SECS=${LAT_SECS:-10}
 IDLE=${IDLE:-10000}
 IDLE_USERS=${IDLE_USERS:-100}
 SEED_MESSAGES=${SEED_MESSAGES:-1000000}
-# Ports far from the defaults, so a server someone else runs on this machine is never measured.
-P_PORT=${P_PORT:-47401}
-N_PORT=${N_PORT:-47402}
-R_PORT=${R_PORT:-47403}
+# Ports far from the defaults, so a server someone else runs on this machine is never measured,
+# and below Linux's ephemeral range (32768-60999): the load generator's thousands of client
+# sockets once took 47402 just before the Node peer was to listen on it (EADDRINUSE).
+P_PORT=${P_PORT:-27401}
+N_PORT=${N_PORT:-27402}
+R_PORT=${R_PORT:-27403}
 # The contract's send limits, raised so that the servers, not the limiter, are measured.
 LIMITS=(PALAVER_SEND_RATE_PER_SEC=1000000 PALAVER_SEND_BURST=1000000)
 JWT=(PALAVER_JWT_SECRET=compare-secret-compare-secret-compare-secret)
