@@ -92,15 +92,19 @@ pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
         path: dir.display().to_string(),
         source,
     })?;
-    let db = Database::builder()
-        .set_repair_callback(|session| {
-            tracing::warn!(
-                progress = session.progress(),
-                "repairing database after unclean shutdown"
-            );
-        })
-        .create(dir.join(DB_FILE))
-        .map_err(redb::Error::from)?;
+    // What `Builder::create(path)` does, with the backend in our hands first.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(DB_FILE))
+        .map_err(|source| StoreError::DataDir {
+            path: dir.join(DB_FILE).display().to_string(),
+            source,
+        })?;
+    let backend = redb::backends::FileBackend::new(file).map_err(redb::Error::from)?;
+    let db = open_backend(backend)?;
     // A new file survives a power cut only once the directory entry naming it is durable, which
     // takes an fsync of its directory (and a new directory's, of its parent); fsyncing the file
     // is not enough. Without this, a power cut soon after the first start can lose the whole
@@ -123,11 +127,52 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Opens (or creates) a database on any redb storage backend (in-memory, simulated disk).
+/// Opens (or creates) a database on any redb storage backend (a file, in-memory, a simulated
+/// or crash-testing disk).
 pub fn open_backend(backend: impl StorageBackend) -> Result<Database, StoreError> {
+    if restart_interrupted_creation(&backend)? {
+        tracing::warn!(
+            "the database file was left half-created by a first start that was cut short; creating it again"
+        );
+    }
     Ok(Database::builder()
+        .set_repair_callback(|session| {
+            tracing::warn!(
+                progress = session.progress(),
+                "repairing database after unclean shutdown"
+            );
+        })
         .create_with_backend(backend)
         .map_err(redb::Error::from)?)
+}
+
+/// Length of redb's magic number at the start of every database file.
+const REDB_MAGIC_LEN: usize = 9;
+
+/// redb creates a database by sizing the file, writing its header without the magic number and
+/// syncing, and only then writing the magic number and syncing again. A power cut in between
+/// leaves a file whose first bytes are still zero, and redb refuses to open it ("magic number
+/// mismatch"), so the server could never start again. Nothing can have been stored in such a
+/// file: it is emptied, and redb creates the database afresh. Returns whether that happened.
+/// A file that starts with anything else is left alone for redb to accept or refuse.
+fn restart_interrupted_creation(backend: &impl StorageBackend) -> Result<bool, StoreError> {
+    let io = |error: std::io::Error| StoreError::Storage(redb::StorageError::Io(error).into());
+    let len = backend.len().map_err(io)?;
+    let mut head = [0u8; REDB_MAGIC_LEN];
+    let head = &mut head[..len.min(REDB_MAGIC_LEN as u64) as usize];
+    backend.read(0, head).map_err(io)?;
+    if !creation_was_interrupted(len, head) {
+        return Ok(false);
+    }
+    backend.set_len(0).map_err(io)?;
+    backend.sync_data().map_err(io)?;
+    Ok(true)
+}
+
+/// Whether a file of `len` bytes starting with `head` is a database creation that never
+/// reached its magic number.
+fn creation_was_interrupted(len: u64, head: &[u8]) -> bool {
+    len > 0 && head.iter().all(|&byte| byte == 0)
 }
 
 /// An in-memory database, for tests and fuzzing.
@@ -288,5 +333,46 @@ impl Store {
     /// are exactly 1..=last_seq. Used by tests and the crash-consistency checks; a full scan.
     pub fn check_consistency(&self) -> Result<Vec<String>, StoreError> {
         tables::check_consistency(&self.db)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::backends::InMemoryBackend;
+
+    fn backend_with(bytes: &[u8]) -> InMemoryBackend {
+        let backend = InMemoryBackend::new();
+        backend.set_len(bytes.len() as u64).unwrap();
+        backend.write(0, bytes).unwrap();
+        backend
+    }
+
+    #[test]
+    fn a_creation_cut_short_is_started_again() {
+        // What a power cut between redb's two creation syncs leaves: sized, no magic number.
+        let db = open_backend(backend_with(&[0; 4096])).expect("reopens as a new database");
+        let (store, _writer, _task) = start(db, Durability::None).unwrap();
+        assert!(store.check_consistency().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_left_alone() {
+        let mut bytes = vec![0u8; 4096];
+        bytes[..5].copy_from_slice(b"hello");
+        let backend = backend_with(&bytes);
+        assert!(!restart_interrupted_creation(&backend).unwrap());
+        let mut kept = vec![0u8; 4096];
+        backend.read(0, &mut kept).unwrap();
+        assert_eq!(kept, bytes);
+        assert!(open_backend(backend).is_err(), "redb refuses it");
+    }
+
+    #[test]
+    fn only_zeroed_non_empty_files_count_as_interrupted() {
+        assert!(creation_was_interrupted(4096, &[0; REDB_MAGIC_LEN]));
+        assert!(creation_was_interrupted(3, &[0; 3]));
+        assert!(!creation_was_interrupted(0, &[]));
+        assert!(!creation_was_interrupted(4096, b"redb\x1a\n\xa9\r\n"));
     }
 }
