@@ -112,12 +112,34 @@ fn serialisation(c: &mut Criterion) {
         b.iter(|| black_box(serde_json::to_string(black_box(&view)).expect("json")));
     });
     group.bench_function("ack_json", |b| {
-        // The ack goes through a Value (`{ ok, message }`), as the socket handler builds it.
+        // The ack through a Value (`{ ok, message }`), as the socket handler built it in session 1.
         b.iter(|| {
             let mut body =
                 json!({ "message": serde_json::to_value(black_box(&view)).expect("json") });
             body["ok"] = Value::Bool(true);
             black_box(serde_json::to_string(&body).expect("json"))
+        });
+    });
+    group.bench_function("ack_json_typed", |b| {
+        // The same JSON the way the handler builds it now (src/transport/socket.rs `Accepted`).
+        #[derive(serde::Serialize)]
+        struct Accepted<T> {
+            ok: bool,
+            #[serde(flatten)]
+            body: T,
+        }
+        #[derive(serde::Serialize)]
+        struct SentAck<'a> {
+            message: &'a MessageView,
+        }
+        b.iter(|| {
+            let ack = Accepted {
+                ok: true,
+                body: SentAck {
+                    message: black_box(&view),
+                },
+            };
+            black_box(serde_json::to_string(&ack).expect("json"))
         });
     });
     group.finish();
