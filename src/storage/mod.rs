@@ -14,11 +14,12 @@ pub mod records;
 mod tables;
 pub mod writer;
 
+use std::ops::Bound::Unbounded;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, StorageBackend};
+use redb::{BackendError, Database, ReadableDatabase, ReadableTable, StorageBackend};
 
 pub use records::{ChatRecord, MessageRecord, UserRecord};
 pub use writer::{
@@ -156,7 +157,27 @@ const REDB_MAGIC_LEN: usize = 9;
 /// file: it is emptied, and redb creates the database afresh. Returns whether that happened.
 /// A file that starts with anything else is left alone for redb to accept or refuse.
 fn restart_interrupted_creation(backend: &impl StorageBackend) -> Result<bool, StoreError> {
-    let io = |error: std::io::Error| StoreError::Storage(redb::StorageError::Io(error).into());
+    // Only under a lock of the whole file: a process that has the database open, or is creating
+    // it this very moment, holds a lock on part of it, and then the file is not ours to touch
+    // (redb refuses the second open). In-memory and simulated disks have no locks and no other
+    // process.
+    let locked = match backend.try_lock_range(Unbounded, Unbounded) {
+        Ok(true) => true,
+        Ok(false) => return Ok(false),
+        Err(BackendError::Unsupported) => false,
+        Err(error) => return Err(storage_error(error)),
+    };
+    let restarted = empty_if_creation_was_interrupted(backend);
+    if locked {
+        backend
+            .unlock_range(Unbounded, Unbounded)
+            .map_err(storage_error)?;
+    }
+    restarted
+}
+
+fn empty_if_creation_was_interrupted(backend: &impl StorageBackend) -> Result<bool, StoreError> {
+    let io = |error: std::io::Error| storage_error(error.into());
     let len = backend.len().map_err(io)?;
     let mut head = [0u8; REDB_MAGIC_LEN];
     let head = &mut head[..len.min(REDB_MAGIC_LEN as u64) as usize];
@@ -167,6 +188,10 @@ fn restart_interrupted_creation(backend: &impl StorageBackend) -> Result<bool, S
     backend.set_len(0).map_err(io)?;
     backend.sync_data().map_err(io)?;
     Ok(true)
+}
+
+fn storage_error(error: BackendError) -> StoreError {
+    redb::StorageError::from(error).into()
 }
 
 /// Whether a file of `len` bytes starting with `head` is a database creation that never
@@ -366,6 +391,26 @@ mod tests {
         backend.read(0, &mut kept).unwrap();
         assert_eq!(kept, bytes);
         assert!(open_backend(backend).is_err(), "redb refuses it");
+    }
+
+    #[test]
+    fn a_half_created_file_on_disk_is_created_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), [0u8; 8192]).unwrap();
+        let db = open_dir(dir.path()).expect("opens");
+        let (store, _writer, _task) = start(db, Durability::None).unwrap();
+        assert!(store.check_consistency().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_database_open_in_another_handle_is_neither_touched_nor_opened_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open_dir(dir.path()).unwrap();
+        let before = std::fs::read(dir.path().join(DB_FILE)).unwrap();
+        assert!(open_dir(dir.path()).is_err(), "redb refuses a second open");
+        assert_eq!(std::fs::read(dir.path().join(DB_FILE)).unwrap(), before);
+        let (store, _writer, _task) = start(first, Durability::None).unwrap();
+        assert!(store.check_consistency().unwrap().is_empty());
     }
 
     #[test]
