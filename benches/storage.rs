@@ -111,31 +111,19 @@ async fn append_batch(f: &Fixture, n: usize) {
 }
 
 fn append(c: &mut Criterion) {
-    let rt = runtime();
-    let mut group = c.benchmark_group("append");
-    group.sample_size(20);
-    group.warm_up_time(std::time::Duration::from_secs(1));
-    group.measurement_time(std::time::Duration::from_secs(4));
-    for (name, durability) in [
-        ("immediate", Durability::Immediate),
-        ("none", Durability::None),
-    ] {
-        let f = fixture(&rt, durability, 1);
-        for batch in [1usize, 16, 256] {
-            group.throughput(Throughput::Elements(batch as u64));
-            group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, &batch| {
-                b.iter(|| rt.block_on(append_batch(&f, batch)));
-            });
-        }
-    }
-    group.finish();
+    append_group(c, "append", 1, &[1, 16, 256]);
 }
 
-/// The same batch of 256 spread over 100 chats, as under the load generator: each chat touched
+/// The same batches spread over 100 chats, as under the load generator: each chat touched
 /// dirties its own B-tree leaves, so a commit writes (and syncs) more pages than for one chat.
 fn append_spread(c: &mut Criterion) {
+    append_group(c, "append_100_chats", 100, &[16, 256]);
+}
+
+/// Appends in batches of each size, with and without fsync, over `chats` chats.
+fn append_group(c: &mut Criterion, name: &str, chats: usize, batches: &[usize]) {
     let rt = runtime();
-    let mut group = c.benchmark_group("append_100_chats");
+    let mut group = c.benchmark_group(name);
     group.sample_size(20);
     group.warm_up_time(std::time::Duration::from_secs(1));
     group.measurement_time(std::time::Duration::from_secs(4));
@@ -143,8 +131,8 @@ fn append_spread(c: &mut Criterion) {
         ("immediate", Durability::Immediate),
         ("none", Durability::None),
     ] {
-        let f = fixture(&rt, durability, 100);
-        for batch in [16usize, 256] {
+        let f = fixture(&rt, durability, chats);
+        for &batch in batches {
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, &batch| {
                 b.iter(|| rt.block_on(append_batch(&f, batch)));

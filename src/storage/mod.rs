@@ -94,14 +94,15 @@ pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
         source,
     })?;
     // What `Builder::create(path)` does, with the backend in our hands first.
+    let path = dir.join(DB_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(dir.join(DB_FILE))
+        .open(&path)
         .map_err(|source| StoreError::DataDir {
-            path: dir.join(DB_FILE).display().to_string(),
+            path: path.display().to_string(),
             source,
         })?;
     let backend = redb::backends::FileBackend::new(file).map_err(redb::Error::from)?;
