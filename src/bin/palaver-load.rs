@@ -12,7 +12,6 @@
 //! cheaper than the server it measures; it works against any server of the contract (palaver,
 //! the Node peer).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -62,6 +61,11 @@ struct Args {
     /// Most ramp steps to run.
     #[arg(long, default_value_t = 16)]
     ramp_steps: usize,
+    /// Steps that narrow the ramp's result once it has ended: each runs the geometric middle
+    /// of the highest passing rate and the lowest failing one above it, and moves whichever
+    /// bound it lands on. Three of them narrow a ×1.5 gap to ×1.05.
+    #[arg(long, default_value_t = 3)]
+    ramp_refine: usize,
     /// Open this many idle sockets and hold them for --secs (memory per connection).
     #[arg(long)]
     idle: Option<usize>,
@@ -548,31 +552,78 @@ async fn load(server: &Server, args: &Args) -> Result<(), Failure> {
         print(&run_step(&run, args, 0, args.rate).await);
         return Ok(());
     }
-    let mut best: Option<Report> = None;
-    let mut failures = VecDeque::new();
+    let mut ramp = Ramp::default();
     let mut rate = args.rate;
+    let mut failures_in_a_row = 0;
     for step in 0..args.ramp_steps {
-        let report = run_step(&run, args, step as u32, rate).await;
-        print(&report);
-        if passes(&report) {
-            best = Some(report);
-            failures.clear();
+        if ramp.record(ramp_step(&run, args, step, rate).await) {
+            failures_in_a_row = 0;
         } else {
             // One bad step can be noise on a shared machine; two in a row end the ramp.
-            failures.push_back(step);
-            if failures.len() == 2 {
+            failures_in_a_row += 1;
+            if failures_in_a_row == 2 {
                 break;
             }
         }
         rate = (rate * args.ramp_factor * 100.0).round() / 100.0;
-        // Let the server drain what the last step left queued.
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    match best {
+    for step in args.ramp_steps..args.ramp_steps + args.ramp_refine {
+        let Some(rate) = ramp.middle() else { break };
+        ramp.record(ramp_step(&run, args, step, rate).await);
+    }
+    match ramp.best {
         Some(best) => print(&best),
         None => return Err("no ramp step passed (nothing lost, no error, p99 < 50 ms)".into()),
     }
     Ok(())
+}
+
+/// One step of `--ramp`, printed, after which the server gets a second to drain what the step
+/// left queued.
+async fn ramp_step(run: &Run, args: &Args, step: usize, rate: f64) -> Report {
+    let report = run_step(run, args, step as u32, rate).await;
+    print(&report);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    report
+}
+
+/// What the ramp has learnt so far: its highest passing step, and the lowest rate above that
+/// which failed.
+#[derive(Default)]
+struct Ramp {
+    best: Option<Report>,
+    lowest_failure_above_best: Option<f64>,
+}
+
+impl Ramp {
+    /// Records a step; true if it passed.
+    fn record(&mut self, report: Report) -> bool {
+        let passed = passes(&report);
+        let rate = report.rate;
+        if rate <= self.best_rate() {
+            // Below the best: neither bound moves (a failure there is noise or a hiccup).
+        } else if passed {
+            self.best = Some(report);
+            self.lowest_failure_above_best = self.lowest_failure_above_best.filter(|&f| f > rate);
+        } else {
+            let lowest = self.lowest_failure_above_best.map_or(rate, |f| f.min(rate));
+            self.lowest_failure_above_best = Some(lowest);
+        }
+        passed
+    }
+
+    fn best_rate(&self) -> f64 {
+        self.best.as_ref().map_or(0.0, |b| b.rate)
+    }
+
+    /// The rate to try next when narrowing: the geometric middle of the bounds, rounded as the
+    /// ramp's rates are; none without both bounds or once they are within 1% of each other.
+    fn middle(&self) -> Option<f64> {
+        let low = self.best.as_ref()?.rate;
+        let high = self.lowest_failure_above_best?;
+        let middle = ((low * high).sqrt() * 100.0).round() / 100.0;
+        (high / low > 1.01 && middle > low && middle < high).then_some(middle)
+    }
 }
 
 async fn idle(server: &Server, args: &Args, sockets: usize) -> Result<(), Failure> {
@@ -650,5 +701,65 @@ fn main() -> std::process::ExitCode {
             eprintln!("palaver-load: {error}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(rate: f64, p99_ms: f64) -> Report {
+        Report {
+            users: 2,
+            rate,
+            secs: 1,
+            connect_ms: 0,
+            sent: 10,
+            delivered: 10,
+            lost: 0,
+            duplicates: 0,
+            errors: 0,
+            delivered_per_s: 10.0,
+            p50_ms: 1.0,
+            p99_ms,
+            max_ms: p99_ms,
+            server_rss_mb: None,
+        }
+    }
+
+    #[test]
+    fn narrowing_bisects_between_the_best_pass_and_the_lowest_failure_above_it() {
+        let mut ramp = Ramp::default();
+        assert!(ramp.record(step(100.0, 5.0)));
+        assert_eq!(ramp.middle(), None, "no failure yet");
+        assert!(!ramp.record(step(225.0, 80.0)));
+        assert!(!ramp.record(step(150.0, 60.0)));
+        assert_eq!(ramp.middle(), Some(122.47));
+        assert!(ramp.record(step(122.47, 20.0)));
+        assert_eq!(ramp.best_rate(), 122.47);
+        assert_eq!(ramp.middle(), Some(135.54));
+        assert!(!ramp.record(step(135.54, 51.0)));
+        assert_eq!(ramp.middle(), Some(128.84));
+    }
+
+    #[test]
+    fn a_failure_below_the_best_moves_no_bound_and_a_higher_pass_drops_lower_failures() {
+        let mut ramp = Ramp::default();
+        ramp.record(step(100.0, 5.0));
+        ramp.record(step(150.0, 60.0));
+        assert!(!ramp.record(step(90.0, 60.0)));
+        assert_eq!(ramp.lowest_failure_above_best, Some(150.0));
+        // Noise can let a rate above an earlier failure pass: it becomes the best.
+        assert!(ramp.record(step(225.0, 10.0)));
+        assert_eq!(ramp.lowest_failure_above_best, None);
+        assert_eq!(ramp.middle(), None);
+    }
+
+    #[test]
+    fn bounds_within_one_percent_need_no_more_steps() {
+        let mut ramp = Ramp::default();
+        ramp.record(step(100.0, 5.0));
+        ramp.record(step(100.9, 60.0));
+        assert_eq!(ramp.middle(), None);
     }
 }
