@@ -55,6 +55,9 @@ pub const LOGIN_TRACKED_EMAILS_MAX: usize = 100_000;
 pub const TYPING_PER_SEC: usize = 5;
 /// Users whose send bucket is remembered; idle buckets are full and can be forgotten.
 pub const SEND_BUCKETS_MAX: usize = 1_000_000;
+/// Chats whose members are kept in memory for the membership check of sends and typing events
+/// (about 150 bytes each, so at most ~10 MB); when full, the cache is emptied and refills.
+pub const MEMBERSHIP_CACHED_CHATS_MAX: usize = 65_536;
 /// Concurrent argon2 computations (each takes ~19 MiB and tens of milliseconds of CPU).
 pub const PASSWORD_HASHES_CONCURRENT: usize = 4;
 

@@ -273,6 +273,41 @@ async fn send_rate_is_limited_per_user_and_retries_are_free() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_spend_none_of_the_senders_tokens() {
+    let config = palaver::config::Config {
+        send_rate_per_sec: 1,
+        send_burst: 3,
+        ..Default::default()
+    };
+    let server = start(config).await;
+    let (ada, _) = server.register("ada").await;
+    let (_, bob_id) = server.register("bob").await;
+    let chat = server.open_chat(&ada, &bob_id).await;
+    let socket = server.connect(&ada).await;
+    let send = |cmid: &str| {
+        socket.ack(
+            "send-message",
+            json!({ "chatId": chat, "text": "x", "clientMsgId": cmid }),
+        )
+    };
+    let mut answers = Vec::new();
+    for cmid in ["c0", "c0", "c0", "c0", "c1", "c2", "c3"] {
+        let ack = send(cmid).await;
+        answers.push(if ack["ok"] == true {
+            format!("seq {}", ack["message"]["seq"])
+        } else {
+            ack["error"].as_str().unwrap().to_owned()
+        });
+    }
+    // Three retries of c0 answered with the original; c1 and c2 used the other two tokens.
+    assert_eq!(
+        answers,
+        ["seq 1", "seq 1", "seq 1", "seq 1", "seq 2", "seq 3", "Rate limited"]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_without_a_valid_token_are_refused() {
     let server = start(relaxed_config()).await;
     assert_eq!(server.connect_refused("").await, "Unauthorized");

@@ -56,6 +56,11 @@ impl TokenBucket {
         }
     }
 
+    /// Returns one token taken for something that turned out to cost nothing, up to the burst.
+    pub fn give_back(&mut self, shape: BucketShape) {
+        self.milli_tokens = (self.milli_tokens + 1000).min(shape.capacity());
+    }
+
     /// True when the bucket would be full at `now_ms`, so forgetting it changes nothing.
     fn is_full_at(&self, shape: BucketShape, now_ms: u64) -> bool {
         let mut copy = *self;
@@ -99,6 +104,14 @@ impl KeyedLimiter {
         let taken = bucket.try_take(self.shape, now_ms);
         self.buckets.insert(key.to_owned(), bucket);
         taken
+    }
+
+    /// Returns a token [`try_take`](Self::try_take) gave `key` (a forgotten bucket is full
+    /// already).
+    pub fn give_back(&mut self, key: &str) {
+        if let Some(bucket) = self.buckets.get_mut(key) {
+            bucket.give_back(self.shape);
+        }
     }
 
     pub fn tracked_keys(&self) -> usize {
@@ -246,6 +259,21 @@ mod tests {
             "a and b refilled and were forgotten"
         );
         assert!(limiter.tracked_keys() <= 2);
+    }
+
+    #[test]
+    fn a_token_given_back_can_be_taken_again_but_never_beyond_the_burst() {
+        let mut limiter = KeyedLimiter::new(SHAPE, 10);
+        assert_eq!((0..40).filter(|_| limiter.try_take("a", 0)).count(), 30);
+        limiter.give_back("a");
+        assert!(limiter.try_take("a", 0));
+        assert!(!limiter.try_take("a", 0));
+        // A full bucket stays at the burst; a key never seen is untouched.
+        let mut full = TokenBucket::full(SHAPE, 0);
+        full.give_back(SHAPE);
+        assert_eq!((0..40).filter(|_| full.try_take(SHAPE, 0)).count(), 30);
+        limiter.give_back("unknown");
+        assert_eq!(limiter.tracked_keys(), 1);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! acks and emits. Fan-out is the transport's job too, but the service tells it who to reach.
 
 pub mod auth;
+pub mod members;
 pub mod views;
 
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use crate::storage::{
     UserRecord,
 };
 use auth::{ExternalClaims, Identity, Tokens};
+use members::{Members, MembersCache};
 use views::{ChatView, MessageView, PublicUser, UserView};
 
 /// A failed REST request; the transport maps each to a status and a `{ message }` body.
@@ -80,7 +82,7 @@ pub struct Sent {
     pub message: MessageView,
     /// False when the send was an idempotent retry: nothing new to fan out.
     pub created: bool,
-    pub members: Vec<String>,
+    pub members: Members,
 }
 
 /// Settings the service applies, taken from `Config`.
@@ -113,6 +115,7 @@ pub struct App {
     /// that transitions reach every observer in the order they happened.
     pub presence: tokio::sync::Mutex<Presence>,
     send_limiter: Mutex<KeyedLimiter>,
+    members: MembersCache,
     login_throttle: Mutex<FailureThrottle>,
     /// Bounds concurrent argon2 runs (memory and CPU).
     hashing: Semaphore,
@@ -138,6 +141,7 @@ impl App {
             ids: Mutex::new(ids),
             tokens,
             send_limiter: Mutex::new(KeyedLimiter::new(policy.send, SEND_BUCKETS_MAX)),
+            members: MembersCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             policy,
             presence: tokio::sync::Mutex::new(Presence::default()),
             login_throttle: Mutex::new(FailureThrottle::new(
@@ -449,6 +453,42 @@ impl App {
         }
     }
 
+    /// The members of the chat, if `user` is one of them (refused as [`member_chat`] refuses),
+    /// from memory when the chat was seen before. A storage failure is logged and answered
+    /// with `on_storage_failure`.
+    ///
+    /// [`member_chat`]: Self::member_chat
+    pub fn chat_members(
+        &self,
+        user: &str,
+        chat_id: &str,
+        on_storage_failure: Refusal,
+    ) -> Result<Members, Refusal> {
+        if !is_valid_id(chat_id) {
+            return Err(Refusal::ChatNotFound);
+        }
+        let members = match self.members.get(chat_id) {
+            Some(members) => members,
+            None => match self.store.chat(chat_id) {
+                Ok(Some(chat)) => {
+                    let members: Members = chat.members.into();
+                    self.members.insert(chat_id, Arc::clone(&members));
+                    members
+                }
+                Ok(None) => return Err(Refusal::ChatNotFound),
+                Err(error) => {
+                    tracing::error!(%error, "storage failure");
+                    return Err(on_storage_failure);
+                }
+            },
+        };
+        if members.iter().any(|m| m == user) {
+            Ok(members)
+        } else {
+            Err(Refusal::ChatNotFound)
+        }
+    }
+
     // ---- messages ----
 
     /// Views of `records`, all of `chat`. Senders are members, whose public profiles are read
@@ -519,35 +559,32 @@ impl App {
         client_msg_id: Option<&str>,
     ) -> Result<Sent, Refusal> {
         let client_msg_id = validate::client_msg_id(client_msg_id)?;
-        let chat = self.member_chat(&sender.id, chat_id)?;
+        let members = self.chat_members(&sender.id, chat_id, Refusal::SendFailed)?;
         let text = validate::text(text, self.policy.max_text_chars)?;
         let storage_failed = |error: &dyn std::fmt::Display| {
             tracing::error!(%error, "send failed in storage");
             Refusal::SendFailed
         };
-        // A retry of a committed send answers with the original and is not rate limited.
-        if let Some(cmid) = &client_msg_id
-            && let Some(original) = self
-                .store
-                .message_by_client_id(&chat.id, &sender.id, cmid)
-                .map_err(|e| storage_failed(&e))?
-        {
-            return self
-                .sent(&chat, original, false, sender)
-                .map_err(|e| storage_failed(&e));
-        }
         let now = self.now_ms();
-        if !self
-            .send_limiter
-            .lock()
-            .expect("never poisoned")
-            .try_take(&sender.id, now)
-        {
-            return Err(Refusal::RateLimited);
+        let limiter = || self.send_limiter.lock().expect("never poisoned");
+        if !limiter().try_take(&sender.id, now) {
+            // A retry of a committed send answers with the original and is not rate limited.
+            // Only refused sends look for one here; the writer finds the others (below).
+            let Some(cmid) = &client_msg_id else {
+                return Err(Refusal::RateLimited);
+            };
+            let original = self
+                .store
+                .message_by_client_id(chat_id, &sender.id, cmid)
+                .map_err(|e| storage_failed(&e))?
+                .ok_or(Refusal::RateLimited)?;
+            return self
+                .sent(&members, original, false, sender)
+                .map_err(|e| storage_failed(&e));
         }
         let new = NewMessage {
             id: self.mint_id(),
-            chat: chat.id.clone(),
+            chat: chat_id.to_owned(),
             sender: sender.id.clone(),
             text,
             client_msg_id,
@@ -560,18 +597,20 @@ impl App {
             .map_err(|e| storage_failed(&e))?
         {
             AppendOutcome::Appended(message) => self
-                .sent(&chat, message, true, sender)
+                .sent(&members, message, true, sender)
                 .map_err(|e| storage_failed(&e)),
-            AppendOutcome::Duplicate(message) => self
-                .sent(&chat, message, false, sender)
-                .map_err(|e| storage_failed(&e)),
+            AppendOutcome::Duplicate(message) => {
+                limiter().give_back(&sender.id);
+                self.sent(&members, message, false, sender)
+                    .map_err(|e| storage_failed(&e))
+            }
             AppendOutcome::NotMember => Err(Refusal::ChatNotFound),
         }
     }
 
     fn sent(
         &self,
-        chat: &ChatRecord,
+        members: &Members,
         message: MessageRecord,
         created: bool,
         sender: &UserRecord,
@@ -584,7 +623,7 @@ impl App {
         Ok(Sent {
             message: MessageView::new(message, sender_view),
             created,
-            members: chat.members.clone(),
+            members: Arc::clone(members),
         })
     }
 }

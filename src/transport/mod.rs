@@ -46,7 +46,7 @@ pub async fn fan_out(io: &SocketIo, sent: &Sent) {
             .to(chat_room(&sent.message.chat))
             .emit("new-message", &sent.message)
             .await;
-        for member in &sent.members {
+        for member in sent.members.iter() {
             let _ = io
                 .to(user_room(member))
                 .emit("new-message", &sent.message)

@@ -234,8 +234,8 @@ async fn join_chat(
             socket.join(chat_room(chat_id));
             return Ok(NoFields {});
         }
-        let chat = app.member_chat(&session.user.id, chat_id)?;
-        socket.join(chat_room(&chat.id));
+        app.chat_members(&session.user.id, chat_id, Refusal::ChatNotFound)?;
+        socket.join(chat_room(chat_id));
         Ok(NoFields {})
     });
     answer(&socket, ack, result);
@@ -300,7 +300,7 @@ async fn typing(
     let Ok((chat_id, is_typing)) = payload::typing(&value) else {
         return;
     };
-    let Ok(chat) = app.member_chat(&session.user.id, chat_id) else {
+    let Ok(members) = app.chat_members(&session.user.id, chat_id, Refusal::ChatNotFound) else {
         return;
     };
     let allowed = session
@@ -312,14 +312,14 @@ async fn typing(
         return;
     }
     let user_id = &session.user.id;
-    let mut rooms = vec![chat_room(&chat.id)];
+    let mut rooms = vec![chat_room(chat_id)];
     rooms.extend(
-        chat.members
+        members
             .iter()
             .filter(|m| *m != user_id)
             .map(|m| user_room(m)),
     );
-    let event = json!({ "userId": user_id, "chatId": chat.id, "isTyping": is_typing });
+    let event = json!({ "userId": user_id, "chatId": chat_id, "isTyping": is_typing });
     let _ = io
         .to(rooms)
         .except(user_room(user_id))
