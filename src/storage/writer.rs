@@ -429,25 +429,33 @@ impl<'tx> Tables<'tx> {
         let Some(mut chat) = self.chat(&new.chat)?.filter(|c| c.has_member(&new.sender)) else {
             return Ok(AppendOutcome::NotMember);
         };
+        #[cfg_attr(not(feature = "sim-faults"), expect(unused_mut))]
+        let mut seq = chat.last_seq + 1;
         if let Some(cmid) = &new.client_msg_id {
-            let seq =
-                self.client_ids
-                    .get((new.chat.as_str(), new.sender.as_str(), cmid.as_str()))?;
-            if let Some(seq) = seq.map(|s| s.value()) {
-                return Ok(AppendOutcome::Duplicate(self.message(&new.chat, seq)?));
+            // One lookup instead of a get and then an insert: claim the clientMsgId for the new
+            // seq, and put the original back if it was taken (a retry; rare).
+            let key = (new.chat.as_str(), new.sender.as_str(), cmid.as_str());
+            let taken = self.client_ids.insert(key, seq)?.map(|s| s.value());
+            if let Some(original) = taken {
+                self.client_ids.insert(key, original)?;
+                return Ok(AppendOutcome::Duplicate(self.message(&new.chat, original)?));
             }
         }
         #[cfg(feature = "sim-faults")]
         if crate::faults::reuse_seq(&chat.id, chat.last_seq) {
-            chat.last_seq -= 1;
+            seq -= 1;
+            if let Some(cmid) = &new.client_msg_id {
+                let key = (new.chat.as_str(), new.sender.as_str(), cmid.as_str());
+                self.client_ids.insert(key, seq)?;
+            }
         }
-        chat.last_seq += 1;
+        chat.last_seq = seq;
         // Keep createdAt non-decreasing along seq even if the requests' clocks interleave.
         chat.last_message_ms = chat.last_message_ms.max(new.now_ms);
         let message = MessageRecord {
             id: new.id,
             chat: new.chat,
-            seq: chat.last_seq,
+            seq,
             sender: new.sender,
             text: new.text,
             client_msg_id: new.client_msg_id,
@@ -457,16 +465,6 @@ impl<'tx> Tables<'tx> {
             (message.chat.as_str(), message.seq),
             encode(&message).as_slice(),
         )?;
-        if let Some(cmid) = &message.client_msg_id {
-            self.client_ids.insert(
-                (
-                    message.chat.as_str(),
-                    message.sender.as_str(),
-                    cmid.as_str(),
-                ),
-                message.seq,
-            )?;
-        }
         self.chats
             .insert(chat.id.as_str(), encode(&chat).as_slice())?;
         Ok(AppendOutcome::Appended(message))
