@@ -766,14 +766,12 @@ async fn control_user(
                 if event.name != "new-message" {
                     continue;
                 }
-                let cmid = event.data["clientMsgId"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
+                let data = event.data();
+                let cmid = data["clientMsgId"].as_str().unwrap_or_default().to_owned();
                 if !cmid.starts_with("ctl-") || cmid.starts_with(&format!("ctl-{me}-")) {
                     continue;
                 }
-                if let Some(sent_at) = event.data["text"]
+                if let Some(sent_at) = data["text"]
                     .as_str()
                     .and_then(|t| t.rsplit_once("t=").and_then(|(_, n)| n.parse::<u64>().ok()))
                 {

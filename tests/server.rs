@@ -302,7 +302,15 @@ async fn retries_spend_none_of_the_senders_tokens() {
     // Three retries of c0 answered with the original; c1 and c2 used the other two tokens.
     assert_eq!(
         answers,
-        ["seq 1", "seq 1", "seq 1", "seq 1", "seq 2", "seq 3", "Rate limited"]
+        [
+            "seq 1",
+            "seq 1",
+            "seq 1",
+            "seq 1",
+            "seq 2",
+            "seq 3",
+            "Rate limited"
+        ]
     );
     server.stop().await;
 }

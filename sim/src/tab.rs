@@ -1286,11 +1286,12 @@ impl Tab {
 
     /// Handles one server event on connection `no`.
     fn on_event(&self, no: u32, event: Event) {
+        let data = event.data();
         match event.name.as_str() {
-            "new-message" => self.on_new_message(no, &event.data),
-            "typing" => self.on_typing(no, &event.data),
+            "new-message" => self.on_new_message(no, &data),
+            "typing" => self.on_typing(no, &data),
             "online-users" => {
-                let mut ids: Vec<String> = event.data["userIds"]
+                let mut ids: Vec<String> = data["userIds"]
                     .as_array()
                     .map(|ids| {
                         ids.iter()
@@ -1313,7 +1314,7 @@ impl Tab {
             }
             "user-online" | "user-offline" => {
                 let online = event.name == "user-online";
-                let Some(user) = event.data["userId"].as_str() else {
+                let Some(user) = data["userId"].as_str() else {
                     self.model.violate(
                         Invariant::Contract,
                         format!("{} without userId", event.name),
@@ -1338,7 +1339,7 @@ impl Tab {
                 }
             }
             "socket-error" => {
-                self.trace(format!("#{no} socket-error {}", event.data["message"]));
+                self.trace(format!("#{no} socket-error {}", data["message"]));
             }
             other => self.trace(format!("#{no} event {other}")),
         }

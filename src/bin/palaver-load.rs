@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures_util::StreamExt;
 use palaver::client::{self, Client, Event, PendingAck};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -296,6 +296,19 @@ struct Counters {
     refused: AtomicU64,
 }
 
+/// The one field of a `new-message` the recipient reads.
+#[derive(Deserialize)]
+struct Delivered<'a> {
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
+}
+
+/// The one field of a send's acknowledgement the sender reads.
+#[derive(Deserialize)]
+struct AckOk {
+    ok: bool,
+}
+
 /// Reads a user's events for the whole run: the partner's `new-message`s go into the inbox;
 /// the user's own (the server echoes them to every socket of the sender) are skipped.
 async fn receive(
@@ -309,7 +322,7 @@ async fn receive(
             continue;
         }
         let arrived = now_us();
-        let Some(text) = event.data.get("text").and_then(Value::as_str) else {
+        let Some(Delivered { text }) = event.parse::<Delivered>() else {
             continue;
         };
         // "<step> <sent at, µs> <sender index> <n> <padding>"
@@ -357,8 +370,11 @@ async fn send_step(
     // Acks are awaited in send order by a second task, so the sender keeps its schedule.
     let collector = tokio::spawn(async move {
         while let Some(pending) = acks_rx.recv().await {
+            let accepted = |answer: &client::AckAnswer| {
+                serde_json::from_str::<AckOk>(answer.get()).is_ok_and(|a| a.ok)
+            };
             match pending.wait_until(deadline).await {
-                Ok(answer) if answer["ok"] == Value::Bool(true) => {}
+                Ok(answer) if accepted(&answer) => {}
                 Ok(_) => {
                     ack_counters.refused.fetch_add(1, Ordering::Relaxed);
                     ack_counters.errors.fetch_add(1, Ordering::Relaxed);

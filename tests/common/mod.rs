@@ -195,7 +195,7 @@ impl Socket {
             loop {
                 let event = self.events.recv().await?;
                 if event.name == name {
-                    return Some(event.data);
+                    return Some(event.data());
                 }
             }
         })
