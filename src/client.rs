@@ -55,7 +55,7 @@ pub struct Event {
 impl Event {
     /// The first argument (`null` if there was none).
     pub fn data(&self) -> Value {
-        serde_json::from_str(self.data.get()).unwrap_or(Value::Null)
+        value_of(&self.data)
     }
 
     /// The first argument as `T`, borrowing from the event where `T` can; `None` if it is not
@@ -63,6 +63,11 @@ impl Event {
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
         serde_json::from_str(self.data.get()).ok()
     }
+}
+
+/// JSON text as a `Value`; the text came through serde_json already, so it always parses.
+fn value_of(json: &RawValue) -> Value {
+    serde_json::from_str(json.get()).unwrap_or(Value::Null)
 }
 
 /// An acknowledgement's first argument, as JSON text (see [`Event`]).
@@ -368,7 +373,7 @@ impl PendingAck {
         let answer = self
             .finish(tokio::time::Instant::now() + timeout, timeout)
             .await?;
-        Ok(serde_json::from_str(answer.get()).unwrap_or(Value::Null))
+        Ok(value_of(&answer))
     }
 
     /// Like [`wait`](Self::wait), with an absolute deadline, and the answer as JSON text.
@@ -406,10 +411,7 @@ mod tests {
         match packet {
             Packet::Ping => ("ping".into(), Value::Null),
             Packet::Event(event) => (format!("event {}", event.name), event.data()),
-            Packet::Ack(id, answer) => (
-                format!("ack {id}"),
-                serde_json::from_str(answer.get()).unwrap(),
-            ),
+            Packet::Ack(id, answer) => (format!("ack {id}"), value_of(&answer)),
             Packet::Disconnect => ("disconnect".into(), Value::Null),
             Packet::Other => ("other".into(), Value::Null),
         }

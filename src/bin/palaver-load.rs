@@ -309,6 +309,11 @@ struct AckOk {
     ok: bool,
 }
 
+/// True for an acknowledgement `{ ok: true, … }`.
+fn accepted(answer: &client::AckAnswer) -> bool {
+    serde_json::from_str::<AckOk>(answer.get()).is_ok_and(|a| a.ok)
+}
+
 /// Reads a user's events for the whole run: the partner's `new-message`s go into the inbox;
 /// the user's own (the server echoes them to every socket of the sender) are skipped.
 async fn receive(
@@ -370,9 +375,6 @@ async fn send_step(
     // Acks are awaited in send order by a second task, so the sender keeps its schedule.
     let collector = tokio::spawn(async move {
         while let Some(pending) = acks_rx.recv().await {
-            let accepted = |answer: &client::AckAnswer| {
-                serde_json::from_str::<AckOk>(answer.get()).is_ok_and(|a| a.ok)
-            };
             match pending.wait_until(deadline).await {
                 Ok(answer) if accepted(&answer) => {}
                 Ok(_) => {
@@ -618,7 +620,9 @@ impl Ramp {
         let rate = report.rate;
         if rate <= self.best_rate() {
             // Below the best: neither bound moves (a failure there is noise or a hiccup).
-        } else if passed {
+            return passed;
+        }
+        if passed {
             self.best = Some(report);
             self.lowest_failure_above_best = self.lowest_failure_above_best.filter(|&f| f > rate);
         } else {

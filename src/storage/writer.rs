@@ -429,8 +429,7 @@ impl<'tx> Tables<'tx> {
         let Some(mut chat) = self.chat(&new.chat)?.filter(|c| c.has_member(&new.sender)) else {
             return Ok(AppendOutcome::NotMember);
         };
-        #[cfg_attr(not(feature = "sim-faults"), expect(unused_mut))]
-        let mut seq = chat.last_seq + 1;
+        let seq = chat.last_seq + 1;
         if let Some(cmid) = &new.client_msg_id {
             // One lookup instead of a get and then an insert: claim the clientMsgId for the new
             // seq, and put the original back if it was taken (a retry; rare).
@@ -442,13 +441,15 @@ impl<'tx> Tables<'tx> {
             }
         }
         #[cfg(feature = "sim-faults")]
-        if crate::faults::reuse_seq(&chat.id, chat.last_seq) {
-            seq -= 1;
+        let seq = if crate::faults::reuse_seq(&chat.id, chat.last_seq) {
             if let Some(cmid) = &new.client_msg_id {
                 let key = (new.chat.as_str(), new.sender.as_str(), cmid.as_str());
-                self.client_ids.insert(key, seq)?;
+                self.client_ids.insert(key, seq - 1)?;
             }
-        }
+            seq - 1
+        } else {
+            seq
+        };
         chat.last_seq = seq;
         // Keep createdAt non-decreasing along seq even if the requests' clocks interleave.
         chat.last_message_ms = chat.last_message_ms.max(new.now_ms);
