@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{Socket, relaxed_config, start};
+use common::{Socket, TestServer, relaxed_config, start};
 use futures_util::future::join_all;
 use palaver::storage::WriterExit;
 use serde_json::json;
@@ -229,8 +229,9 @@ async fn refusals_name_the_contract_messages() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_rate_is_limited_per_user_and_retries_are_free() {
+/// A server whose send limit is a burst of 3 then 1 a second, with ada's socket and her chat
+/// with bob.
+async fn ada_limited_to_three_sends() -> (TestServer, Socket, String) {
     let config = palaver::config::Config {
         send_rate_per_sec: 1,
         send_burst: 3,
@@ -241,6 +242,12 @@ async fn send_rate_is_limited_per_user_and_retries_are_free() {
     let (_, bob_id) = server.register("bob").await;
     let chat = server.open_chat(&ada, &bob_id).await;
     let socket = server.connect(&ada).await;
+    (server, socket, chat)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_rate_is_limited_per_user_and_retries_are_free() {
+    let (server, socket, chat) = ada_limited_to_three_sends().await;
     let mut outcomes: HashMap<String, usize> = HashMap::new();
     for i in 0..6 {
         let ack = socket
@@ -274,16 +281,7 @@ async fn send_rate_is_limited_per_user_and_retries_are_free() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_spend_none_of_the_senders_tokens() {
-    let config = palaver::config::Config {
-        send_rate_per_sec: 1,
-        send_burst: 3,
-        ..Default::default()
-    };
-    let server = start(config).await;
-    let (ada, _) = server.register("ada").await;
-    let (_, bob_id) = server.register("bob").await;
-    let chat = server.open_chat(&ada, &bob_id).await;
-    let socket = server.connect(&ada).await;
+    let (server, socket, chat) = ada_limited_to_three_sends().await;
     let send = |cmid: &str| {
         socket.ack(
             "send-message",
