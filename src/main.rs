@@ -116,9 +116,9 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
 
 /// jemalloc, not glibc's malloc. Under glibc, the soak's 10,000 churning sockets grew RSS by
 /// 6.6 MiB a minute (per-thread arenas fragmenting: 348 of 418 MiB were arena mappings; with
-/// jemalloc, 2.6 MiB a minute), and argon2's 19 MiB blocks stayed resident once glibc raised its mmap threshold
-/// (790 MB after 40 registrations) unless the threshold was pinned with `mallopt`. jemalloc
-/// returns freed pages to the system on its own (docs/soak.md).
+/// jemalloc, 2.6 MiB a minute), and argon2's 19 MiB blocks stayed resident once glibc raised
+/// its mmap threshold (790 MB after 40 registrations) unless the threshold was pinned with
+/// `mallopt`. jemalloc returns freed pages to the system on its own (docs/soak.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

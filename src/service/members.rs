@@ -44,12 +44,9 @@ impl MembersCache {
         chats.insert(chat.to_owned(), members);
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.chats.lock().expect("never poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
