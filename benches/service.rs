@@ -6,20 +6,15 @@
 //! generator's profile (BENCHMARKS.md) says how they weigh against the transport.
 
 use std::hint::black_box;
-use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use palaver::clock::SystemClock;
-use palaver::domain::ids::IdMinter;
+use palaver::config::Config;
 use palaver::domain::page::Anchor;
 use palaver::domain::presence::Presence;
-use palaver::domain::rate::BucketShape;
 use palaver::domain::validate;
-use palaver::service::auth::Tokens;
+use palaver::server::Server;
 use palaver::service::views::{MessageView, PublicUser};
-use palaver::service::{App, Policy};
-use palaver::storage::{self, Durability, MessageRecord, NewMessage, NewUser};
+use palaver::storage::{Durability, MessageRecord, NewMessage, NewUser};
 use palaver::transport::payload;
 use serde_json::{Value, json};
 
@@ -86,8 +81,8 @@ fn payloads(c: &mut Criterion) {
     group.bench_function("decode_and_validate_send", |b| {
         b.iter(|| {
             let command = payload::send(black_box(&value)).expect("valid");
-            let text = validate::text(command.text, 4000).expect("valid text");
-            let cmid = validate::client_msg_id(command.client_msg_id).expect("valid id");
+            let text = validate::text(&command.text, 4000).expect("valid text");
+            let cmid = validate::client_msg_id(command.client_msg_id.as_deref()).expect("valid id");
             black_box((text, cmid))
         });
     });
@@ -95,7 +90,7 @@ fn payloads(c: &mut Criterion) {
     group.bench_function("decode_and_validate_send_4000_chars", |b| {
         b.iter(|| {
             let command = payload::send(black_box(&long)).expect("valid");
-            black_box(validate::text(command.text, 4000).expect("valid text"))
+            black_box(validate::text(&command.text, 4000).expect("valid text"))
         });
     });
     group.finish();
@@ -153,12 +148,21 @@ fn history_page(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let db = storage::open_dir(dir.path()).expect("open");
-    let (store, writer, task) = storage::start(db, Durability::None).expect("start");
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(task.run(async {
-        let _ = stopped.await;
-    }));
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        jwt_secret: Some("bench-secret-bench-secret-bench-s".into()),
+        ..Config::default()
+    };
+    let service = rt
+        .block_on(
+            Server::builder(config)
+                .durability(Durability::None)
+                .seed([9; 32])
+                .writer_on_callers_runtime()
+                .build(),
+        )
+        .expect("service");
+    let (app, writer) = (&service.app, &service.writer);
     let (a, b_id) = ("u0000000000000000000000a", "u0000000000000000000000b");
     let chat = rt.block_on(async {
         for (id, email) in [(a, "a@bench.test"), (b_id, "b@bench.test")] {
@@ -200,21 +204,6 @@ fn history_page(c: &mut Criterion) {
         }
         chat
     });
-    let tokens = Tokens::new(&[7u8; 32], Duration::from_secs(3600), None).expect("tokens");
-    let app = App::new(
-        store,
-        writer,
-        Arc::new(SystemClock),
-        IdMinter::from_seed([9; 32]),
-        tokens,
-        Policy {
-            max_text_chars: 4000,
-            send: BucketShape {
-                per_sec: 1_000_000,
-                burst: 1_000_000,
-            },
-        },
-    );
     let mut group = c.benchmark_group("history_100k");
     group.throughput(Throughput::Elements(100));
     group.bench_function("service_page_newest_100_json", |bench| {

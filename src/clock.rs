@@ -18,3 +18,40 @@ impl Clock for SystemClock {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
+
+/// A clock that moves only when told to, and optionally by a fixed step at every reading (so
+/// that consecutive messages get distinct times). For tests, fuzzing and benchmarks.
+#[derive(Debug)]
+pub struct ManualClock {
+    now_ms: std::sync::atomic::AtomicU64,
+    step_per_reading_ms: u64,
+}
+
+impl ManualClock {
+    /// Stands still at `now_ms` until advanced.
+    pub fn at(now_ms: u64) -> Self {
+        Self::ticking(now_ms, 0)
+    }
+
+    /// Starts at `now_ms` and moves `step_ms` on at every reading.
+    pub fn ticking(now_ms: u64, step_ms: u64) -> Self {
+        Self {
+            now_ms: now_ms.into(),
+            step_per_reading_ms: step_ms,
+        }
+    }
+
+    pub fn advance(&self, ms: u64) {
+        self.now_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.fetch_add(
+            self.step_per_reading_ms,
+            std::sync::atomic::Ordering::SeqCst,
+        )
+    }
+}

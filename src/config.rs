@@ -9,7 +9,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::limits::{TEXT_CHARS_CEILING, TEXT_CHARS_DEFAULT};
+use crate::limits::{
+    JWT_SECRET_BYTES_MIN, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
+    TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -139,7 +142,6 @@ impl std::fmt::Debug for Config {
 }
 
 /// Shortest accepted `PALAVER_JWT_SECRET`.
-pub const JWT_SECRET_BYTES_MIN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {reason}")]
@@ -161,7 +163,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             data_dir: PathBuf::from("./palaver-data"),
             jwt_secret: None,
-            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            token_ttl: TOKEN_TTL_DEFAULT,
             cors_origins: vec![
                 "http://localhost:8081".into(),
                 "http://localhost:5173".into(),
@@ -238,10 +240,10 @@ impl Config {
         }
         if let Some(rate) = text(args.send_rate_per_sec, file.send_rate_per_sec) {
             config.send_rate_per_sec =
-                parse_positive(&rate, "PALAVER_SEND_RATE_PER_SEC", 1_000_000)?;
+                parse_positive(&rate, "PALAVER_SEND_RATE_PER_SEC", SEND_RATE_CEILING)?;
         }
         if let Some(burst) = text(args.send_burst, file.send_burst) {
-            config.send_burst = parse_positive(&burst, "PALAVER_SEND_BURST", 1_000_000)?;
+            config.send_burst = parse_positive(&burst, "PALAVER_SEND_BURST", SEND_BURST_CEILING)?;
         }
         if let Some(max) = text(args.max_text_chars, file.max_text_chars) {
             let ceiling = u32::try_from(TEXT_CHARS_CEILING).expect("small constant");
@@ -284,7 +286,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "d" => n.saturating_mul(86_400),
         _ => return Err(format!("{value:?}: unit must be s, m, h or d")),
     };
-    if seconds == 0 || seconds > 366 * 86_400 {
+    if seconds == 0 || seconds > TOKEN_TTL_MAX.as_secs() {
         return Err(format!("{value:?} must be between 1s and 366d"));
     }
     Ok(Duration::from_secs(seconds))

@@ -26,6 +26,9 @@ pub enum PlantedFault {
     DuplicateFanOut,
     /// After a restart, the first message appended to each chat reuses the chat's last seq.
     SeqReuseAfterRestart,
+    /// Each sender's task fans its own message out after the group commit, in whatever order
+    /// the tasks wake, instead of the commit feed delivering in commit order.
+    FanOutInWakeOrder,
 }
 
 thread_local! {

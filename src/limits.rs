@@ -1,8 +1,12 @@
 //! Every bound palaver enforces, in one place.
 //!
-//! A queue, map, page or payload without a limit is a bug waiting for a hostile client, so each
-//! one is named here with the reason for its size. Defaults that operators may change (send rate,
-//! text length) live in `config.rs`; these are the fixed ceilings behind them.
+//! A queue, map, page, timeout or payload without a limit is a bug waiting for a hostile client,
+//! so each one is named here with the reason for its size, and the compile-time checks at the
+//! end hold them together. Settings an operator may change (send rate, text length, token
+//! lifetime) have their default and their ceiling here; `config.rs` checks values against the
+//! ceilings.
+
+use std::time::Duration;
 
 /// Longest id we accept from a client (`[0-9A-Za-z_-]`, URL-safe). Ours are 24 characters.
 pub const ID_CHARS_MAX: usize = 32;
@@ -19,6 +23,8 @@ pub const TEXT_CHARS_CEILING: usize = 10_000;
 pub const CLIENT_MSG_ID_CHARS_MAX: usize = 64;
 /// Avatar URLs from an external provider are cut to this length.
 pub const AVATAR_CHARS_MAX: usize = 2048;
+/// An external provider's `sub` (the user's external id) longer than this is refused.
+pub const EXTERNAL_SUBJECT_CHARS_MAX: usize = 255;
 
 /// REST request bodies and single Socket.IO / WebSocket messages.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -46,26 +52,74 @@ pub const WRITE_QUEUE_MAX: usize = 4096;
 /// Write requests committed in one redb transaction (one fsync).
 pub const WRITE_BATCH_MAX: usize = 512;
 
+/// Client events of one socket waiting to be handled in order; one more is refused with
+/// `Server busy`. Sends are rate limited per user well below this, so only a client that floods
+/// meets it.
+pub const SOCKET_EVENTS_QUEUED_MAX: usize = 256;
+/// The writer's commit feed: shards (chats are spread over them; each is delivered in order by
+/// a task of its own) and messages waiting per shard before the writer waits for delivery.
+pub const COMMIT_FEED_SHARDS: usize = 4;
+pub const COMMIT_FEED_QUEUE_MAX: usize = 4096;
+
 /// Failed logins per email within `LOGIN_WINDOW_MS` before answering 429.
 pub const LOGIN_FAILURES_MAX: usize = 10;
 pub const LOGIN_WINDOW_MS: u64 = 60_000;
 /// Emails tracked by the login throttle; the oldest windows are dropped past this.
 pub const LOGIN_TRACKED_EMAILS_MAX: usize = 100_000;
-/// `typing` events per socket per second.
+/// `typing` `true` events shown per socket per second (a `false` is always shown once for a
+/// shown `true`).
 pub const TYPING_PER_SEC: usize = 5;
+/// A `true` not confirmed for this long is ended by the server with a `false`, so a client that
+/// lost its stop event still clears.
+pub const TYPING_STALE_MS: u64 = 5_000;
+/// Chats one socket can be shown typing in at once.
+pub const TYPING_CHATS_MAX: usize = 64;
 /// Users whose send bucket is remembered; idle buckets are full and can be forgotten.
 pub const SEND_BUCKETS_MAX: usize = 1_000_000;
 /// Chats whose members are kept in memory for the membership check of sends and typing events
 /// (about 150 bytes each, so at most ~10 MB); when full, the cache is emptied and refills.
 pub const MEMBERSHIP_CACHED_CHATS_MAX: usize = 65_536;
+/// Users whose public profile is kept in memory for deliveries (about 200 bytes each).
+pub const PROFILES_CACHED_MAX: usize = 65_536;
 /// Concurrent argon2 computations (each takes ~19 MiB and tens of milliseconds of CPU).
 pub const PASSWORD_HASHES_CONCURRENT: usize = 4;
 
 /// Users in one chat (the contract is 1:1).
 pub const CHAT_MEMBERS_MAX: usize = 2;
+/// Messages a history read reserves room for up front (a page may hold more; it grows).
+pub const PAGE_PREALLOCATED_MAX: usize = 1024;
+
+/// Engine.IO heartbeat: a ping every interval; a client silent for interval + timeout is gone.
+pub const PING_INTERVAL: Duration = Duration::from_secs(25);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A client that opens the transport but never sends its Socket.IO CONNECT is dropped after this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often presence is reconciled with the live sockets.
+pub const PRESENCE_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The external provider's JWKS: refetched at most this often (an unknown `kid` asks for it),
+/// at most this large, and given up after this long.
+pub const JWKS_REFETCH_MIN_MS: u64 = 60_000;
+pub const JWKS_BYTES_MAX: usize = 1024 * 1024;
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Operator settings: `PALAVER_SEND_RATE_PER_SEC` and `PALAVER_SEND_BURST` at most this, and
+/// tokens living 1 s to `TOKEN_TTL_MAX`.
+pub const SEND_RATE_CEILING: u32 = 1_000_000;
+pub const SEND_BURST_CEILING: u32 = 1_000_000;
+pub const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(7 * 86_400);
+pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(366 * 86_400);
+/// The shortest `PALAVER_JWT_SECRET` accepted (HS256 wants at least the hash's 32 bytes).
+pub const JWT_SECRET_BYTES_MIN: usize = 32;
 
 const _: () = assert!(TEXT_CHARS_DEFAULT <= TEXT_CHARS_CEILING);
-// The largest text (4 bytes per scalar) plus its envelope must fit in one Socket.IO message.
-const _: () = assert!(TEXT_CHARS_DEFAULT * 4 + 1024 <= BODY_BYTES_MAX);
+// The largest text an operator can allow (4 bytes per scalar) plus its envelope must fit in one
+// Socket.IO message.
+const _: () = assert!(TEXT_CHARS_CEILING * 4 + 1024 <= BODY_BYTES_MAX);
+// A 1:1 chat has two members; the member list of a chat is bounded by this.
+const _: () = assert!(CHAT_MEMBERS_MAX >= 2);
+const _: () = assert!(TOKEN_TTL_DEFAULT.as_secs() <= TOKEN_TTL_MAX.as_secs());
+const _: () = assert!(COMMIT_FEED_SHARDS >= 1 && COMMIT_FEED_QUEUE_MAX >= WRITE_BATCH_MAX);
+const _: () = assert!(SOCKET_EVENTS_QUEUED_MAX >= TYPING_PER_SEC);
 const _: () = assert!(PAGE_DEFAULT <= PAGE_MAX && USERS_PAGE_DEFAULT <= USERS_PAGE_MAX);
 const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);

@@ -2,14 +2,11 @@
 //! SIGINT or SIGTERM, then closes the database cleanly.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use axum::serve::ListenerExt;
 use clap::Parser;
-use palaver::clock::SystemClock;
 use palaver::config::{Cli, Command, Config};
-use palaver::server;
-use palaver::storage::{self, Durability, WriterExit};
+use palaver::server::{Server, ServerExit};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -28,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match serve(&config) {
+    match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error}");
@@ -38,53 +35,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // reqwest (JWKS over HTTPS) needs a process-wide TLS provider; ring is the one we build.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = storage::open_dir(&config.data_dir)?;
-    let (store, writer, writer_task) = storage::start(db, Durability::Immediate)?;
-
-    // The writer does blocking fsyncs: it gets a thread of its own, so they never stall the
-    // async workers that serve sockets. It reports how it ended, so a storage failure can stop
-    // the server (see `WriterExit::Failed`).
-    let (stop_writer, writer_stop) = tokio::sync::oneshot::channel::<()>();
-    let (writer_exit_tx, writer_exit) = tokio::sync::oneshot::channel::<WriterExit>();
-    let writer_thread = std::thread::Builder::new()
-        .name("palaver-writer".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("writer runtime");
-            let exit = runtime.block_on(writer_task.run(async {
-                let _ = writer_stop.await;
-            }));
-            let _ = writer_exit_tx.send(exit);
-        })?;
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (storage_failed_tx, mut storage_failed) = tokio::sync::oneshot::channel::<String>();
-    let served = runtime.block_on(async {
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).map_err(|e| format!("no OS randomness: {e}"))?;
-        let app = server::build_app(config, store, writer, Arc::new(SystemClock), seed).await?;
+    let exit = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {} (PALAVER_LISTEN): {e}", config.listen))?;
         tracing::info!(address = %listener.local_addr()?, data_dir = %config.data_dir.display(), "palaver listening");
-        let watch_writer = async move {
-            if let Ok(WriterExit::Failed(error)) = writer_exit.await {
-                let _ = storage_failed_tx.send(error);
-            }
-        };
-        let shutdown = async move {
-            tokio::select! {
-                () = shutdown_signal() => {}
-                () = watch_writer => tracing::error!("storage failed: stopping so that a restart can reopen and repair the database"),
-            }
-        };
         // Without TCP_NODELAY, Nagle's algorithm holds back a small frame (an ack, a
         // `new-message`) written while an earlier one is unacknowledged, until the client's
         // delayed ACK: p99 send-to-deliver latency sat at 40-48 ms for any load (BENCHMARKS.md).
@@ -93,25 +54,28 @@ fn serve(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
                 tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
             }
         });
-        server::run(listener, app, config, shutdown).await?;
-        Ok::<(), Box<dyn std::error::Error>>(())
-    });
-    // Dropping the runtime drops every task still holding the service; then the writer commits
-    // what is queued and exits, and the last handle to the database closes it cleanly.
+        let running = Server::builder(config).start(listener).await?;
+        let stopper = running.stopper();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stopper.stop();
+        });
+        Ok::<_, Box<dyn std::error::Error>>(running.exited().await)
+    })?;
+    // Dropping the runtime drops every task still holding the service, and with the last handle
+    // to the database it closes cleanly.
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    let _ = stop_writer.send(());
-    writer_thread
-        .join()
-        .map_err(|_| "the storage writer panicked")?;
-    served?;
-    if let Ok(error) = storage_failed.try_recv() {
-        return Err(format!(
+    match exit {
+        ServerExit::Stopped => {
+            tracing::info!("database closed; bye");
+            Ok(())
+        }
+        ServerExit::StorageFailed(error) => Err(format!(
             "storage failed ({error}); restart palaver to reopen and repair the database"
         )
-        .into());
+        .into()),
+        ServerExit::Io(error) => Err(error.into()),
     }
-    tracing::info!("database closed; bye");
-    Ok(())
 }
 
 /// jemalloc, not glibc's malloc. Under glibc, the soak's 10,000 churning sockets grew RSS by

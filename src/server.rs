@@ -1,27 +1,36 @@
-//! Wiring: builds the service from its parts and serves HTTP and Socket.IO on any listener.
+//! Wiring: the one way to start palaver, from a database to a served port.
 //!
-//! `run` is generic over `axum::serve::Listener`, so the binary serves a TCP socket and the
-//! simulation serves its simulated network with the very same code. Nothing here reads the wall
-//! clock or the OS's randomness: the caller passes the clock and the seed.
+//! [`Server::builder`] takes the settings and, optionally, the parts a caller wants to choose
+//! (the database and its disk, durability, clock, id seed, where the writer runs), and either
+//! [`start`](ServerBuilder::start)s serving HTTP and Socket.IO on any `axum::serve::Listener`
+//! (a TCP socket for the binary and the tests, the simulated network for the simulation) or
+//! [`build`](ServerBuilder::build)s the service alone (fuzzing, benchmarks, the crash test).
+//! Adding a table, a background task or a start-up step therefore touches this file only.
+//! Nothing here reads the wall clock or the OS's randomness unless the caller leaves the clock
+//! or the seed to their defaults.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
 use axum::serve::Listener;
+use redb::Database;
 use socketioxide::SocketIo;
+use tokio::sync::{Notify, oneshot};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::ids::IdMinter;
-use crate::limits::{BODY_BYTES_MAX, SOCKET_BUFFER_MAX, WS_READ_BUFFER_BYTES};
+use crate::limits::*;
 use crate::service::auth::{AuthSetupError, Tokens};
 use crate::service::{App, Policy};
-use crate::storage::{Store, StoreWriter, WriteError};
-use crate::transport::{Shared, request_head, rest, socket};
+use crate::storage::{
+    self, CommitFeed, CommitSubscriber, Durability, Store, StoreError, StoreWriter, WriterExit,
+    WriterTask,
+};
+use crate::transport::{Shared, deliver, request_head, rest, socket};
 
 /// Meta key of the generated token secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -29,14 +38,289 @@ const JWT_SECRET_KEY: &str = "jwt_secret";
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
+    Storage(#[from] StoreError),
+    #[error(transparent)]
     Auth(#[from] AuthSetupError),
-    #[error("storing the generated token secret failed: {0}")]
-    Secret(WriteError),
+    #[error("no OS randomness to seed ids and secrets: {0}")]
+    Entropy(String),
+    #[error("cannot start the storage writer's thread: {0}")]
+    WriterThread(std::io::Error),
+}
+
+/// How a served server ended.
+#[derive(Debug)]
+pub enum ServerExit {
+    /// Asked to stop; everything handed to the writer was committed.
+    Stopped,
+    /// A commit failed: restart to reopen (and repair) the database.
+    StorageFailed(StoreError),
+    /// Serving the listener failed.
+    Io(std::io::Error),
+}
+
+/// Where the storage writer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterPlace {
+    /// A thread of its own: its blocking fsyncs never stall the async workers (the binary).
+    OwnThread,
+    /// A task of the caller's runtime: for runtimes that must see every task (the simulation's
+    /// hosts, the fuzz targets' single thread).
+    CallersRuntime,
+}
+
+pub struct Server;
+
+impl Server {
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            database: None,
+            durability: Durability::Immediate,
+            clock: Arc::new(SystemClock),
+            seed: None,
+            writer: WriterPlace::OwnThread,
+            on_shutdown: None,
+        }
+    }
+}
+
+pub struct ServerBuilder {
+    config: Config,
+    database: Option<Database>,
+    durability: Durability,
+    clock: Arc<dyn Clock>,
+    seed: Option<[u8; 32]>,
+    writer: WriterPlace,
+    on_shutdown: Option<ShutdownHook>,
+}
+
+/// Called once when a served server begins to shut down (asked to, or after a storage failure).
+type ShutdownHook = Box<dyn FnOnce() + Send>;
+
+impl ServerBuilder {
+    /// Calls `hook` once, when the server begins to shut down (before it closes the sockets).
+    pub fn on_shutdown(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.on_shutdown = Some(Box::new(hook));
+        self
+    }
+
+    /// An opened database (any redb backend); by default `palaver.redb` in the data directory.
+    pub fn database(mut self, database: Database) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// `Immediate` (the default) is the only setting that keeps the contract's promise.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The id generator's seed; by default from the OS.
+    pub fn seed(mut self, seed: [u8; 32]) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Runs the writer as a task of the caller's runtime instead of on a thread of its own.
+    pub fn writer_on_callers_runtime(mut self) -> Self {
+        self.writer = WriterPlace::CallersRuntime;
+        self
+    }
+
+    /// The service alone, with its writer running, not served.
+    pub async fn build(self) -> Result<Service, StartError> {
+        let (mut service, writer) = self.assemble(None).await?;
+        service.writer_handle = Some(writer);
+        Ok(service)
+    }
+
+    /// Serves HTTP and Socket.IO on `listener` until [`Running::stopper`] is used or storage
+    /// fails. Returns once storage is open and the service built; serving goes on in a task.
+    pub async fn start<L>(mut self, listener: L) -> Result<Running, StartError>
+    where
+        L: Listener,
+        L::Addr: std::fmt::Debug,
+    {
+        let config = self.config.clone();
+        let on_shutdown = self.on_shutdown.take();
+        let (feed, subscribers) = CommitFeed::new(COMMIT_FEED_SHARDS, COMMIT_FEED_QUEUE_MAX);
+        let (service, writer) = self.assemble(Some(feed)).await?;
+        let stop = Arc::new(Notify::new());
+        let served = tokio::spawn(serve(
+            listener,
+            Arc::clone(&service.app),
+            config,
+            subscribers,
+            writer,
+            Shutdown {
+                asked: Arc::clone(&stop),
+                hook: on_shutdown,
+            },
+        ));
+        Ok(Running {
+            service,
+            stop,
+            served,
+        })
+    }
+
+    /// Opens storage, starts the writer, and builds the service.
+    async fn assemble(
+        self,
+        feed: Option<CommitFeed>,
+    ) -> Result<(Service, WriterHandle), StartError> {
+        let database = match self.database {
+            Some(database) => database,
+            None => storage::open_dir(&self.config.data_dir)?,
+        };
+        let (store, writer, task) = storage::start(database, self.durability)?;
+        let task = match feed {
+            Some(feed) => task.with_feed(feed),
+            None => task,
+        };
+        let handle = WriterHandle::spawn(task, self.writer)?;
+        let seed = match self.seed {
+            Some(seed) => seed,
+            None => os_seed()?,
+        };
+        let app = build_app(
+            &self.config,
+            store.clone(),
+            writer.clone(),
+            self.clock,
+            seed,
+        )
+        .await?;
+        let service = Service {
+            app,
+            store,
+            writer,
+            writer_handle: None,
+        };
+        Ok((service, handle))
+    }
+}
+
+fn os_seed() -> Result<[u8; 32], StartError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| StartError::Entropy(e.to_string()))?;
+    Ok(seed)
+}
+
+/// The service and its storage, built but not served. Its writer runs while it is kept (for a
+/// served one, while it serves) and stops, committing what it was handed, when it is dropped.
+pub struct Service {
+    pub app: Arc<App>,
+    pub store: Store,
+    pub writer: StoreWriter,
+    writer_handle: Option<WriterHandle>,
+}
+
+impl Service {
+    /// Stops the writer once it has committed everything handed to it, and waits for it; the
+    /// database closes when the last handle to it (this service's) is dropped.
+    pub async fn close(mut self) -> Option<WriterExit> {
+        let writer = self.writer_handle.take()?;
+        let _ = writer.stop.send(());
+        writer.exit.await.ok()
+    }
+}
+
+/// A server being served.
+pub struct Running {
+    service: Service,
+    stop: Arc<Notify>,
+    served: tokio::task::JoinHandle<ServerExit>,
+}
+
+/// Asks a running server to stop (cheap to clone, usable from anywhere).
+#[derive(Clone)]
+pub struct Stopper(Arc<Notify>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.notify_one();
+    }
+}
+
+impl Running {
+    pub fn app(&self) -> &Arc<App> {
+        &self.service.app
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.service.store
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.stop))
+    }
+
+    /// Asks the server to stop: it stops accepting, closes every socket, lets open requests
+    /// finish, and has the writer commit what was handed to it.
+    pub fn stop(&self) {
+        self.stopper().stop();
+    }
+
+    /// Waits until the server has stopped (asked to, or because storage failed) and its writer
+    /// has ended.
+    pub async fn exited(self) -> ServerExit {
+        self.served.await.unwrap_or_else(|error| {
+            ServerExit::Io(std::io::Error::other(format!(
+                "the server task failed: {error}"
+            )))
+        })
+    }
+}
+
+/// The storage writer, wherever it runs: how to stop it and how it ended.
+struct WriterHandle {
+    stop: oneshot::Sender<()>,
+    exit: oneshot::Receiver<WriterExit>,
+}
+
+impl WriterHandle {
+    fn spawn(task: WriterTask, place: WriterPlace) -> Result<Self, StartError> {
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (exit_tx, exit) = oneshot::channel::<WriterExit>();
+        let run = async move {
+            let ended = task
+                .run(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            let _ = exit_tx.send(ended);
+        };
+        match place {
+            WriterPlace::CallersRuntime => {
+                tokio::spawn(run);
+            }
+            WriterPlace::OwnThread => {
+                std::thread::Builder::new()
+                    .name("palaver-writer".into())
+                    .spawn(move || {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("writer runtime")
+                            .block_on(run);
+                    })
+                    .map_err(StartError::WriterThread)?;
+            }
+        }
+        Ok(Self { stop, exit })
+    }
 }
 
 /// Builds the service: resolves the token secret (configured, or generated once and kept in the
 /// database), loads the external provider's keys, and seeds the id generator.
-pub async fn build_app(
+async fn build_app(
     config: &Config,
     store: Store,
     writer: StoreWriter,
@@ -46,10 +330,11 @@ pub async fn build_app(
     let mut ids = IdMinter::from_seed(seed);
     let secret = match &config.jwt_secret {
         Some(secret) => secret.as_bytes().to_vec(),
-        None => writer
-            .init_meta(JWT_SECRET_KEY, ids.bytes::<32>().to_vec())
-            .await
-            .map_err(StartError::Secret)?,
+        None => {
+            writer
+                .init_meta(JWT_SECRET_KEY, ids.bytes::<32>().to_vec())
+                .await?
+        }
     };
     let tokens = Tokens::new(&secret, config.token_ttl, config.external_auth.as_ref())?;
     if let Err(error) = tokens.refresh_external_keys(clock.now_ms()).await {
@@ -69,9 +354,9 @@ pub async fn build_app(
 pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     let (io_layer, io) = SocketIo::builder()
         .req_path("/socket.io")
-        .ping_interval(Duration::from_secs(25))
-        .ping_timeout(Duration::from_secs(20))
-        .connect_timeout(Duration::from_secs(10))
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(PING_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
         .max_buffer_size(SOCKET_BUFFER_MAX)
         .max_payload(BODY_BYTES_MAX as u64)
         .ws_max_message_size(BODY_BYTES_MAX)
@@ -105,33 +390,77 @@ fn cors(origins: &[String]) -> CorsLayer {
         .allow_credentials(true)
 }
 
-/// Serves until `shutdown` completes, then disconnects every socket and waits for the open
-/// HTTP requests to finish.
-pub async fn run<L>(
+/// What ends serving, and whom to tell.
+struct Shutdown {
+    asked: Arc<Notify>,
+    hook: Option<ShutdownHook>,
+}
+
+/// Serves until asked to stop or until storage fails, then disconnects every socket, waits for
+/// the open HTTP requests, and stops the writer.
+async fn serve<L>(
     listener: L,
     app: Arc<App>,
-    config: &Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
+    config: Config,
+    committed: Vec<CommitSubscriber>,
+    writer: WriterHandle,
+    shutdown: Shutdown,
+) -> ServerExit
 where
     L: Listener,
     L::Addr: std::fmt::Debug,
 {
-    let (router, io) = router(Arc::clone(&app), config);
+    let (router, io) = router(Arc::clone(&app), &config);
+    for shard in committed {
+        tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
+    }
     let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), app));
+    let WriterHandle {
+        stop: stop_writer,
+        exit: writer_exit,
+    } = writer;
+    // The shutdown future must be Send and 'static (axum spawns it), so a storage failure
+    // travels back through a channel.
+    let (failed_tx, failed) = oneshot::channel::<StoreError>();
     let closing = async move {
-        shutdown.await;
+        let mut writer_exit = writer_exit;
+        // The writer's end, unless it already ended (and said how) while serving.
+        let still_running = tokio::select! {
+            () = shutdown.asked.notified() => Some(writer_exit),
+            exit = &mut writer_exit => {
+                if let Ok(WriterExit::Failed(error)) = exit {
+                    tracing::error!(%error, "storage failed: stopping so that a restart can reopen and repair the database");
+                    let _ = failed_tx.send(error);
+                }
+                None
+            }
+        };
+        if let Some(hook) = shutdown.hook {
+            hook();
+        }
         tracing::info!("shutting down: closing sockets");
         sweeper.abort();
         io.close().await;
+        still_running
     };
-    axum::serve(listener, router)
+    let (writer_exit_tx, writer_exit_rx) = oneshot::channel();
+    let closing = async move {
+        let writer_exit = closing.await;
+        let _ = writer_exit_tx.send(writer_exit);
+    };
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(closing)
-        .await
+        .await;
+    let _ = stop_writer.send(());
+    if let Ok(Some(writer_exit)) = writer_exit_rx.await {
+        let _ = writer_exit.await;
+    }
+    match (failed.await, served) {
+        (Ok(error), _) => ServerExit::StorageFailed(error),
+        (Err(_), Err(error)) => ServerExit::Io(error),
+        (Err(_), Ok(())) => ServerExit::Stopped,
+    }
 }
-
-/// How often presence is reconciled with the live sockets (see `socket::sweep_presence`).
-const PRESENCE_SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 async fn sweep_presence_forever(io: SocketIo, app: Arc<App>) {
     let mut suspects = std::collections::HashSet::new();

@@ -18,17 +18,16 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures_util::future::join_all;
-use palaver::clock::Clock;
+use palaver::clock::ManualClock;
 use palaver::config::Config;
-use palaver::server::{build_app, router};
-use palaver::service::App;
-use palaver::storage::{self, Durability, NewUser, Store, StoreWriter};
+use palaver::server::{Server, Service, router};
+use palaver::service::SendMessage;
+use palaver::storage::{self, NewUser, StoreWriter};
 use redb::StorageBackend;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -186,15 +185,6 @@ impl StorageBackend for CrashBackend {
     }
 }
 
-struct FixedClock(AtomicU64);
-
-impl Clock for FixedClock {
-    fn now_ms(&self) -> u64 {
-        // Each reading moves a millisecond on, so createdAt differs between messages.
-        self.0.fetch_add(1, Ordering::SeqCst)
-    }
-}
-
 fn config() -> Config {
     Config {
         jwt_secret: Some("crash-test-secret-crash-test-sec".into()),
@@ -223,15 +213,16 @@ struct Outcome {
     created_at_sync: u64,
 }
 
-async fn start_app(db: redb::Database) -> Result<(Arc<App>, Store, StoreWriter), String> {
-    let (store, writer, task) =
-        storage::start(db, Durability::Immediate).map_err(|e| e.to_string())?;
-    tokio::spawn(task.run(std::future::pending()));
-    let clock = Arc::new(FixedClock(AtomicU64::new(NOW_MS)));
-    let app = build_app(&config(), store.clone(), writer.clone(), clock, [9; 32])
+async fn start_app(db: redb::Database) -> Result<Service, String> {
+    Server::builder(config())
+        .database(db)
+        // Each reading moves a millisecond on, so createdAt differs between messages.
+        .clock(Arc::new(ManualClock::ticking(NOW_MS, 1)))
+        .seed([9; 32])
+        .writer_on_callers_runtime()
+        .build()
         .await
-        .map_err(|e| e.to_string())?;
-    Ok((app, store, writer))
+        .map_err(|e| e.to_string())
 }
 
 async fn create_user(writer: &StoreWriter, id: &str, name: &str) -> Result<(), String> {
@@ -258,11 +249,12 @@ async fn workload(backend: CrashBackend) -> Outcome {
         return outcome;
     };
     outcome.created_at_sync = backend.syncs();
-    let Ok((app, _, writer)) = start_app(db).await else {
+    let Ok(service) = start_app(db).await else {
         return outcome;
     };
-    if create_user(&writer, ADA, "ada").await.is_err()
-        || create_user(&writer, BOB, "bob").await.is_err()
+    let (app, writer) = (&service.app, &service.writer);
+    if create_user(writer, ADA, "ada").await.is_err()
+        || create_user(writer, BOB, "bob").await.is_err()
     {
         return outcome;
     }
@@ -270,7 +262,7 @@ async fn workload(backend: CrashBackend) -> Outcome {
         return outcome;
     };
     outcome.chat = Some(chat.id.clone());
-    let ada = app.store.user(ADA).unwrap().unwrap();
+    let ada = service.store.user(ADA).unwrap().unwrap();
     let mut sent = 0;
     for round in 0.. {
         let group = CONCURRENT[round % CONCURRENT.len()].min(SENDS - sent);
@@ -283,8 +275,13 @@ async fn workload(backend: CrashBackend) -> Outcome {
         outcome.attempted.extend(texts.iter().cloned());
         let results = join_all(texts.iter().enumerate().map(|(j, text)| {
             let cmid = format!("c{}", sent + j);
-            let (app, ada, chat) = (&app, &ada, &chat.id);
-            async move { app.send(ada, chat, text, Some(&cmid)).await }
+            let command = SendMessage {
+                chat_id: chat.id.clone(),
+                text: text.clone(),
+                client_msg_id: Some(cmid),
+            };
+            let (app, ada) = (&app, &ada);
+            async move { app.send(ada, command).await }
         }))
         .await;
         sent += group;
@@ -329,13 +326,14 @@ async fn call(router: &axum::Router, request: Request<Body>) -> (StatusCode, Val
 async fn check_recovery(image: Vec<u8>, outcome: &Outcome, what: &str) -> usize {
     let db = storage::open_backend(CrashBackend::from_image(image))
         .unwrap_or_else(|e| panic!("{what}: the database does not reopen: {e}"));
-    let (app, store, _writer) = start_app(db)
+    let service = start_app(db)
         .await
         .unwrap_or_else(|e| panic!("{what}: the server does not start: {e}"));
+    let (app, store) = (&service.app, &service.store);
     let problems = store.check_consistency().unwrap();
     assert!(problems.is_empty(), "{what}: {problems:?}");
 
-    let (router, _io) = router(Arc::clone(&app), &config());
+    let (router, _io) = router(Arc::clone(app), &config());
     let health = Request::get("/health").body(Body::empty()).unwrap();
     assert_eq!(call(&router, health).await.0, StatusCode::OK, "{what}");
 
@@ -368,7 +366,7 @@ async fn check_recovery(image: Vec<u8>, outcome: &Outcome, what: &str) -> usize 
     );
 
     // The server serves: history through the router, then a new message after the survivors.
-    let token = app.tokens.issue(ADA, NOW_MS);
+    let token = app.tokens().issue(ADA, NOW_MS);
     let history = Request::get(format!("/api/messages/chat/{chat_id}"))
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Body::empty())

@@ -6,41 +6,34 @@
 //!   "every non-2xx answer is JSON `{ message }`". The same held for the other path parameters.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use palaver::clock::Clock;
+use palaver::clock::ManualClock;
 use palaver::config::Config;
-use palaver::server::{build_app, router};
-use palaver::service::App;
-use palaver::storage::{self, Durability, NewUser};
+use palaver::server::{Server, Service, router};
+use palaver::storage::{self, NewUser};
 use serde_json::Value;
 use tower::ServiceExt;
 
 const NOW_MS: u64 = 1_800_000_000_000;
 
-struct FixedClock(AtomicU64);
-
-impl Clock for FixedClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-async fn server() -> (Arc<App>, axum::Router, String) {
+async fn server() -> (Service, axum::Router, String) {
     let config = Config {
         jwt_secret: Some("regression-secret-regression-sec".into()),
         ..Config::default()
     };
-    let db = storage::open_in_memory().unwrap();
-    let (store, writer, task) = storage::start(db, Durability::Immediate).unwrap();
-    tokio::spawn(task.run(std::future::pending()));
-    let clock = Arc::new(FixedClock(AtomicU64::new(NOW_MS)));
-    let app = build_app(&config, store, writer.clone(), clock, [3; 32])
+    let service = Server::builder(config.clone())
+        .database(storage::open_in_memory().unwrap())
+        .clock(Arc::new(ManualClock::at(NOW_MS)))
+        .seed([3; 32])
+        .writer_on_callers_runtime()
+        .build()
         .await
         .unwrap();
-    writer
+    let app = Arc::clone(&service.app);
+    service
+        .writer
         .create_user(NewUser {
             id: "ada000000000000000000001".into(),
             name: "Ada".into(),
@@ -52,9 +45,9 @@ async fn server() -> (Arc<App>, axum::Router, String) {
         })
         .await
         .unwrap();
-    let token = app.tokens.issue("ada000000000000000000001", NOW_MS);
+    let token = app.tokens().issue("ada000000000000000000001", NOW_MS);
     let (router, _io) = router(Arc::clone(&app), &config);
-    (app, router, token)
+    (service, router, token)
 }
 
 async fn call(
@@ -86,7 +79,7 @@ async fn call(
 
 #[tokio::test]
 async fn malformed_path_parameters_get_json_errors() {
-    let (_app, router, token) = server().await;
+    let (_service, router, token) = server().await;
     for (method, uri) in [
         // The fuzz input, as the target builds it: route 4, a valid token, raw path bytes.
         (Method::POST, "/api/messages/chat/1%01%8Ad12"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Socket, TestServer, relaxed_config, start};
 use futures_util::future::join_all;
-use palaver::storage::WriterExit;
+use palaver::server::ServerExit;
 use serde_json::json;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -58,7 +58,8 @@ async fn concurrent_sends_are_group_committed_with_gapless_seq() {
         (1..=400).collect::<Vec<_>>(),
         "history is ascending and gapless"
     );
-    assert_eq!(server.stop().await, WriterExit::Stopped);
+    let exit = server.stop().await;
+    assert!(matches!(exit, ServerExit::Stopped), "{exit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +350,7 @@ async fn stopping_commits_what_was_queued() {
     .await;
     assert!(acks.iter().all(|a| a["ok"] == true));
     let (exit, dir) = server.stop_keeping_data().await;
-    assert_eq!(exit, WriterExit::Stopped);
+    assert!(matches!(exit, ServerExit::Stopped), "{exit:?}");
     // Everything acknowledged is in the file after the stop, and the indexes agree. (The
     // in-process server's last database handle may outlive `stop` in a socket task, so the
     // file is checked through a copy.)

@@ -8,14 +8,11 @@
 //! throughput to the real server's, under the same load generator. The real binary has no such
 //! switch on purpose.
 
-use std::sync::Arc;
-
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
-use palaver::clock::SystemClock;
 use palaver::config::{Config, ServeArgs};
-use palaver::server;
-use palaver::storage::{self, Durability, NewMessage, NewUser};
+use palaver::server::Server;
+use palaver::storage::{Durability, NewMessage, NewUser};
 
 #[derive(Parser)]
 struct Cli {
@@ -42,12 +39,18 @@ fn seed(dir: &std::path::Path, messages: u64) -> Result<(), Box<dyn std::error::
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let db = storage::open_dir(dir)?;
-    let (_store, writer, task) = storage::start(db, Durability::None)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let writer_done = rt.spawn(task.run(async {
-        let _ = stopped.await;
-    }));
+    let config = Config {
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
+    let service = rt.block_on(
+        Server::builder(config)
+            .durability(Durability::None)
+            .seed([3; 32])
+            .writer_on_callers_runtime()
+            .build(),
+    )?;
+    let writer = &service.writer;
     let user = |i: u64| format!("seeduser{i:016}");
     rt.block_on(async {
         let mut chats = Vec::new();
@@ -95,9 +98,7 @@ fn seed(dir: &std::path::Path, messages: u64) -> Result<(), Box<dyn std::error::
         }
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
-    drop(writer);
-    let _ = stop.send(());
-    rt.block_on(writer_done)?;
+    rt.block_on(service.close());
     // The last handle to the database is gone: redb closed it cleanly, which makes every
     // non-durable commit durable.
     Ok(())
@@ -106,44 +107,34 @@ fn seed(dir: &std::path::Path, messages: u64) -> Result<(), Box<dyn std::error::
 fn serve_none(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::resolve(args)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = storage::open_dir(&config.data_dir)?;
-    let (store, writer, writer_task) = storage::start(db, Durability::None)?;
-    // As in src/main.rs: the writer on a thread of its own.
-    let (stop_writer, writer_stop) = tokio::sync::oneshot::channel::<()>();
-    let writer_thread = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("writer runtime")
-            .block_on(writer_task.run(async {
-                let _ = writer_stop.await;
-            }))
-    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let app = server::build_app(&config, store, writer, Arc::new(SystemClock), [3; 32]).await?;
         // As in src/main.rs: no Nagle delay on small frames.
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await?
             .tap_io(|tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-        let shutdown = async {
+        let running = Server::builder(config)
+            .durability(Durability::None)
+            .start(listener)
+            .await?;
+        let stopper = running.stopper();
+        tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
             }
-        };
-        server::run(listener, app, &config, shutdown).await?;
+            stopper.stop();
+        });
+        running.exited().await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    let _ = stop_writer.send(());
-    let _ = writer_thread.join();
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! The server host: the real palaver server (the library's `build_app` and `run`) on the
+//! The server host: the real palaver server (the library's `Server::builder`) on the
 //! simulated network and disk, with a simulated clock.
 //!
 //! Each boot opens the database on the simulated disk (redb repairs it after a crash), starts
@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use palaver::clock::Clock;
 use palaver::config::Config;
-use palaver::server;
-use palaver::storage::{self, Durability, WriterExit};
+use palaver::server::{Server, ServerExit};
+use palaver::storage;
 use sha2::{Digest, Sha256};
 
 use crate::disk::{DiskSwitch, SimDisk};
@@ -58,9 +58,7 @@ pub struct ServerState {
 impl ServerState {
     /// Connections the server counts for presence, if it is up and the count is not locked.
     pub fn counted_connections(&self) -> Option<usize> {
-        let app = self.app.as_ref()?;
-        let presence = app.presence.try_lock().ok()?;
-        Some(presence.connection_count())
+        self.app.as_ref()?.counted_connections()
     }
 }
 
@@ -97,40 +95,29 @@ pub async fn boot(setup: ServerSetup) -> turmoil::Result {
     setup.model.trace.record(format!("server boot {boot}"));
     let disk = SimDisk::open(switch.clone(), setup.sync_dir_entries)?;
     let db = storage::open_backend(disk)?;
-    let (store, writer, writer_task) = storage::start(db, Durability::Immediate)?;
-    // Durability is checked on what the disk gave back, before anyone can change it.
-    oracle::check_recovered(&store, &setup.model, boot);
-
-    let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<WriterExit>();
-    tokio::spawn(async move {
-        let exit = writer_task.run(std::future::pending()).await;
-        let _ = exit_tx.send(exit);
-    });
-
-    let config = Config::default();
     let clock: Arc<dyn Clock> = Arc::new(SimClock::default());
-    let app = server::build_app(&config, store, writer, clock, boot_seed(setup.seed, boot))
-        .await
-        .map_err(|e| format!("build_app: {e}"))?;
-    setup.state.borrow_mut().app = Some(Arc::clone(&app));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
-
-    // The shutdown future must be Send (axum spawns it), so the reason travels back through a
-    // channel rather than the Rc.
-    let (reason_tx, reason_rx) = tokio::sync::oneshot::channel::<String>();
     let stopping = Arc::clone(&setup.model.state.borrow().server_stopping);
     stopping.store(false, Ordering::Relaxed);
-    let shutdown = async move {
-        if let Ok(WriterExit::Failed(error)) = exit_rx.await {
-            stopping.store(true, Ordering::Relaxed);
-            let _ = reason_tx.send(error);
-        } else {
-            // The writer stopped without failing (never while serving): keep serving.
-            std::future::pending::<()>().await;
-        }
+    let running = Server::builder(Config::default())
+        .on_shutdown(move || stopping.store(true, Ordering::Relaxed))
+        .database(db)
+        .clock(clock)
+        .seed(boot_seed(setup.seed, boot))
+        .writer_on_callers_runtime()
+        .start(SimListener(listener))
+        .await
+        .map_err(|e| format!("start: {e}"))?;
+    // Durability is checked on what the disk gave back, before the server has served anyone
+    // (its serving task has not run yet on this host's single thread).
+    oracle::check_recovered(running.store(), &setup.model, boot);
+    setup.state.borrow_mut().app = Some(Arc::clone(running.app()));
+
+    let exit = running.exited().await;
+    let reason = match exit {
+        ServerExit::StorageFailed(error) => error.to_string(),
+        other => format!("{other:?}"),
     };
-    server::run(SimListener(listener), app, &config, shutdown).await?;
-    let reason = reason_rx.await.unwrap_or_default();
     setup
         .model
         .trace

@@ -8,4 +8,5 @@ pub mod page;
 pub mod presence;
 pub mod rate;
 pub mod time;
+pub mod typing;
 pub mod validate;

@@ -8,32 +8,25 @@ use crate::limits::{
     PASSWORD_CHARS_MIN,
 };
 
-/// Why a message (socket `send-message` or REST POST) was refused. The `Display` text is the
-/// exact refusal message of the contract.
+/// Why the fields of a message (its text or idempotency key) do not meet the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("Chat not found")]
-    ChatNotFound,
-    #[error("Invalid payload")]
-    InvalidPayload,
+pub enum MessageError {
     #[error("Message is empty")]
-    MessageEmpty,
+    Empty,
     #[error("Message too long")]
-    MessageTooLong,
-    #[error("Rate limited")]
-    RateLimited,
-    #[error("Failed to send message")]
-    SendFailed,
+    TooLong,
+    #[error("clientMsgId must be at most {CLIENT_MSG_ID_CHARS_MAX} characters")]
+    ClientMsgIdTooLong,
 }
 
 /// A register field that does not meet the contract; the text goes into the 400 body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FieldError {
-    #[error("Name must be 1 to 64 characters")]
+    #[error("Name must be 1 to {NAME_CHARS_MAX} characters")]
     Name,
-    #[error("Email must be a valid address of at most 254 characters")]
+    #[error("Email must be a valid address of at most {EMAIL_CHARS_MAX} characters")]
     Email,
-    #[error("Password must be 8 to 128 characters")]
+    #[error("Password must be {PASSWORD_CHARS_MIN} to {PASSWORD_CHARS_MAX} characters")]
     Password,
 }
 
@@ -81,24 +74,24 @@ pub fn password(raw: &str) -> Result<(), FieldError> {
 }
 
 /// A message text as stored: trimmed, non-empty, at most `max_chars` scalar values.
-pub fn text(raw: &str, max_chars: usize) -> Result<String, Refusal> {
+pub fn text(raw: &str, max_chars: usize) -> Result<String, MessageError> {
     let trimmed = raw.trim();
     if trimmed.is_empty() {
-        return Err(Refusal::MessageEmpty);
+        return Err(MessageError::Empty);
     }
     // Count lazily: a 64 KiB text of ASCII would otherwise be walked to the end.
     if trimmed.chars().nth(max_chars).is_some() {
-        return Err(Refusal::MessageTooLong);
+        return Err(MessageError::TooLong);
     }
     Ok(trimmed.to_owned())
 }
 
 /// A client's idempotency key: absent or empty means none; otherwise at most 64 characters.
-pub fn client_msg_id(raw: Option<&str>) -> Result<Option<String>, Refusal> {
+pub fn client_msg_id(raw: Option<&str>) -> Result<Option<String>, MessageError> {
     match raw {
         None | Some("") => Ok(None),
         Some(id) if id.chars().count() <= CLIENT_MSG_ID_CHARS_MAX => Ok(Some(id.to_owned())),
-        Some(_) => Err(Refusal::InvalidPayload),
+        Some(_) => Err(MessageError::ClientMsgIdTooLong),
     }
 }
 
@@ -141,10 +134,10 @@ mod tests {
     #[test]
     fn texts_count_scalar_values() {
         assert_eq!(text("  hi \n", 4000).unwrap(), "hi");
-        assert_eq!(text(" \t\n ", 4000), Err(Refusal::MessageEmpty));
+        assert_eq!(text(" \t\n ", 4000), Err(MessageError::Empty));
         assert!(text(&"😀".repeat(4000), 4000).is_ok());
-        assert_eq!(text(&"😀".repeat(4001), 4000), Err(Refusal::MessageTooLong));
-        assert_eq!(text(&"a".repeat(4001), 4000), Err(Refusal::MessageTooLong));
+        assert_eq!(text(&"😀".repeat(4001), 4000), Err(MessageError::TooLong));
+        assert_eq!(text(&"a".repeat(4001), 4000), Err(MessageError::TooLong));
     }
 
     #[test]
@@ -155,7 +148,7 @@ mod tests {
         assert!(client_msg_id(Some(&"x".repeat(64))).is_ok());
         assert_eq!(
             client_msg_id(Some(&"x".repeat(65))),
-            Err(Refusal::InvalidPayload)
+            Err(MessageError::ClientMsgIdTooLong)
         );
     }
 

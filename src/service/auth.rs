@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ExternalAuth, KeySource};
+use crate::limits::{JWKS_BYTES_MAX, JWKS_FETCH_TIMEOUT, JWKS_REFETCH_MIN_MS};
 
 /// The claims of our own tokens.
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,10 +85,6 @@ struct External {
     /// on an unknown `kid`, so a flood of forged kids cannot hammer the provider.
     last_fetch_ms: std::sync::Mutex<Option<u64>>,
 }
-
-const JWKS_REFETCH_MIN_MS: u64 = 60_000;
-const JWKS_BYTES_MAX: usize = 1024 * 1024;
-const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Tokens {
     encoding: EncodingKey,

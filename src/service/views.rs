@@ -1,65 +1,51 @@
-//! The JSON shapes of the contract, built from stored records.
+//! The objects of the contract (user, public user, message, chat), built from stored records.
 //!
-//! Field names follow the seed application (`_id`, `createdAt`, …) so its clients work
-//! unchanged. These are plain serde structs; only the transport turns them into JSON.
-
-use serde::Serialize;
+//! Plain data: what each object holds, with times already in the contract's RFC 3339 form. Their
+//! wire names (`_id`, `createdAt`, …) belong to the transport (`transport::wire`).
 
 use crate::domain::time::rfc3339_ms;
 use crate::storage::{ChatRecord, MessageRecord, UserRecord};
 
 /// A user as they see themselves (`/api/auth/me`, register, login).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserView {
-    #[serde(rename = "_id")]
     pub id: String,
     pub name: String,
     pub email: String,
     pub avatar: String,
-    #[serde(rename = "createdAt")]
     pub created_at: String,
-    #[serde(rename = "updatedAt")]
     pub updated_at: String,
 }
 
 /// A user as embedded in other objects.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicUser {
-    #[serde(rename = "_id")]
     pub id: String,
     pub name: String,
     pub email: String,
     pub avatar: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageView {
-    #[serde(rename = "_id")]
     pub id: String,
     pub chat: String,
     pub sender: PublicUser,
     pub text: String,
     pub seq: u64,
-    #[serde(rename = "clientMsgId")]
     pub client_msg_id: Option<String>,
-    #[serde(rename = "createdAt")]
     pub created_at: String,
-    #[serde(rename = "updatedAt")]
     pub updated_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatView {
-    #[serde(rename = "_id")]
     pub id: String,
     /// The other member, as seen by the requesting user.
     pub participant: Option<PublicUser>,
     pub participants: Vec<PublicUser>,
-    #[serde(rename = "lastMessage")]
     pub last_message: Option<MessageView>,
-    #[serde(rename = "lastMessageAt")]
     pub last_message_at: String,
-    #[serde(rename = "createdAt")]
     pub created_at: String,
 }
 

@@ -10,6 +10,8 @@
 //! The whole crate reaches redb only through this module. The same code runs on a file (the
 //! server), on redb's in-memory backend (tests, fuzzing) and on a simulated disk (the simulation).
 
+mod error;
+pub mod feed;
 pub mod records;
 mod tables;
 pub mod writer;
@@ -21,12 +23,13 @@ use std::sync::Arc;
 
 use redb::{BackendError, Database, ReadableDatabase, ReadableTable, StorageBackend};
 
+pub use error::StoreError;
+pub use feed::{CommitFeed, CommitSubscriber};
 pub use records::{ChatRecord, MessageRecord, UserRecord};
-pub use writer::{
-    AppendOutcome, NewMessage, NewUser, StoreWriter, WriteError, WriterExit, WriterTask,
-};
+pub use writer::{AppendOutcome, NewMessage, NewUser, StoreWriter, WriterExit, WriterTask};
 
-use records::{DecodeError, decode};
+use crate::limits::PAGE_PREALLOCATED_MAX;
+use records::decode;
 use tables::*;
 
 /// The database format this build writes (the layout of tables and keys). A data directory
@@ -44,42 +47,6 @@ pub enum Durability {
     None,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage: {0}")]
-    Storage(#[from] redb::Error),
-    #[error("corrupt record in table {table}: {source}")]
-    Corrupt {
-        table: &'static str,
-        source: DecodeError,
-    },
-    #[error(
-        "the data directory was written by a newer palaver (database format {found}; this build reads up to {FORMAT_VERSION})"
-    )]
-    NewerFormat { found: u8 },
-    #[error("cannot create or sync data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-impl From<redb::StorageError> for StoreError {
-    fn from(e: redb::StorageError) -> Self {
-        Self::Storage(e.into())
-    }
-}
-impl From<redb::TransactionError> for StoreError {
-    fn from(e: redb::TransactionError) -> Self {
-        Self::Storage(e.into())
-    }
-}
-impl From<redb::TableError> for StoreError {
-    fn from(e: redb::TableError) -> Self {
-        Self::Storage(e.into())
-    }
-}
-
 /// Read access to the database. Cheap to clone; all clones share one `Database`.
 #[derive(Clone)]
 pub struct Store {
@@ -89,10 +56,7 @@ pub struct Store {
 /// Opens (or creates) the database in `dir`. Runs redb's repair if the last process died
 /// without closing it.
 pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
-    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(StoreError::data_dir(dir))?;
     // What `Builder::create(path)` does, with the backend in our hands first.
     let path = dir.join(DB_FILE);
     let file = std::fs::OpenOptions::new()
@@ -101,10 +65,7 @@ pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|source| StoreError::DataDir {
-            path: path.display().to_string(),
-            source,
-        })?;
+        .map_err(StoreError::data_dir(&path))?;
     let backend = redb::backends::FileBackend::new(file).map_err(redb::Error::from)?;
     let db = open_backend(backend)?;
     // A new file survives a power cut only once the directory entry naming it is durable, which
@@ -117,10 +78,7 @@ pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
     };
     sync_dir(dir)
         .and_then(|()| sync_dir(parent))
-        .map_err(|source| StoreError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        .map_err(StoreError::data_dir(dir))?;
     Ok(db)
 }
 
@@ -218,17 +176,13 @@ pub fn start(
     Ok((Store { db }, writer, task))
 }
 
-fn corrupt(table: &'static str) -> impl FnOnce(DecodeError) -> StoreError {
-    move |source| StoreError::Corrupt { table, source }
-}
-
 impl Store {
     pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         let tx = self.db.begin_read()?;
         let users = tx.open_table(USERS)?;
         let found = users.get(id)?;
         found
-            .map(|bytes| decode(bytes.value()).map_err(corrupt("users")))
+            .map(|bytes| decode(bytes.value()).map_err(StoreError::corrupt("users", id)))
             .transpose()
     }
 
@@ -267,7 +221,8 @@ impl Store {
             if id.value() == exclude {
                 continue;
             }
-            let user: UserRecord = decode(bytes.value()).map_err(corrupt("users"))?;
+            let user: UserRecord =
+                decode(bytes.value()).map_err(StoreError::corrupt("users", id.value()))?;
             let matches = query
                 .is_none_or(|q| user.email.contains(q) || user.name.to_lowercase().contains(q));
             if matches {
@@ -285,7 +240,7 @@ impl Store {
         let chats = tx.open_table(CHATS)?;
         let found = chats.get(id)?;
         found
-            .map(|bytes| decode(bytes.value()).map_err(corrupt("chats")))
+            .map(|bytes| decode(bytes.value()).map_err(StoreError::corrupt("chats", id)))
             .transpose()
     }
 
@@ -302,7 +257,7 @@ impl Store {
             let (key, ()) = (entry?.0, ());
             let chat_id = key.value().1;
             if let Some(bytes) = chats.get(chat_id)? {
-                found.push(decode(bytes.value()).map_err(corrupt("chats"))?);
+                found.push(decode(bytes.value()).map_err(StoreError::corrupt("chats", chat_id))?);
             }
         }
         Ok(found)
@@ -318,11 +273,16 @@ impl Store {
         let mut found = Vec::with_capacity(
             usize::try_from(seqs.end - seqs.start)
                 .unwrap_or(0)
-                .min(1024),
+                .min(PAGE_PREALLOCATED_MAX),
         );
         for entry in messages.range((chat, seqs.start)..(chat, seqs.end))? {
-            let (_, bytes) = entry?;
-            found.push(decode(bytes.value()).map_err(corrupt("messages"))?);
+            let (key, bytes) = entry?;
+            let key = key.value();
+            let record = decode(bytes.value()).map_err(StoreError::corrupt(
+                "messages",
+                format!("({}, {})", key.0, key.1),
+            ))?;
+            found.push(record);
         }
         Ok(found)
     }
@@ -345,14 +305,11 @@ impl Store {
         let messages = tx.open_table(MESSAGES)?;
         let found = messages.get((chat, seq))?;
         found
-            .map(|bytes| decode(bytes.value()).map_err(corrupt("messages")))
+            .map(|bytes| {
+                decode(bytes.value())
+                    .map_err(StoreError::corrupt("messages", format!("({chat}, {seq})")))
+            })
             .transpose()
-    }
-
-    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let found = tx.open_table(META)?.get(key)?.map(|v| v.value().to_vec());
-        Ok(found)
     }
 
     /// Checks that every index agrees with the tables it indexes and that every chat's seqs

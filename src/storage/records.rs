@@ -55,10 +55,13 @@ pub struct MessageRecord {
     pub created_ms: u64,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("empty record")]
     Empty,
+    /// An index names the record, but it is not there.
+    #[error("missing, though an index names it")]
+    Missing,
     #[error("record format version {0} is newer than this build understands ({RECORD_VERSION})")]
     UnknownVersion(u8),
     #[error("malformed record: {0}")]

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::records::{ChatRecord, MessageRecord, UserRecord, decode};
-use super::{FORMAT_VERSION, StoreError, corrupt};
+use super::{FORMAT_VERSION, StoreError};
 
 /// Small settings: `format` (one byte), `jwt_secret`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -73,7 +73,8 @@ pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
     let users = tx.open_table(USERS)?;
     for entry in users.iter()? {
         let (id, bytes) = entry?;
-        let user: UserRecord = decode(bytes.value()).map_err(corrupt("users"))?;
+        let user: UserRecord =
+            decode(bytes.value()).map_err(StoreError::corrupt("users", id.value()))?;
         if tx
             .open_table(USER_EMAILS)?
             .get(user.email.as_str())?
@@ -93,7 +94,8 @@ pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
     let mut memberships = 0;
     for entry in chats.iter()? {
         let (id, bytes) = entry?;
-        let chat: ChatRecord = decode(bytes.value()).map_err(corrupt("chats"))?;
+        let chat: ChatRecord =
+            decode(bytes.value()).map_err(StoreError::corrupt("chats", id.value()))?;
         for member in &chat.members {
             memberships += 1;
             if user_chats.get((member.as_str(), id.value()))?.is_none() {
@@ -107,7 +109,11 @@ pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
         let mut seen_client_ids = HashSet::new();
         for entry in messages.range((chat.id.as_str(), 0)..=(chat.id.as_str(), u64::MAX))? {
             let (key, bytes) = entry?;
-            let message: MessageRecord = decode(bytes.value()).map_err(corrupt("messages"))?;
+            let (chat_id, seq) = key.value();
+            let message: MessageRecord = decode(bytes.value()).map_err(StoreError::corrupt(
+                "messages",
+                format!("({chat_id}, {seq})"),
+            ))?;
             if key.value().1 != expected_seq || message.seq != expected_seq {
                 problems.push(format!(
                     "chat {}: seq {} where {expected_seq} was due",

@@ -5,27 +5,20 @@
 //! [`WRITE_BATCH_MAX`], applies them in order in one transaction, commits once, and only then
 //! answers each. One fsync thus serves a whole batch, and an answer always means "committed".
 //! If anything in the batch fails at the storage level, nothing in it was committed and every
-//! request in it is answered with the error.
+//! request in it is answered with the error. A record that does not decode fails only the
+//! request that read it (before that request wrote anything); the rest of the batch commits.
+//! After the commit, the messages it appended are published on the commit feed, in order.
 
 use std::sync::Arc;
 
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::records::{ChatRecord, MessageRecord, UserRecord, decode, encode};
+use super::feed::CommitFeed;
+use super::records::{ChatRecord, DecodeError, MessageRecord, UserRecord, decode, encode};
 use super::tables::*;
-use super::{Durability, corrupt};
+use super::{Durability, StoreError};
 use crate::limits::{WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
-
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum WriteError {
-    /// The transaction failed; nothing of this batch was acknowledged.
-    #[error("commit failed: {0}")]
-    Storage(String),
-    /// The writer task has stopped (shutting down).
-    #[error("storage writer stopped")]
-    Closed,
-}
 
 pub struct NewUser {
     pub id: String,
@@ -63,7 +56,7 @@ pub enum AppendOutcome {
     NotMember,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, WriteError>>;
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Request {
     CreateUser(NewUser, Reply<CreateUserOutcome>),
@@ -91,7 +84,7 @@ enum Applied {
 }
 
 impl Request {
-    fn fail(self, error: WriteError) {
+    fn fail(self, error: StoreError) {
         // A requester that gave up (its connection closed) no longer listens: nothing to do.
         let _ = match self {
             Request::CreateUser(_, reply) => reply.send(Err(error)).is_ok(),
@@ -103,7 +96,15 @@ impl Request {
 }
 
 impl Applied {
-    fn answer(self, result: Result<(), WriteError>) {
+    /// The message this request appended, to publish once committed.
+    fn appended(&self) -> Option<&MessageRecord> {
+        match self {
+            Applied::Message(_, AppendOutcome::Appended(message)) => Some(message),
+            _ => None,
+        }
+    }
+
+    fn answer(self, result: Result<(), StoreError>) {
         let _ = match self {
             Applied::User(reply, value) => reply.send(result.map(|()| value)).is_ok(),
             Applied::Chat(reply, value) => reply.send(result.map(|()| value)).is_ok(),
@@ -114,12 +115,12 @@ impl Applied {
 }
 
 /// Why the writer task ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum WriterExit {
     /// Asked to stop, or every handle dropped; everything queued was committed.
     Stopped,
     /// A commit failed; the database must be reopened before anything more is written.
-    Failed(String),
+    Failed(StoreError),
 }
 
 /// The handle through which the service writes. Cheap to clone.
@@ -134,6 +135,7 @@ pub struct WriterTask {
     db: Arc<Database>,
     requests: mpsc::Receiver<Request>,
     durability: Durability,
+    feed: Option<CommitFeed>,
 }
 
 pub(super) fn channel(db: Arc<Database>, durability: Durability) -> (StoreWriter, WriterTask) {
@@ -144,21 +146,22 @@ pub(super) fn channel(db: Arc<Database>, durability: Durability) -> (StoreWriter
             db,
             requests: rx,
             durability,
+            feed: None,
         },
     )
 }
 
 impl StoreWriter {
-    async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Request) -> Result<T, WriteError> {
+    async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Request) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(build(reply))
             .await
-            .map_err(|_| WriteError::Closed)?;
-        answer.await.map_err(|_| WriteError::Closed)?
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub async fn create_user(&self, user: NewUser) -> Result<CreateUserOutcome, WriteError> {
+    pub async fn create_user(&self, user: NewUser) -> Result<CreateUserOutcome, StoreError> {
         self.call(|reply| Request::CreateUser(user, reply)).await
     }
 
@@ -169,7 +172,7 @@ impl StoreWriter {
         caller: String,
         other: String,
         now_ms: u64,
-    ) -> Result<ChatRecord, WriteError> {
+    ) -> Result<ChatRecord, StoreError> {
         self.call(|reply| Request::GetOrCreateChat {
             new_id,
             caller,
@@ -180,12 +183,12 @@ impl StoreWriter {
         .await
     }
 
-    pub async fn append_message(&self, message: NewMessage) -> Result<AppendOutcome, WriteError> {
+    pub async fn append_message(&self, message: NewMessage) -> Result<AppendOutcome, StoreError> {
         self.call(|reply| Request::Append(message, reply)).await
     }
 
     /// The stored value of `key`, storing `value` first if there is none.
-    pub async fn init_meta(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, WriteError> {
+    pub async fn init_meta(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let key = key.to_owned();
         self.call(|reply| Request::InitMeta { key, value, reply })
             .await
@@ -193,6 +196,12 @@ impl StoreWriter {
 }
 
 impl WriterTask {
+    /// Publishes every committed append on `feed` (see [`CommitFeed`]).
+    pub fn with_feed(mut self, feed: CommitFeed) -> Self {
+        self.feed = Some(feed);
+        self
+    }
+
     /// Commits batches until every [`StoreWriter`] is gone or `stop` completes. On `stop`, the
     /// queue is closed to new requests, and the ones already queued are committed and answered
     /// before returning: a clean shutdown loses nothing that was handed to the writer.
@@ -224,60 +233,105 @@ impl WriterTask {
                 tracing::debug!("storage writer stopped");
                 return WriterExit::Stopped;
             }
-            if let Err(error) = self.commit_batch(std::mem::take(&mut batch)) {
+            match self.commit_batch(std::mem::take(&mut batch)) {
+                Ok(committed) => self.publish(committed).await,
                 // Whatever is still queued is refused by dropping it: its senders see `Closed`.
-                return WriterExit::Failed(error);
+                Err(error) => return WriterExit::Failed(error),
             }
         }
     }
 
-    fn commit_batch(&self, batch: Vec<Request>) -> Result<(), String> {
-        let mut applied = Vec::with_capacity(batch.len());
+    async fn publish(&self, committed: Vec<MessageRecord>) {
+        if let Some(feed) = &self.feed {
+            for message in committed {
+                feed.publish(message).await;
+            }
+        }
+    }
+
+    /// Applies and commits one batch, answers every request in it, and returns the messages it
+    /// appended, in order.
+    fn commit_batch(&self, batch: Vec<Request>) -> Result<Vec<MessageRecord>, StoreError> {
+        let taken = batch.len();
+        let mut applied = Vec::with_capacity(taken);
+        let mut refused = 0;
         let mut pending = batch.into_iter();
         let outcome = self.begin().and_then(|tx| {
             {
                 let mut tables = Tables::open(&tx)?;
                 for request in pending.by_ref() {
-                    applied.push(tables.apply(request)?);
+                    match tables.apply(request)? {
+                        Some(done) => applied.push(done),
+                        None => refused += 1,
+                    }
                 }
             }
             #[cfg(feature = "sim-faults")]
             if crate::faults::is_planted(crate::faults::PlantedFault::AckBeforeCommit) {
                 applied.drain(..).for_each(|a| a.answer(Ok(())));
             }
-            tx.commit().map_err(redb::Error::from)
+            tx.commit().map_err(StoreError::from)
         });
         match outcome {
             Ok(()) => {
+                let committed = applied
+                    .iter()
+                    .filter_map(Applied::appended)
+                    .cloned()
+                    .collect();
+                assert_eq!(
+                    applied.len() + refused,
+                    taken,
+                    "a batch answers every request it took"
+                );
                 applied.into_iter().for_each(|a| a.answer(Ok(())));
-                Ok(())
+                Ok(committed)
             }
             Err(error) => {
                 // Not acknowledged. After a failed fsync the batch may still turn out durable;
                 // clients retry with the same clientMsgId and get the original if so.
                 tracing::error!(%error, "write batch failed; none of it was acknowledged");
-                let error = WriteError::Storage(error.to_string());
                 applied
                     .into_iter()
                     .for_each(|a| a.answer(Err(error.clone())));
                 pending.for_each(|r| r.fail(error.clone()));
-                Err(error.to_string())
+                Err(error)
             }
         }
     }
 
-    fn begin(&self) -> Result<WriteTransaction, redb::Error> {
+    fn begin(&self) -> Result<WriteTransaction, StoreError> {
         let mut tx = self.db.begin_write()?;
         let durability = match self.durability {
             Durability::Immediate => redb::Durability::Immediate,
             Durability::None => redb::Durability::None,
         };
-        tx.set_durability(durability)
-            .map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+        tx.set_durability(durability)?;
         // Record allocator state with each commit, so that reopening after a crash repairs in
         // milliseconds instead of walking the whole file.
         tx.set_quick_repair(true);
         Ok(tx)
+    }
+}
+
+/// The outcome of one applied request: kept for the commit, or answered at once when it failed
+/// on its own (see [`StoreError::is_per_request`]).
+fn settle<T>(
+    result: Result<T, StoreError>,
+    reply: Reply<T>,
+    applied: fn(Reply<T>, T) -> Applied,
+) -> Result<Option<Applied>, StoreError> {
+    match result {
+        Ok(value) => Ok(Some(applied(reply, value))),
+        Err(error) if error.is_per_request() => {
+            tracing::error!(%error, "write request refused; the rest of its batch goes on");
+            let _ = reply.send(Err(error));
+            Ok(None)
+        }
+        Err(error) => {
+            let _ = reply.send(Err(error.clone()));
+            Err(error)
+        }
     }
 }
 
@@ -295,7 +349,7 @@ struct Tables<'tx> {
 }
 
 impl<'tx> Tables<'tx> {
-    fn open(tx: &'tx WriteTransaction) -> Result<Self, redb::Error> {
+    fn open(tx: &'tx WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             users: tx.open_table(USERS)?,
             emails: tx.open_table(USER_EMAILS)?,
@@ -309,56 +363,68 @@ impl<'tx> Tables<'tx> {
         })
     }
 
-    fn apply(&mut self, request: Request) -> Result<Applied, redb::Error> {
-        Ok(match request {
-            Request::CreateUser(user, reply) => Applied::User(reply, self.create_user(user)?),
+    /// Applies one request. A per-request failure (a record that does not decode) answers that
+    /// request at once and returns `None`; the request wrote nothing, so the batch goes on. Any
+    /// other error fails the whole batch.
+    fn apply(&mut self, request: Request) -> Result<Option<Applied>, StoreError> {
+        match request {
+            Request::CreateUser(user, reply) => {
+                settle(self.create_user(user), reply, Applied::User)
+            }
             Request::GetOrCreateChat {
                 new_id,
                 caller,
                 other,
                 now_ms,
                 reply,
-            } => Applied::Chat(
+            } => settle(
+                self.get_or_create_chat(new_id, caller, other, now_ms),
                 reply,
-                self.get_or_create_chat(new_id, caller, other, now_ms)?,
+                Applied::Chat,
             ),
-            Request::Append(message, reply) => Applied::Message(reply, self.append(message)?),
-            Request::InitMeta { key, value, reply } => {
-                let stored = self.meta.get(key.as_str())?.map(|v| v.value().to_vec());
-                let value = match stored {
-                    Some(existing) => existing,
-                    None => {
-                        self.meta.insert(key.as_str(), value.as_slice())?;
-                        value
-                    }
-                };
-                Applied::Meta(reply, value)
+            Request::Append(message, reply) => {
+                settle(self.append(message), reply, Applied::Message)
             }
-        })
+            Request::InitMeta { key, value, reply } => {
+                settle(self.init_meta(&key, value), reply, Applied::Meta)
+            }
+        }
     }
 
-    fn user(&self, id: &str) -> Result<Option<UserRecord>, redb::Error> {
+    fn init_meta(&mut self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let stored = self.meta.get(key)?.map(|v| v.value().to_vec());
+        match stored {
+            Some(existing) => Ok(existing),
+            None => {
+                self.meta.insert(key, value.as_slice())?;
+                Ok(value)
+            }
+        }
+    }
+
+    fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
         let found = self.users.get(id)?;
         found
-            .map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("users")(e))))
+            .map(|b| decode(b.value()).map_err(StoreError::corrupt("users", id)))
             .transpose()
     }
 
-    fn chat(&self, id: &str) -> Result<Option<ChatRecord>, redb::Error> {
+    fn chat(&self, id: &str) -> Result<Option<ChatRecord>, StoreError> {
         let found = self.chats.get(id)?;
         found
-            .map(|b| decode(b.value()).map_err(|e| corrupted(corrupt("chats")(e))))
+            .map(|b| decode(b.value()).map_err(StoreError::corrupt("chats", id)))
             .transpose()
     }
 
-    fn message(&self, chat: &str, seq: u64) -> Result<MessageRecord, redb::Error> {
-        let bytes = self.messages.get((chat, seq))?.ok_or_else(|| {
-            redb::Error::Corrupted(format!("chat {chat}: seq {seq} indexed but missing"))
-        })?;
-        decode(bytes.value()).map_err(|e| corrupted(corrupt("messages")(e)))
+    fn message(&self, chat: &str, seq: u64) -> Result<MessageRecord, StoreError> {
+        let key = || format!("({chat}, {seq})");
+        let bytes = self.messages.get((chat, seq))?;
+        let bytes =
+            bytes.ok_or_else(|| StoreError::corrupt("messages", key())(DecodeError::Missing))?;
+        decode(bytes.value()).map_err(StoreError::corrupt("messages", key()))
     }
 
-    fn create_user(&mut self, user: NewUser) -> Result<CreateUserOutcome, redb::Error> {
+    fn create_user(&mut self, user: NewUser) -> Result<CreateUserOutcome, StoreError> {
         if let Some(external) = &user.external_id {
             let existing = self
                 .externals
@@ -398,7 +464,7 @@ impl<'tx> Tables<'tx> {
         caller: String,
         other: String,
         now_ms: u64,
-    ) -> Result<ChatRecord, redb::Error> {
+    ) -> Result<ChatRecord, StoreError> {
         let pair = if caller <= other {
             (caller.as_str(), other.as_str())
         } else {
@@ -425,7 +491,7 @@ impl<'tx> Tables<'tx> {
         Ok(chat)
     }
 
-    fn append(&mut self, new: NewMessage) -> Result<AppendOutcome, redb::Error> {
+    fn append(&mut self, new: NewMessage) -> Result<AppendOutcome, StoreError> {
         let Some(mut chat) = self.chat(&new.chat)?.filter(|c| c.has_member(&new.sender)) else {
             return Ok(AppendOutcome::NotMember);
         };
@@ -462,16 +528,23 @@ impl<'tx> Tables<'tx> {
             client_msg_id: new.client_msg_id,
             created_ms: chat.last_message_ms,
         };
-        self.messages.insert(
-            (message.chat.as_str(), message.seq),
-            encode(&message).as_slice(),
-        )?;
+        let replaced = self
+            .messages
+            .insert(
+                (message.chat.as_str(), message.seq),
+                encode(&message).as_slice(),
+            )?
+            .is_some();
+        #[cfg(feature = "sim-faults")]
+        let replaced = replaced
+            && !crate::faults::is_planted(crate::faults::PlantedFault::SeqReuseAfterRestart);
+        assert!(
+            !replaced,
+            "chat {}: seq {} was taken; a new seq is always the chat's last seq + 1",
+            message.chat, message.seq
+        );
         self.chats
             .insert(chat.id.as_str(), encode(&chat).as_slice())?;
         Ok(AppendOutcome::Appended(message))
     }
-}
-
-fn corrupted(error: super::StoreError) -> redb::Error {
-    redb::Error::Corrupted(error.to_string())
 }

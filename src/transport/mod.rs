@@ -1,19 +1,22 @@
 //! Transport: the only code that knows HTTP, Socket.IO and JSON.
 //!
 //! `rest` maps the contract's routes onto service calls, `socket` its events, `payload` decodes
-//! client events into typed commands (shared with the fuzz targets), and `fan_out` delivers new
-//! messages, which both a REST POST and a socket `send-message` produce.
+//! client events into typed commands (shared with the fuzz targets), `wire` names the fields of
+//! the contract's objects, and [`deliver`] fans committed messages out, in commit order, from the
+//! writer's commit feed: a REST POST and a socket `send-message` alike only append and answer.
 
 pub mod payload;
 pub mod request_head;
 pub mod rest;
 pub mod socket;
+mod wire;
 
 use std::sync::Arc;
 
 use socketioxide::SocketIo;
 
-use crate::service::{App, Sent};
+use crate::service::{App, Delivery};
+use crate::storage::CommitSubscriber;
 
 /// What every handler needs: the service and the Socket.IO handle (to fan out from REST too).
 #[derive(Clone)]
@@ -35,29 +38,44 @@ pub fn chat_room(chat_id: &str) -> String {
 /// Every authenticated socket, for presence broadcasts.
 pub const PRESENCE_ROOM: &str = "presence";
 
+/// Delivers the committed messages of one shard of the commit feed, in the order they were
+/// committed, until the writer stops: every socket thus receives a chat's messages in
+/// ascending seq.
+pub async fn deliver(io: SocketIo, app: Arc<App>, mut committed: CommitSubscriber) {
+    while let Some(message) = committed.recv().await {
+        #[cfg(feature = "sim-faults")]
+        if crate::faults::is_planted(crate::faults::PlantedFault::FanOutInWakeOrder) {
+            continue;
+        }
+        if let Some(delivery) = app.delivery(message) {
+            fan_out(&io, &delivery).await;
+        }
+    }
+}
+
 /// Delivers a newly committed message once to every socket of every member and every socket in
 /// the chat's room: one emit to the union of the rooms, which socketioxide deduplicates per
 /// socket. A socket whose outgoing buffer is full misses the event; its client sees the gap in
 /// `seq` and recovers it with `sync`.
-pub async fn fan_out(io: &SocketIo, sent: &Sent) {
+pub async fn fan_out(io: &SocketIo, delivery: &Delivery) {
     #[cfg(feature = "sim-faults")]
     if crate::faults::is_planted(crate::faults::PlantedFault::DuplicateFanOut) {
         let _ = io
-            .to(chat_room(&sent.message.chat))
-            .emit("new-message", &sent.message)
+            .to(chat_room(&delivery.message.chat))
+            .emit("new-message", &delivery.message)
             .await;
-        for member in sent.members.iter() {
+        for member in delivery.members.iter() {
             let _ = io
                 .to(user_room(member))
-                .emit("new-message", &sent.message)
+                .emit("new-message", &delivery.message)
                 .await;
         }
         return;
     }
-    let mut rooms = Vec::with_capacity(sent.members.len() + 1);
-    rooms.push(chat_room(&sent.message.chat));
-    rooms.extend(sent.members.iter().map(|m| user_room(m)));
-    if let Err(error) = io.to(rooms).emit("new-message", &sent.message).await {
-        tracing::debug!(%error, chat = %sent.message.chat, "new-message not delivered to every socket");
+    let mut rooms = Vec::with_capacity(delivery.members.len() + 1);
+    rooms.push(chat_room(&delivery.message.chat));
+    rooms.extend(delivery.members.iter().map(|m| user_room(m)));
+    if let Err(error) = io.to(rooms).emit("new-message", &delivery.message).await {
+        tracing::debug!(%error, chat = %delivery.message.chat, "new-message not delivered to every socket");
     }
 }

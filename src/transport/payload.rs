@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use crate::domain::validate::Refusal;
+use crate::service::{Refusal, SendMessage};
 
 /// `"<chatId>"` or `{ chatId }` (join-chat, leave-chat).
 pub fn chat_id(payload: &Value) -> Result<&str, Refusal> {
@@ -19,13 +19,6 @@ pub fn chat_id(payload: &Value) -> Result<&str, Refusal> {
         },
         _ => Err(Refusal::InvalidPayload),
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendCommand<'a> {
-    pub chat_id: &'a str,
-    pub text: &'a str,
-    pub client_msg_id: Option<&'a str>,
 }
 
 fn object(payload: &Value) -> Result<&serde_json::Map<String, Value>, Refusal> {
@@ -43,16 +36,33 @@ fn required_str<'a>(
 }
 
 /// `{ chatId, text, clientMsgId? }`; `clientMsgId` may be absent, null or a string.
-pub fn send(payload: &Value) -> Result<SendCommand<'_>, Refusal> {
+pub fn send(payload: &Value) -> Result<SendMessage, Refusal> {
     let fields = object(payload)?;
-    let client_msg_id = match fields.get("clientMsgId") {
+    send_fields(
+        required_str(fields, "chatId")?,
+        fields.get("text"),
+        fields.get("clientMsgId"),
+    )
+}
+
+/// A send from its fields, wherever they came from (a socket event's payload, or a REST path
+/// and body): `text` a string, `clientMsgId` absent, null or a string.
+pub fn send_fields(
+    chat_id: &str,
+    text: Option<&Value>,
+    client_msg_id: Option<&Value>,
+) -> Result<SendMessage, Refusal> {
+    let client_msg_id = match client_msg_id {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) => Some(id.as_str()),
+        Some(Value::String(id)) => Some(id.clone()),
         Some(_) => return Err(Refusal::InvalidPayload),
     };
-    Ok(SendCommand {
-        chat_id: required_str(fields, "chatId")?,
-        text: required_str(fields, "text")?,
+    let text = text
+        .and_then(Value::as_str)
+        .ok_or(Refusal::InvalidPayload)?;
+    Ok(SendMessage {
+        chat_id: chat_id.to_owned(),
+        text: text.to_owned(),
         client_msg_id,
     })
 }
@@ -129,10 +139,10 @@ mod tests {
     fn send_payloads() {
         assert_eq!(
             send(&json!({"chatId": "c", "text": "hi", "clientMsgId": "m1"})),
-            Ok(SendCommand {
-                chat_id: "c",
-                text: "hi",
-                client_msg_id: Some("m1")
+            Ok(SendMessage {
+                chat_id: "c".into(),
+                text: "hi".into(),
+                client_msg_id: Some("m1".into())
             })
         );
         assert_eq!(

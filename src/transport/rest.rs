@@ -15,10 +15,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Shared, fan_out};
+use super::{Shared, payload};
 use crate::domain::page::Anchor;
-use crate::domain::validate::Refusal;
-use crate::service::ApiError;
+use crate::service::{ApiError, AuthFailure, Refusal};
 use crate::storage::UserRecord;
 
 pub fn routes() -> Router<Shared> {
@@ -63,7 +62,7 @@ impl From<ApiError> for RestError {
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Refused(refusal) => refusal_status(*refusal),
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         RestError(status, e.to_string())
     }
@@ -71,7 +70,7 @@ impl From<ApiError> for RestError {
 
 impl From<Refusal> for RestError {
     fn from(r: Refusal) -> Self {
-        ApiError::Refused(r).into()
+        ApiError::from(r).into()
     }
 }
 
@@ -79,7 +78,9 @@ fn refusal_status(refusal: Refusal) -> StatusCode {
     match refusal {
         Refusal::ChatNotFound => StatusCode::NOT_FOUND,
         Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        Refusal::SendFailed => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::SendFailed | Refusal::Unavailable | Refusal::Busy => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Refusal::InvalidPayload | Refusal::MessageEmpty | Refusal::MessageTooLong => {
             StatusCode::BAD_REQUEST
         }
@@ -137,12 +138,11 @@ impl FromRequestParts<Shared> for Caller {
         shared: &Shared,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(|| RestError::from(ApiError::Unauthorized))?;
-        shared
-            .app
-            .authenticate(token)
-            .await
-            .map(Caller)
-            .map_err(|_| ApiError::Unauthorized.into())
+        match shared.app.authenticate(token).await {
+            Ok(user) => Ok(Caller(user)),
+            Err(AuthFailure::Unavailable) => Err(ApiError::Unavailable.into()),
+            Err(_) => Err(ApiError::Unauthorized.into()),
+        }
     }
 }
 
@@ -291,22 +291,7 @@ async fn post_message(
     Param(chat_id): Param,
     Body(body): Body<MessageBody>,
 ) -> Result<Response, RestError> {
-    let mut payload = serde_json::Map::new();
-    payload.insert("chatId".into(), chat_id.into());
-    if let Some(text) = body.text {
-        payload.insert("text".into(), text);
-    }
-    if let Some(id) = body.client_msg_id {
-        payload.insert("clientMsgId".into(), id);
-    }
-    let payload = serde_json::Value::Object(payload);
-    let command = super::payload::send(&payload)?;
-    let sent = shared
-        .app
-        .send(&user, command.chat_id, command.text, command.client_msg_id)
-        .await?;
-    if sent.created {
-        fan_out(&shared.io, &sent).await;
-    }
+    let command = payload::send_fields(&chat_id, body.text.as_ref(), body.client_msg_id.as_ref())?;
+    let sent = shared.app.send(&user, command).await?;
     Ok((StatusCode::CREATED, Json(sent.message)).into_response())
 }

@@ -1,31 +1,58 @@
 //! Socket.IO: authentication on connect, presence, and the client events of the contract.
 //!
-//! socketioxide runs every handler on a task of its own, so nothing here may assume that two
-//! events of one socket are handled in order; the service and storage make each one safe alone.
+//! Each socket's events are handled in the order they arrived, one at a time, by a task of the
+//! socket's own (its *inbox*). socketioxide spawns a task per event, so the order is taken where
+//! it still holds: its extractors run inline, in arrival order, before the spawn, and the
+//! [`Queued`] extractor puts the event into the inbox there. So a later `send-message` of a
+//! socket always gets a higher seq and a later ack, and `typing` `true`/`false` never swap. The
+//! inbox is bounded; an event that finds it full is refused with `Server busy`. Nothing global
+//! is serialised: each socket has its own inbox, and the writer still batches across sockets.
+//! Delivery of new messages is not done here but from the writer's commit feed (`super::deliver`).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::marker::PhantomData;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Extension, MaybeExtension, SocketRef, State, TryData};
-use socketioxide::handler::ConnectHandler;
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
+use socketioxide::socket::Socket;
+use tokio::sync::{Notify, mpsc};
 
-use super::{PRESENCE_ROOM, chat_room, fan_out, payload, user_room};
-use crate::domain::rate::SlidingWindow;
-use crate::domain::validate::Refusal;
-use crate::limits::TYPING_PER_SEC;
+use super::{PRESENCE_ROOM, chat_room, payload, user_room};
+use crate::domain::typing::Typing;
+use crate::limits::{SOCKET_EVENTS_QUEUED_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC, TYPING_STALE_MS};
 use crate::service::views::MessageView;
-use crate::service::{App, AuthFailure};
+use crate::service::{App, AuthFailure, Refusal, Transition};
 use crate::storage::UserRecord;
 
 /// What a socket carries from its authenticated handshake.
 #[derive(Clone)]
 struct Session {
     user: Arc<UserRecord>,
-    /// `typing` events of this socket in the last second.
-    typing: Arc<Mutex<SlidingWindow>>,
+    inbox: mpsc::Sender<Inbound>,
+    /// Told when the socket closes, so its inbox task ends (it holds the socket).
+    closed: Arc<Notify>,
+}
+
+/// The client events, in the order they are handled.
+#[derive(Debug, Clone, Copy)]
+enum EventKind {
+    JoinChat,
+    LeaveChat,
+    SendMessage,
+    Typing,
+    Sync,
+}
+
+/// One event waiting in a socket's inbox.
+struct Inbound {
+    kind: EventKind,
+    data: Result<Value, ()>,
+    ack: AckSender,
 }
 
 /// Registers the `/` namespace: authentication middleware, then the event handlers.
@@ -52,9 +79,10 @@ fn handshake_token(socket: &SocketRef, auth: Option<&Value>) -> Option<String> {
 
 /// Refuses the connection (`connect_error` with `Unauthorized` or `User not found!`) unless the
 /// handshake carries a valid token of an existing user. On success it also registers the event
-/// handlers and joins the user's room, here rather than in `on_connect`: socketioxide sends the
-/// client its CONNECT ack before it spawns the connect handler, and a client that emits at once
-/// (socket.io-client does, from its `connect` callback) must find its handlers in place.
+/// handlers, starts the socket's inbox and joins the user's room, here rather than in
+/// `on_connect`: socketioxide sends the client its CONNECT ack before it spawns the connect
+/// handler, and a client that emits at once (socket.io-client does, from its `connect`
+/// callback) must find its handlers in place.
 async fn authenticate(
     socket: SocketRef,
     io: SocketIo,
@@ -62,35 +90,41 @@ async fn authenticate(
     State(app): State<Arc<App>>,
 ) -> Result<(), AuthFailure> {
     let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
-    let user = app.authenticate(&token).await?;
-    let user_id = user.id.clone();
-    socket.join(user_room(&user_id));
-    let window = SlidingWindow::new(TYPING_PER_SEC, 1000);
+    let user = Arc::new(app.authenticate(&token).await?);
+    socket.join(user_room(&user.id));
+    let (inbox, events) = mpsc::channel(SOCKET_EVENTS_QUEUED_MAX);
+    let closed = Arc::new(Notify::new());
     socket.extensions.insert(Session {
-        user: Arc::new(user),
-        typing: Arc::new(Mutex::new(window)),
+        user: Arc::clone(&user),
+        inbox,
+        closed: Arc::clone(&closed),
     });
-    socket.on("join-chat", join_chat);
-    socket.on("leave-chat", leave_chat);
-    socket.on("send-message", send_message);
-    socket.on("typing", typing);
-    socket.on("sync", sync);
+    let handler = Handler {
+        socket: socket.clone(),
+        io: io.clone(),
+        app: Arc::clone(&app),
+        user: Arc::clone(&user),
+        typing: Typing::new(TYPING_PER_SEC, TYPING_STALE_MS, TYPING_CHATS_MAX),
+    };
+    tokio::spawn(handler.run(events, closed));
+    socket.on("join-chat", queued::<JoinChat>);
+    socket.on("leave-chat", queued::<LeaveChat>);
+    socket.on("send-message", queued::<SendMessage>);
+    socket.on("typing", queued::<TypingEvent>);
+    socket.on("sync", queued::<SyncEvent>);
     socket.on_disconnect(on_disconnect);
     // Counted before the client learns it is connected, so that a tab closed right after
     // another one opened never sees its user flicker offline.
-    let mut presence = app.presence.lock().await;
-    if presence.connect(&socket.id.to_string(), &user_id) {
+    let mut presence = app.presence().await;
+    if let Some(transition) = presence.connect(&socket.id.to_string(), &user.id) {
         // Not yet in the presence room: the newcomer is not told about itself.
-        let _ = io
-            .to(PRESENCE_ROOM)
-            .emit("user-online", &json!({ "userId": user_id }))
-            .await;
+        announce(&io, transition).await;
     }
     Ok(())
 }
 
 /// Sends the new socket its `online-users` snapshot and only then joins it to the presence
-/// room, both under the presence lock: every transition reaches the socket after its snapshot,
+/// room, both under the presence desk: every transition reaches the socket after its snapshot,
 /// in the order it happened. (Joining in the middleware let a transition broadcast between
 /// the two slip in before the snapshot, so a client saw `user-offline` for a user it had never
 /// seen online; found by the simulation, seed 141.)
@@ -100,7 +134,7 @@ async fn on_connect(
     State(app): State<Arc<App>>,
 ) {
     {
-        let presence = app.presence.lock().await;
+        let presence = app.presence().await;
         let online = presence.online_except(&session.user.id);
         let _ = socket.emit("online-users", &json!({ "userIds": online }));
         // A socket already closed would stay in the room: its cleanup has run.
@@ -117,47 +151,303 @@ async fn on_connect(
 
 async fn on_disconnect(
     socket: SocketRef,
-    MaybeExtension(_session): MaybeExtension<Session>,
+    MaybeExtension(session): MaybeExtension<Session>,
     State(app): State<Arc<App>>,
 ) {
+    if let Some(session) = session {
+        session.closed.notify_one();
+    }
     retire(&socket, &app).await;
 }
 
-/// Uncounts a closed socket; broadcasts `user-offline` when it was its user's last.
+/// Uncounts a closed socket; announces `user-offline` when it was its user's last.
 async fn retire(socket: &SocketRef, app: &App) {
-    let mut presence = app.presence.lock().await;
-    if let Some((user_id, true)) = presence.disconnect(&socket.id.to_string()) {
-        let _ = socket
-            .to(PRESENCE_ROOM)
-            .emit("user-offline", &json!({ "userId": user_id }))
-            .await;
+    let mut presence = app.presence().await;
+    if let Some(transition) = presence.disconnect(&socket.id.to_string()) {
+        let (event, body) = presence_event(transition);
+        let _ = socket.to(PRESENCE_ROOM).emit(event, &body).await;
     }
 }
 
-/// Reconciles presence with the sockets socketioxide still holds. A connection can vanish
-/// without its disconnect handler ever running (its CONNECT ack failed to send right after
-/// the middleware counted it); such a connection would keep its user online forever. One
-/// that is missing at two consecutive sweeps is retired (a single miss can be a socket
-/// between its middleware and its entry into the namespace).
+/// Tells every socket in the presence room of a transition.
+async fn announce(io: &SocketIo, transition: Transition) {
+    let (event, body) = presence_event(transition);
+    let _ = io.to(PRESENCE_ROOM).emit(event, &body).await;
+}
+
+fn presence_event(transition: Transition) -> (&'static str, Value) {
+    match transition {
+        Transition::Online(user) => ("user-online", json!({ "userId": user })),
+        Transition::Offline(user) => ("user-offline", json!({ "userId": user })),
+    }
+}
+
+/// Reconciles presence with the sockets socketioxide still holds (see
+/// `service::PresenceDesk::sweep`). A connection can vanish without its disconnect handler ever
+/// running (its CONNECT ack failed to send right after the middleware counted it); such a
+/// connection would keep its user online forever.
 pub async fn sweep_presence(io: &SocketIo, app: &App, suspects: &mut HashSet<String>) {
     let live: HashSet<String> = io.sockets().into_iter().map(|s| s.id.to_string()).collect();
-    let mut presence = app.presence.lock().await;
-    let missing: HashSet<String> = presence
-        .connections()
-        .into_iter()
-        .filter(|c| !live.contains(c))
-        .collect();
-    for stale in missing.intersection(suspects) {
-        tracing::warn!(connection = %stale, "retiring a connection that vanished without a disconnect");
-        if let Some((user_id, true)) = presence.disconnect(stale) {
-            let _ = io
-                .to(PRESENCE_ROOM)
-                .emit("user-offline", &json!({ "userId": user_id }))
-                .await;
+    let mut presence = app.presence().await;
+    for transition in presence.sweep(&live, suspects) {
+        announce(io, transition).await;
+    }
+}
+
+// ---- the inbox: events in arrival order ----
+
+/// Which event a [`Queued`] extractor files.
+trait QueuedEvent: Send + 'static {
+    const KIND: EventKind;
+}
+
+struct JoinChat;
+struct LeaveChat;
+struct SendMessage;
+struct TypingEvent;
+struct SyncEvent;
+
+impl QueuedEvent for JoinChat {
+    const KIND: EventKind = EventKind::JoinChat;
+}
+impl QueuedEvent for LeaveChat {
+    const KIND: EventKind = EventKind::LeaveChat;
+}
+impl QueuedEvent for SendMessage {
+    const KIND: EventKind = EventKind::SendMessage;
+}
+impl QueuedEvent for TypingEvent {
+    const KIND: EventKind = EventKind::Typing;
+}
+impl QueuedEvent for SyncEvent {
+    const KIND: EventKind = EventKind::Sync;
+}
+
+/// An extractor that files its event into the socket's inbox as it is extracted: inline, in
+/// arrival order (socketioxide spawns the handler only afterwards, so the handler is empty).
+struct Queued<E>(PhantomData<E>);
+
+impl<E: QueuedEvent> FromMessageParts<LocalAdapter> for Queued<E> {
+    type Error = std::convert::Infallible;
+
+    fn from_message_parts(
+        s: &Arc<Socket<LocalAdapter>>,
+        v: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        let Ok(ack) = AckSender::from_message_parts(s, v, ack_id);
+        let Ok(TryData(data)) = TryData::<Value>::from_message_parts(s, v, ack_id);
+        let Ok(Extension(session)) = Extension::<Session>::from_message_parts(s, v, ack_id) else {
+            // Every socket past the handshake has a session; without one there is no inbox.
+            return Ok(Queued(PhantomData));
+        };
+        let event = Inbound {
+            kind: E::KIND,
+            data: data.map_err(drop),
+            ack,
+        };
+        if let Err(full) = session.inbox.try_send(event) {
+            let Ok(socket) = SocketRef::from_message_parts(s, v, ack_id);
+            let event = full.into_inner();
+            refuse(&socket, event.ack, Refusal::Busy);
+        }
+        Ok(Queued(PhantomData))
+    }
+}
+
+async fn queued<E: QueuedEvent>(_: Queued<E>) {}
+
+/// Handles one socket's events, one at a time, until the socket closes.
+struct Handler {
+    socket: SocketRef,
+    io: SocketIo,
+    app: Arc<App>,
+    user: Arc<UserRecord>,
+    typing: Typing,
+}
+
+impl Handler {
+    async fn run(mut self, mut events: mpsc::Receiver<Inbound>, closed: Arc<Notify>) {
+        loop {
+            let stale_at = self.typing.next_stale_at();
+            let wait_stale = async {
+                match stale_at {
+                    Some(at) => {
+                        let ms = at.saturating_sub(self.app.now_ms());
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = closed.notified() => break,
+                event = events.recv() => match event {
+                    Some(event) => self.handle(event).await,
+                    None => break,
+                },
+                () = wait_stale => {
+                    let now = self.app.now_ms();
+                    for chat in self.typing.expire(now) {
+                        self.show_typing(&chat, false).await;
+                    }
+                }
+            }
+        }
+        // Events still queued are dropped unanswered: their client is gone, and an unanswered
+        // send is retried by its client with the same clientMsgId.
+        for chat in self.typing.stop_all() {
+            self.show_typing(&chat, false).await;
         }
     }
-    *suspects = missing.difference(suspects).cloned().collect();
+
+    async fn handle(&mut self, event: Inbound) {
+        let Inbound { kind, data, ack } = event;
+        let Ok(value) = data else {
+            if !matches!(kind, EventKind::Typing) {
+                refuse(&self.socket, ack, Refusal::InvalidPayload);
+            }
+            return;
+        };
+        match kind {
+            EventKind::JoinChat => {
+                let result = self.join_chat(&value);
+                answer(&self.socket, ack, result);
+            }
+            EventKind::LeaveChat => {
+                let result = self.leave_chat(&value).await;
+                answer(&self.socket, ack, result);
+            }
+            EventKind::SendMessage => self.send_message(&value, ack).await,
+            EventKind::Typing => self.typing(&value).await,
+            EventKind::Sync => {
+                let result = self.sync(&value);
+                answer(&self.socket, ack, result);
+            }
+        }
+    }
+
+    fn join_chat(&self, value: &Value) -> Result<NoFields, Refusal> {
+        let chat_id = payload::chat_id(value).map_err(|_| Refusal::ChatNotFound)?;
+        #[cfg(feature = "sim-faults")]
+        if crate::faults::is_planted(crate::faults::PlantedFault::JoinWithoutMembership) {
+            self.socket.join(chat_room(chat_id));
+            return Ok(NoFields {});
+        }
+        self.app
+            .chat_members(&self.user.id, chat_id, Refusal::Unavailable)?;
+        self.socket.join(chat_room(chat_id));
+        Ok(NoFields {})
+    }
+
+    async fn leave_chat(&mut self, value: &Value) -> Result<NoFields, Refusal> {
+        let chat_id = payload::chat_id(value)?;
+        self.socket.leave(chat_room(chat_id));
+        if self.typing.stop(chat_id) {
+            self.show_typing(chat_id, false).await;
+        }
+        Ok(NoFields {})
+    }
+
+    async fn send_message(&self, value: &Value, ack: AckSender) {
+        let command = match payload::send(value) {
+            Ok(command) => command,
+            Err(refusal) => return refuse(&self.socket, ack, refusal),
+        };
+        match self.app.send(&self.user, command).await {
+            Ok(sent) => {
+                #[cfg(feature = "sim-faults")]
+                if crate::faults::is_planted(crate::faults::PlantedFault::FanOutInWakeOrder)
+                    && sent.created
+                {
+                    fan_out_in_wake_order(&self.io, &sent);
+                }
+                answer(
+                    &self.socket,
+                    ack,
+                    Ok(SentAck {
+                        message: &sent.message,
+                    }),
+                );
+            }
+            Err(refusal) => refuse(&self.socket, ack, refusal),
+        }
+    }
+
+    /// Typing indicators: members only, never echoed to the sender's own sockets; `true` rate
+    /// limited, `false` always sent for a `true` that was shown (see `domain::typing`). Anything
+    /// else is dropped silently, as the contract says.
+    async fn typing(&mut self, value: &Value) {
+        let Ok((chat_id, is_typing)) = payload::typing(value) else {
+            return;
+        };
+        if self
+            .app
+            .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
+            .is_err()
+        {
+            return;
+        }
+        let show = if is_typing {
+            self.typing.start(chat_id, self.app.now_ms())
+        } else {
+            self.typing.stop(chat_id)
+        };
+        if show {
+            self.show_typing(chat_id, is_typing).await;
+        }
+    }
+
+    /// Sends `typing` to the chat's room and its other members' sockets, not to the sender's.
+    async fn show_typing(&self, chat_id: &str, is_typing: bool) {
+        let Ok(members) = self
+            .app
+            .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
+        else {
+            return;
+        };
+        let user_id = &self.user.id;
+        let mut rooms = vec![chat_room(chat_id)];
+        rooms.extend(
+            members
+                .iter()
+                .filter(|m| *m != user_id)
+                .map(|m| user_room(m)),
+        );
+        let event = json!({ "userId": user_id, "chatId": chat_id, "isTyping": is_typing });
+        let _ = self
+            .io
+            .to(rooms)
+            .except(user_room(user_id))
+            .emit("typing", &event)
+            .await;
+    }
+
+    fn sync(&self, value: &Value) -> Result<SyncAck, Refusal> {
+        let command = payload::sync(value)?;
+        let (messages, has_more) = self.app.sync(
+            &self.user.id,
+            command.chat_id,
+            command.after_seq,
+            command.limit,
+        )?;
+        Ok(SyncAck { messages, has_more })
+    }
 }
+
+/// The planted bug of the simulation: each sender's task fans its message out itself, in
+/// whatever order the tasks wake after a group commit, instead of the commit feed's order.
+#[cfg(feature = "sim-faults")]
+fn fan_out_in_wake_order(io: &SocketIo, sent: &crate::service::Sent) {
+    let delivery = crate::service::Delivery {
+        message: sent.message.clone(),
+        members: Arc::clone(&sent.members),
+    };
+    let io = io.clone();
+    tokio::spawn(async move { super::fan_out(&io, &delivery).await });
+}
+
+// ---- acks ----
 
 /// A successful ack, `{ ok: true, ...body }`, serialised straight into the packet: building a
 /// `serde_json::Value` first cost 4.4 µs per `send-message` ack (criterion, BENCHMARKS.md).
@@ -210,139 +500,4 @@ fn answer<T: Serialize>(socket: &SocketRef, ack: AckSender, result: Result<T, Re
 /// Refuses an event whose ack has no body beyond `ok` and `error`.
 fn refuse(socket: &SocketRef, ack: AckSender, refusal: Refusal) {
     answer(socket, ack, Err::<NoFields, _>(refusal));
-}
-
-fn decoded<T>(
-    data: Result<Value, impl std::fmt::Display>,
-    decode: impl FnOnce(&Value) -> Result<T, Refusal>,
-) -> Result<T, Refusal> {
-    data.map_err(|_| Refusal::InvalidPayload)
-        .and_then(|value| decode(&value))
-}
-
-async fn join_chat(
-    socket: SocketRef,
-    TryData(data): TryData<Value>,
-    ack: AckSender,
-    Extension(session): Extension<Session>,
-    State(app): State<Arc<App>>,
-) {
-    let result = data.map_err(|_| Refusal::InvalidPayload).and_then(|value| {
-        let chat_id = payload::chat_id(&value).map_err(|_| Refusal::ChatNotFound)?;
-        #[cfg(feature = "sim-faults")]
-        if crate::faults::is_planted(crate::faults::PlantedFault::JoinWithoutMembership) {
-            socket.join(chat_room(chat_id));
-            return Ok(NoFields {});
-        }
-        app.chat_members(&session.user.id, chat_id, Refusal::ChatNotFound)?;
-        socket.join(chat_room(chat_id));
-        Ok(NoFields {})
-    });
-    answer(&socket, ack, result);
-}
-
-async fn leave_chat(socket: SocketRef, TryData(data): TryData<Value>, ack: AckSender) {
-    let result = decoded(data, |value| {
-        let chat_id = payload::chat_id(value)?;
-        socket.leave(chat_room(chat_id));
-        Ok(NoFields {})
-    });
-    answer(&socket, ack, result);
-}
-
-async fn send_message(
-    socket: SocketRef,
-    io: SocketIo,
-    TryData(data): TryData<Value>,
-    ack: AckSender,
-    Extension(session): Extension<Session>,
-    State(app): State<Arc<App>>,
-) {
-    let value = match data {
-        Ok(value) => value,
-        Err(_) => return refuse(&socket, ack, Refusal::InvalidPayload),
-    };
-    let command = match payload::send(&value) {
-        Ok(command) => command,
-        Err(refusal) => return refuse(&socket, ack, refusal),
-    };
-    let result = app
-        .send(
-            &session.user,
-            command.chat_id,
-            command.text,
-            command.client_msg_id,
-        )
-        .await;
-    match result {
-        Ok(sent) => {
-            if sent.created {
-                fan_out(&io, &sent).await;
-            }
-            let body = SentAck {
-                message: &sent.message,
-            };
-            answer(&socket, ack, Ok(body));
-        }
-        Err(refusal) => refuse(&socket, ack, refusal),
-    }
-}
-
-/// Typing indicators: members only, at most `TYPING_PER_SEC` per socket, never echoed to the
-/// sender's own sockets. Anything else is dropped silently, as the contract says.
-async fn typing(
-    io: SocketIo,
-    TryData(data): TryData<Value>,
-    Extension(session): Extension<Session>,
-    State(app): State<Arc<App>>,
-) {
-    let Ok(value) = data else { return };
-    let Ok((chat_id, is_typing)) = payload::typing(&value) else {
-        return;
-    };
-    let Ok(members) = app.chat_members(&session.user.id, chat_id, Refusal::ChatNotFound) else {
-        return;
-    };
-    let allowed = session
-        .typing
-        .lock()
-        .expect("never poisoned")
-        .try_record(app.now_ms());
-    if !allowed {
-        return;
-    }
-    let user_id = &session.user.id;
-    let mut rooms = vec![chat_room(chat_id)];
-    rooms.extend(
-        members
-            .iter()
-            .filter(|m| *m != user_id)
-            .map(|m| user_room(m)),
-    );
-    let event = json!({ "userId": user_id, "chatId": chat_id, "isTyping": is_typing });
-    let _ = io
-        .to(rooms)
-        .except(user_room(user_id))
-        .emit("typing", &event)
-        .await;
-}
-
-async fn sync(
-    socket: SocketRef,
-    TryData(data): TryData<Value>,
-    ack: AckSender,
-    Extension(session): Extension<Session>,
-    State(app): State<Arc<App>>,
-) {
-    let result = decoded(data, |value| {
-        let command = payload::sync(value)?;
-        let (messages, has_more) = app.sync(
-            &session.user.id,
-            command.chat_id,
-            command.after_seq,
-            command.limit,
-        )?;
-        Ok(SyncAck { messages, has_more })
-    });
-    answer(&socket, ack, result);
 }

@@ -3,16 +3,14 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Once};
+use std::sync::Once;
 use std::time::Duration;
 
 use palaver::client::{self, Client, Event};
-use palaver::clock::SystemClock;
 use palaver::config::Config;
-use palaver::storage::{self, Durability, WriterExit};
+use palaver::server::{Running, Server, ServerExit};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -20,10 +18,7 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
-    stop_server: Option<oneshot::Sender<()>>,
-    stop_writer: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
-    writer: Option<JoinHandle<WriterExit>>,
+    running: Running,
 }
 
 fn install_tls_provider() {
@@ -45,35 +40,20 @@ pub fn relaxed_config() -> Config {
 pub async fn start(config: Config) -> TestServer {
     install_tls_provider();
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = storage::open_dir(dir.path()).expect("open database");
-    let (store, writer, writer_task) =
-        storage::start(db, Durability::Immediate).expect("start storage");
-    let (stop_writer, writer_stop) = oneshot::channel::<()>();
-    let writer_handle = tokio::spawn(writer_task.run(async {
-        let _ = writer_stop.await;
-    }));
-    let app = palaver::server::build_app(&config, store, writer, Arc::new(SystemClock), [7; 32])
-        .await
-        .expect("build app");
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        ..config
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("address");
-    let (stop_server, server_stop) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        palaver::server::run(listener, app, &config, async {
-            let _ = server_stop.await;
-        })
+    let running = Server::builder(config)
+        .seed([7; 32])
+        .start(listener)
         .await
-    });
-    TestServer {
-        addr,
-        dir,
-        stop_server: Some(stop_server),
-        stop_writer: Some(stop_writer),
-        server: Some(server),
-        writer: Some(writer_handle),
-    }
+        .expect("start server");
+    TestServer { addr, dir, running }
 }
 
 impl TestServer {
@@ -81,29 +61,15 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Stops serving, then lets the writer commit what is queued; returns how the writer ended.
-    pub async fn stop(self) -> WriterExit {
+    /// Stops serving, then lets the writer commit what is queued; returns how the server ended.
+    pub async fn stop(self) -> ServerExit {
         self.stop_keeping_data().await.0
     }
 
     /// Like `stop`, but hands back the data directory instead of deleting it.
-    pub async fn stop_keeping_data(mut self) -> (WriterExit, tempfile::TempDir) {
-        let _ = self.stop_server.take().expect("running").send(());
-        let served = self
-            .server
-            .take()
-            .expect("running")
-            .await
-            .expect("server task");
-        served.expect("server ran cleanly");
-        let _ = self.stop_writer.take().expect("running").send(());
-        let exit = self
-            .writer
-            .take()
-            .expect("running")
-            .await
-            .expect("writer task");
-        (exit, self.dir)
+    pub async fn stop_keeping_data(self) -> (ServerExit, tempfile::TempDir) {
+        self.running.stop();
+        (self.running.exited().await, self.dir)
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {

@@ -1,0 +1,205 @@
+//! Accounts: registration, login, tokens to users, the external provider's first login, and
+//! the user search.
+
+use super::auth::{self, ExternalClaims, Identity};
+use super::views::{PublicUser, UserView};
+use super::{ApiError, App, AuthFailure, storage_failed};
+use crate::domain::ids::is_valid_id;
+use crate::domain::page::clamp_limit;
+use crate::domain::validate;
+use crate::limits::*;
+use crate::storage::writer::CreateUserOutcome;
+use crate::storage::{NewUser, StoreError, UserRecord};
+
+fn unavailable(error: StoreError) -> ApiError {
+    storage_failed(ApiError::Unavailable)(error)
+}
+
+impl App {
+    pub async fn register(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<(String, UserView), ApiError> {
+        let name = validate::name(name)?;
+        let email = validate::email(email)?;
+        validate::password(password)?;
+        if self
+            .store
+            .user_id_by_email(&email)
+            .map_err(unavailable)?
+            .is_some()
+        {
+            return Err(ApiError::EmailTaken);
+        }
+        let salt: [u8; 16] = self.ids.lock().expect("never poisoned").bytes();
+        let password = password.to_owned();
+        let hash = self
+            .cpu(move || auth::hash_password(&password, &salt))
+            .await;
+        let now = self.now_ms();
+        let new = NewUser {
+            id: self.mint_id(),
+            name,
+            email,
+            avatar: String::new(),
+            password_hash: Some(hash),
+            external_id: None,
+            now_ms: now,
+        };
+        match self.writer.create_user(new).await.map_err(unavailable)? {
+            CreateUserOutcome::Created(user) => {
+                Ok((self.tokens.issue(&user.id, now), UserView::from(&user)))
+            }
+            CreateUserOutcome::EmailTaken | CreateUserOutcome::ExistingExternal(_) => {
+                Err(ApiError::EmailTaken)
+            }
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<(String, UserView), ApiError> {
+        let key = email.trim().to_lowercase();
+        let now = self.now_ms();
+        if self
+            .login_throttle
+            .lock()
+            .expect("never poisoned")
+            .is_blocked(&key, now)
+        {
+            return Err(ApiError::TooManyAttempts);
+        }
+        let user = match self.store.user_id_by_email(&key).map_err(unavailable)? {
+            Some(id) => self.store.user(&id).map_err(unavailable)?,
+            None => None,
+        };
+        let phc = user
+            .as_ref()
+            .and_then(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.decoy_hash.clone());
+        let attempt = password
+            .chars()
+            .take(PASSWORD_CHARS_MAX + 1)
+            .collect::<String>();
+        let matches = self
+            .cpu(move || auth::verify_password(&attempt, &phc))
+            .await;
+        match user {
+            Some(user) if matches && user.password_hash.is_some() => {
+                Ok((self.tokens.issue(&user.id, now), UserView::from(&user)))
+            }
+            _ => {
+                self.login_throttle
+                    .lock()
+                    .expect("never poisoned")
+                    .record_failure(&key, now);
+                Err(ApiError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// The user a token speaks for.
+    pub async fn authenticate(&self, token: &str) -> Result<UserRecord, AuthFailure> {
+        let identity = self
+            .tokens
+            .verify(token, self.now_ms())
+            .await
+            .ok_or(AuthFailure::Unauthorized)?;
+        let id = match identity {
+            Identity::Local(id) => Some(id),
+            Identity::External(claims) => self
+                .store
+                .user_id_by_external(&claims.sub)
+                .map_err(storage_failed(AuthFailure::Unavailable))?,
+        };
+        let user = match id {
+            Some(id) if is_valid_id(&id) => self
+                .store
+                .user(&id)
+                .map_err(storage_failed(AuthFailure::Unavailable))?,
+            _ => None,
+        };
+        user.ok_or(AuthFailure::UserNotFound)
+    }
+
+    /// `POST /api/auth/callback`: the external provider's user, created on first call.
+    pub async fn external_callback(&self, token: &str) -> Result<UserView, ApiError> {
+        let Some(Identity::External(claims)) = self.tokens.verify(token, self.now_ms()).await
+        else {
+            return Err(ApiError::Unauthorized);
+        };
+        if let Some(id) = self
+            .store
+            .user_id_by_external(&claims.sub)
+            .map_err(unavailable)?
+            && let Some(user) = self.store.user(&id).map_err(unavailable)?
+        {
+            return Ok(UserView::from(&user));
+        }
+        let new = self.new_external_user(&claims)?;
+        match self.writer.create_user(new).await.map_err(unavailable)? {
+            CreateUserOutcome::Created(user) | CreateUserOutcome::ExistingExternal(user) => {
+                Ok(UserView::from(&user))
+            }
+            CreateUserOutcome::EmailTaken => Err(ApiError::EmailTaken),
+        }
+    }
+
+    fn new_external_user(&self, claims: &ExternalClaims) -> Result<NewUser, ApiError> {
+        if claims.sub.chars().count() > EXTERNAL_SUBJECT_CHARS_MAX {
+            return Err(ApiError::BadRequest("Token subject too long".into()));
+        }
+        let email = match &claims.email {
+            Some(email) => validate::email(email)?,
+            None => validate::email(&format!("{}@external.invalid", claims.sub.to_lowercase()))
+                .map_err(|_| ApiError::BadRequest("Token has no usable email".into()))?,
+        };
+        let full_name = [&claims.given_name, &claims.family_name]
+            .into_iter()
+            .flatten()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let local_part = email.split('@').next().unwrap_or_default().to_owned();
+        let raw_name = claims
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or(Some(full_name).filter(|n| !n.is_empty()))
+            .unwrap_or(local_part);
+        let name = validate::name(&raw_name.chars().take(NAME_CHARS_MAX).collect::<String>())?;
+        let avatar = claims
+            .picture
+            .clone()
+            .filter(|p| p.len() <= AVATAR_CHARS_MAX)
+            .unwrap_or_default();
+        Ok(NewUser {
+            id: self.mint_id(),
+            name,
+            email,
+            avatar,
+            password_hash: None,
+            external_id: Some(claims.sub.clone()),
+            now_ms: self.now_ms(),
+        })
+    }
+
+    pub fn search_users(
+        &self,
+        caller: &str,
+        query: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Vec<PublicUser>, ApiError> {
+        let limit = clamp_limit(limit, USERS_PAGE_DEFAULT, USERS_PAGE_MAX) as usize;
+        let query = query
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(str::to_lowercase);
+        let users = self
+            .store
+            .search_users(caller, query.as_deref(), limit)
+            .map_err(unavailable)?;
+        Ok(users.iter().map(PublicUser::from).collect())
+    }
+}
