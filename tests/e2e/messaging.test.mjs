@@ -126,7 +126,7 @@ test('typing: {userId, chatId, isTyping} once to every socket of the other parti
   await quiet();
   for (const s of [b1, b2]) assert.deepEqual(got(s, 'typing'), [{ userId: a.user._id, chatId: chat._id, isTyping: true }]);
   for (const s of [a1, a2, c1]) assert.equal(got(s, 'typing').length, 0, 'not to the sender\'s sockets nor to others');
-  a2.emit('typing', { chatId: chat._id, isTyping: false });
+  a1.emit('typing', { chatId: chat._id, isTyping: false });
   await waitFor(() => got(b1, 'typing').length >= 2 && got(b2, 'typing').length >= 2, 3000, 'isTyping false');
   await quiet();
   for (const s of [b1, b2]) assert.deepEqual(got(s, 'typing')[1], { userId: a.user._id, chatId: chat._id, isTyping: false });
