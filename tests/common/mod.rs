@@ -38,8 +38,12 @@ pub fn relaxed_config() -> Config {
 }
 
 pub async fn start(config: Config) -> TestServer {
+    start_in(config, tempfile::tempdir().expect("temp dir")).await
+}
+
+/// A server on an existing data directory (kept from an earlier server's `stop_keeping_data`).
+pub async fn start_in(config: Config, dir: tempfile::TempDir) -> TestServer {
     install_tls_provider();
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
         data_dir: dir.path().to_owned(),
         ..config
