@@ -107,7 +107,7 @@ fn serialisation(c: &mut Criterion) {
         b.iter(|| black_box(serde_json::to_string(black_box(&view)).expect("json")));
     });
     group.bench_function("ack_json", |b| {
-        // The ack through a Value (`{ ok, message }`), as the socket handler built it in session 1.
+        // The ack built through a `serde_json::Value` (`{ ok, message }`), for comparison.
         b.iter(|| {
             let mut body =
                 json!({ "message": serde_json::to_value(black_box(&view)).expect("json") });
@@ -116,7 +116,7 @@ fn serialisation(c: &mut Criterion) {
         });
     });
     group.bench_function("ack_json_typed", |b| {
-        // The same JSON the way the handler builds it now (src/transport/socket.rs `Accepted`).
+        // The same JSON the way the socket handler builds it (src/transport/socket.rs `Accepted`).
         #[derive(serde::Serialize)]
         struct Accepted<T> {
             ok: bool,

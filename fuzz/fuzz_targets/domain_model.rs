@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use palaver::domain::page::Anchor;
-use palaver::domain::validate::Refusal;
+use palaver::service::{Refusal, SendMessage, Transition};
 use palaver::limits::{LOGIN_FAILURES_MAX, PAGE_MAX};
 use palaver::service::ApiError;
 use palaver_fuzz::{Server, config, with_fixture};
@@ -193,11 +193,13 @@ async fn run(server: &Server, case: u64, ops: Vec<Op>) {
         check_invariants(server, &model).await;
     }
     // Retire this case's connections so the next case starts with nobody online.
-    let mut presence = server.app.presence.lock().await;
+    let mut presence = server.app.presence().await;
+    let before = presence.state().connection_count();
     for conn in model.connections.keys() {
-        assert!(presence.disconnect(conn).is_some());
+        presence.disconnect(conn);
     }
-    assert_eq!(presence.connection_count(), 0);
+    assert_eq!(before, model.connections.len());
+    assert_eq!(presence.state().connection_count(), 0);
 }
 
 async fn step(server: &Server, model: &mut Model, op: Op) {
@@ -403,7 +405,7 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
             let conn = format!("conn{}", model.next_connection);
             model.next_connection += 1;
             let was_online = model.connections.values().any(|&s| s == slot);
-            let came_online = app.presence.lock().await.connect(&conn, &user_id);
+            let came_online = app.presence().await.connect(&conn, &user_id).is_some();
             assert_eq!(
                 came_online, !was_online,
                 "user-online must mark the first connection"
@@ -416,12 +418,16 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
                 .get(usize::from(conn) % (live.len() + 1))
                 .cloned()
                 .unwrap_or_else(|| "never-connected".into());
-            let retired = app.presence.lock().await.disconnect(&conn);
+            let mut presence = app.presence().await;
+            let counted = presence.state().connection_count();
+            let went_offline = presence.disconnect(&conn);
+            let retired = counted - presence.state().connection_count();
             match model.connections.remove(&conn) {
-                None => assert_eq!(retired, None),
+                None => assert_eq!((retired, went_offline), (0, None)),
                 Some(slot) => {
                     let still = model.connections.values().any(|&s| s == slot);
-                    assert_eq!(retired, Some((model.users[&slot].clone(), !still)));
+                    let offline = (!still).then(|| Transition::Offline(model.users[&slot].clone()));
+                    assert_eq!((retired, went_offline), (1, offline));
                 }
             }
         }
@@ -441,10 +447,12 @@ async fn send(server: &Server, model: &mut Model, op: SendOp) {
         .expect("registered user");
     let chat_id = model.chat_id(op.chat);
     let (raw_text, cmid) = (text(op.text), cmid(op.cmid));
-    let result = server
-        .app
-        .send(&user, &chat_id, &raw_text, cmid.as_deref())
-        .await;
+    let command = SendMessage {
+        chat_id: chat_id.clone(),
+        text: raw_text.clone(),
+        client_msg_id: cmid.clone(),
+    };
+    let result = server.app.send(&user, command).await;
 
     // The model, in the contract's order of checks.
     let trimmed = raw_text.trim().to_owned();
@@ -556,7 +564,8 @@ async fn check_invariants(server: &Server, model: &Model) {
         want.sort();
         assert_eq!(listed, want);
     }
-    let presence = server.app.presence.lock().await;
+    let desk = server.app.presence().await;
+    let presence = desk.state();
     let mut online = 0;
     for (slot, id) in &model.users {
         let count = model.connections.values().filter(|&&s| s == *slot).count();

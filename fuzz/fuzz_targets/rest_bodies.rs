@@ -130,14 +130,14 @@ async fn case(fixture: &Fixture, route: u8, auth: u8, target: u8, content_type: 
         0 => request,
         1 => request.header(
             header::AUTHORIZATION,
-            format!("Bearer {}", server.app.tokens.issue(ada, now)),
+            format!("Bearer {}", server.app.tokens().issue(ada, now)),
         ),
         2 => request.header(header::AUTHORIZATION, "Bearer not.a.token"),
         3 => request.header(
             header::AUTHORIZATION,
             format!(
                 "Bearer {}",
-                server.app.tokens.issue("nobody000000000000000000", now)
+                server.app.tokens().issue("nobody000000000000000000", now)
             ),
         ),
         _ => request.header(header::AUTHORIZATION, "Basic YWRhOnBhc3N3b3Jk"),

@@ -12,7 +12,8 @@
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use palaver::domain::validate::{self, Refusal};
+use palaver::domain::validate;
+use palaver::service::{Refusal, SendMessage};
 use palaver::limits::{CLIENT_MSG_ID_CHARS_MAX, PAGE_DEFAULT, PAGE_MAX};
 use palaver::storage::UserRecord;
 use palaver::transport::payload;
@@ -71,11 +72,12 @@ impl Fixture {
             .id;
         assert_ne!(chat, foreign);
         for n in 1..=EXISTING {
-            server
-                .app
-                .send(&ada, &chat, &format!("m{n}"), Some(&format!("seed-{n}")))
-                .await
-                .expect("seed message");
+            let command = SendMessage {
+                chat_id: chat.clone(),
+                text: format!("m{n}"),
+                client_msg_id: Some(format!("seed-{n}")),
+            };
+            server.app.send(&ada, command).await.expect("seed message");
         }
         Self {
             server,
@@ -205,7 +207,7 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
     };
     // What the contract says should happen, in the order the service checks, given the chat's
     // current state (earlier cases may have added messages).
-    let cmid = command.client_msg_id.filter(|id| !id.is_empty());
+    let cmid = command.client_msg_id.as_deref().filter(|id| !id.is_empty());
     let trimmed = command.text.trim();
     let last_seq = server
         .store
@@ -230,10 +232,7 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
     } else {
         Ok(())
     };
-    let result = server
-        .app
-        .send(ada, command.chat_id, command.text, command.client_msg_id)
-        .await;
+    let result = server.app.send(ada, command.clone()).await;
     let last_seq_after = server
         .store
         .chat(chat_id)

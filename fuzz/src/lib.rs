@@ -5,15 +5,14 @@
 //! `--cfg fuzzing`, under which palaver hashes passwords with argon2's cheapest parameters.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use palaver::clock::Clock;
+use palaver::clock::{Clock, ManualClock};
 use palaver::config::Config;
-use palaver::server::build_app;
+use palaver::server::Service;
 use palaver::service::App;
 use palaver::storage::writer::CreateUserOutcome;
-use palaver::storage::{self, Durability, NewUser, Store, StoreWriter, UserRecord};
+use palaver::storage::{self, NewUser, Store, StoreWriter, UserRecord};
 
 /// 2027-01-15T08:00:00Z: a fixed "now", so ids and token expiries do not depend on the wall clock.
 pub const START_MS: u64 = 1_800_000_000_000;
@@ -27,26 +26,6 @@ pub const REFUSALS: [&str; 6] = [
     "Rate limited",
     "Failed to send message",
 ];
-
-/// A clock that moves only when told to.
-#[derive(Debug)]
-pub struct FakeClock(AtomicU64);
-
-impl FakeClock {
-    pub fn new(now_ms: u64) -> Arc<Self> {
-        Arc::new(Self(AtomicU64::new(now_ms)))
-    }
-
-    pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for FakeClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// Runs `case` on a fixture built by `build` and reused for `every` cases, then rebuilt: building
 /// a server costs milliseconds under the sanitizer, a case microseconds. Reuse means a case may
@@ -103,29 +82,28 @@ pub struct Server {
     pub app: Arc<App>,
     pub store: Store,
     pub writer: StoreWriter,
-    pub clock: Arc<FakeClock>,
+    pub clock: Arc<ManualClock>,
+    /// Keeps the writer running for as long as the fixture lives.
+    _service: Service,
 }
 
 impl Server {
     pub async fn start(config: &Config) -> Self {
-        let db = storage::open_in_memory().expect("in-memory database");
-        let (store, writer, task) = storage::start(db, Durability::Immediate).expect("start");
-        tokio::spawn(task.run(std::future::pending()));
-        let clock = FakeClock::new(START_MS);
-        let app = build_app(
-            config,
-            store.clone(),
-            writer.clone(),
-            Arc::clone(&clock) as Arc<dyn Clock>,
-            [7; 32],
-        )
-        .await
-        .expect("build_app");
+        let clock = Arc::new(ManualClock::at(START_MS));
+        let service = palaver::server::Server::builder(config.clone())
+            .database(storage::open_in_memory().expect("in-memory database"))
+            .clock(Arc::clone(&clock) as Arc<dyn Clock>)
+            .seed([7; 32])
+            .writer_on_callers_runtime()
+            .build()
+            .await
+            .expect("service");
         Self {
-            app,
-            store,
-            writer,
+            app: Arc::clone(&service.app),
+            store: service.store.clone(),
+            writer: service.writer.clone(),
             clock,
+            _service: service,
         }
     }
 

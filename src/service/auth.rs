@@ -124,10 +124,6 @@ impl Tokens {
         })
     }
 
-    pub fn has_external(&self) -> bool {
-        self.external.is_some()
-    }
-
     /// Fetches the provider's JWKS from its URL, if one is configured. Called at start; a
     /// failure is reported, and the fetch is retried when a token with an unknown key arrives.
     pub async fn refresh_external_keys(&self, now_ms: u64) -> Result<(), AuthSetupError> {

@@ -55,6 +55,11 @@ impl PresenceDesk<'_> {
         }
     }
 
+    /// The counts as they stand (for checks against a model).
+    pub fn state(&self) -> &Presence {
+        &self.presence
+    }
+
     /// Every online user but `user`: the snapshot a new socket of `user` is sent.
     pub fn online_except(&self, user: &str) -> Vec<String> {
         self.presence.online_except(user)
