@@ -17,7 +17,7 @@ use palaver::storage::{self, NewUser, Store, StoreWriter, UserRecord};
 /// 2027-01-15T08:00:00Z: a fixed "now", so ids and token expiries do not depend on the wall clock.
 pub const START_MS: u64 = 1_800_000_000_000;
 
-/// The contract's refusal messages (PROTOCOL.md, "Refusal messages").
+/// The contract's refusal messages (docs/protocol.md, "Refusal messages").
 pub const REFUSALS: [&str; 6] = [
     "Chat not found",
     "Invalid payload",

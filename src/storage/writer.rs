@@ -18,7 +18,7 @@ use super::feed::CommitFeed;
 use super::records::{ChatRecord, DecodeError, MessageRecord, UserRecord, decode, encode};
 use super::tables::*;
 use super::{Durability, StoreError};
-use crate::limits::{WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+use crate::limits::{CHAT_MEMBERS_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 
 pub struct NewUser {
     pub id: String,
@@ -474,9 +474,14 @@ impl<'tx> Tables<'tx> {
         if let Some(chat) = existing.map(|id| self.chat(&id)).transpose()?.flatten() {
             return Ok(chat);
         }
+        let members = vec![caller.clone(), other.clone()];
+        assert!(
+            members.len() <= CHAT_MEMBERS_MAX,
+            "a chat has at most {CHAT_MEMBERS_MAX} members"
+        );
         let chat = ChatRecord {
             id: new_id,
-            members: vec![caller.clone(), other.clone()],
+            members,
             created_ms: now_ms,
             last_seq: 0,
             last_message_ms: now_ms,
