@@ -26,6 +26,9 @@ pub enum PlantedFault {
     DuplicateFanOut,
     /// After a restart, the first message appended to each chat reuses the chat's last seq.
     SeqReuseAfterRestart,
+    /// `new-message` is fanned out by each sender's task when it wakes after the group commit,
+    /// so sockets receive a chat's messages in wake-up order rather than in seq order.
+    FanOutInWakeOrder,
 }
 
 thread_local! {

@@ -24,7 +24,7 @@ pub const DATA_DIR: &str = "/data";
 pub const DB_PATH: &str = "/data/palaver.redb";
 
 /// How an armed disk fault fails the next `sync_data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SyncFailure {
     /// The data never reached the disk.
     Lost,
