@@ -41,7 +41,7 @@ pub fn on_sighting(model: &Model, message: &Value, source: &str) -> Option<Messa
     Some(facts)
 }
 
-/// 3. One `(chat, seq)` is always the same message, and one `_id` always carries the same facts.
+/// Invariant 3: one `(chat, seq)` is always the same message, and one `_id` always carries the same facts.
 fn check_binding(model: &Model, facts: &MessageFacts, source: &str) {
     let key = (facts.chat.clone(), facts.seq);
     let earlier = {
@@ -341,7 +341,7 @@ pub fn on_send_answer(
     None
 }
 
-/// 9. On one connection, two sends to one chat acknowledged as new hold seqs in the order they
+/// Invariant 9: on one connection, two sends to one chat acknowledged as new hold seqs in the order they
 /// were emitted, whether or not the first was acknowledged before the second was emitted.
 fn check_send_order(
     model: &Model,
@@ -696,7 +696,7 @@ fn chat_label(chats: &[crate::model::ChatSlot], id: &str) -> String {
     }
 }
 
-/// 7. Every connected client's view of each of its chats equals history.
+/// Invariant 7: every connected client's view of each of its chats equals history.
 fn check_convergence(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>>) {
     let state = model.state.borrow();
     let mut found = Vec::new();
@@ -747,7 +747,7 @@ fn check_convergence(model: &Model, histories: &BTreeMap<String, Vec<MessageFact
     }
 }
 
-/// 8. Every connected client sees online exactly the other users with a connected client.
+/// Invariant 8: every connected client sees online exactly the other users with a connected client.
 fn check_presence(model: &Model) {
     let state = model.state.borrow();
     let online_users: BTreeSet<String> = state

@@ -45,10 +45,10 @@ fn different_seeds_different_traces() {
     assert_ne!(a.trace_hash, b.trace_hash);
 }
 
-/// Seed 0 found it: the server created its database file without fsyncing the data directory,
-/// and the first power cut lost the whole file, acknowledged messages included. The server
-/// fsyncs the directory now; the simulation models the old behaviour with
-/// `sync_dir_entries: false` (`--no-dir-fsync`) to show it still catches it.
+/// Seed 0 guards the data directory's fsync: a server that creates its database file without
+/// fsyncing the directory loses the whole file, acknowledged messages included, at the first
+/// power cut. The server fsyncs it; `sync_dir_entries: false` (`--no-dir-fsync`) models one
+/// that does not, and the run must then fail with durability.
 #[test]
 fn regression_seed_0_power_cut_after_first_start_keeps_the_database() {
     let fixed = settings();
