@@ -24,7 +24,7 @@ pub const DATA_DIR: &str = "/data";
 pub const DB_PATH: &str = "/data/palaver.redb";
 
 /// How an armed disk fault fails the next `sync_data`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SyncFailure {
     /// The data never reached the disk.
     Lost,
@@ -110,7 +110,7 @@ impl SimDisk {
     /// Opens (creating if needed) the database file the way the server's `open_dir` does: the
     /// data directory, then the file, then (`sync_entries`) an fsync of the directories so that
     /// the new entries survive a power cut. Without that last step a power cut soon after the
-    /// first start loses the whole file, which is what the simulation found in `open_dir`.
+    /// first start loses the whole file.
     pub fn open(switch: DiskSwitch, sync_entries: bool) -> io::Result<Self> {
         create_dir_all(DATA_DIR)?;
         let file = OpenOptions::new()

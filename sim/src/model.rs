@@ -1,6 +1,8 @@
-//! What the simulation knows, shared by the driver, the clients and the server host: the
-//! planned users and chats, the phase, every send and its outcome, every message observed, and
-//! the violations found along the way.
+//! The model: what the simulation knows, shared by the driver, the tabs, the server host and
+//! the oracle. The users and chats of the plan (with the ids the server gave them), the phase,
+//! every send and the outcome of each attempt, the message each `(chat, seq)` was seen bound
+//! to, per connection what it was sent and what it received, the history read back at the
+//! audit, and the violations the oracle found. The model records; only the oracle judges.
 //!
 //! Everything is single-threaded (turmoil runs all hosts on the thread that steps the
 //! simulation), so the model is an `Rc<RefCell<_>>`, and every map is a `BTreeMap` so that
@@ -17,8 +19,8 @@ use serde_json::Value;
 
 use crate::trace::Trace;
 
-/// The invariants of the oracle, numbered as in the issue, plus the contract checks that are
-/// not one of the eight (unexpected refusals, tokens that stop working, malformed answers).
+/// The invariants of the oracle, numbered as in the README, plus the contract checks that are
+/// not one of them (unexpected refusals, tokens that stop working, malformed answers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Invariant {
     Contract,
@@ -30,6 +32,8 @@ pub enum Invariant {
     Authorization,
     Convergence,
     Presence,
+    SendOrder,
+    DeliveryOrder,
 }
 
 impl Invariant {
@@ -44,6 +48,8 @@ impl Invariant {
             Invariant::Authorization => 6,
             Invariant::Convergence => 7,
             Invariant::Presence => 8,
+            Invariant::SendOrder => 9,
+            Invariant::DeliveryOrder => 10,
         }
     }
 
@@ -58,6 +64,8 @@ impl Invariant {
             Invariant::Authorization => "authorization",
             Invariant::Convergence => "convergence",
             Invariant::Presence => "presence",
+            Invariant::SendOrder => "send order",
+            Invariant::DeliveryOrder => "delivery order",
         }
     }
 }
@@ -150,6 +158,27 @@ pub enum Attempt {
     Unknown(String),
 }
 
+/// What a refusal of a send says about it, by its error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// `Failed to send message`: storage trouble; it may or may not have been committed.
+    Unknown,
+    /// `Rate limited`: nothing was committed; the tab retries later.
+    Retry,
+    /// Any other refusal: nothing was committed and a retry would be refused too.
+    Final,
+}
+
+impl RefusalKind {
+    pub fn of(error: &str) -> Self {
+        match error {
+            "Failed to send message" => RefusalKind::Unknown,
+            "Rate limited" => RefusalKind::Retry,
+            _ => RefusalKind::Final,
+        }
+    }
+}
+
 /// Everything sent under one `(user, clientMsgId)`.
 #[derive(Debug, Clone)]
 pub struct SendRecord {
@@ -176,6 +205,54 @@ impl SendRecord {
             .any(|a| !matches!(a, Attempt::Refused(_)))
     }
 }
+
+/// One send emitted on a connection and acknowledged as a new message (its first attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedSend {
+    /// Its place among the sends emitted on the connection (0 first).
+    pub emission: u64,
+    pub client_msg_id: String,
+    pub chat: String,
+    pub seq: u64,
+}
+
+/// What one connection `(tab, number)` was sent and what it received.
+#[derive(Debug, Clone, Default)]
+pub struct ConnRecord {
+    /// `send-message` events emitted on it so far.
+    pub emitted: u64,
+    /// Its sends acknowledged as new, in the order the acks came.
+    pub acked_new: Vec<AckedSend>,
+    /// `new-message` ids received.
+    pub received: BTreeSet<String>,
+    /// Per chat, the highest seq received in a `new-message`.
+    pub highest_seq: BTreeMap<String, u64>,
+    /// Who it was told is online: `online-users`, then the transitions.
+    pub online: BTreeMap<String, bool>,
+}
+
+/// An event as a socket received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivered {
+    NewMessage { chat: String, seq: u64, id: String },
+    Typing { chat: String, from: String },
+    OnlineUsers(Vec<String>),
+    UserOnline(String),
+    UserOffline(String),
+}
+
+/// An event received by connection `conn` of tab `tab`, at simulated `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub at_ms: u64,
+    pub tab: usize,
+    pub conn: u32,
+    pub event: Delivered,
+}
+
+/// Deliveries a run keeps (when it keeps them at all); a run of the default size receives a
+/// few tens of thousands.
+pub const DELIVERIES_MAX: usize = 1_000_000;
 
 /// What a client reports at the audit: its view of each of its chats and who it sees online.
 #[derive(Debug, Clone, Default)]
@@ -217,8 +294,13 @@ pub struct ModelState {
     /// History read back at the audit, per chat id.
     pub histories: BTreeMap<String, Vec<MessageFacts>>,
     pub violations: Vec<Violation>,
+    /// Per connection `(tab, connection number)`: what it was sent and what it received.
+    pub connections: BTreeMap<(usize, u32), ConnRecord>,
+    /// Every event the sockets received, in order, if the run keeps them (at most
+    /// [`DELIVERIES_MAX`]).
+    pub deliveries: Option<Vec<Delivery>>,
     /// Set by the server host from the moment its storage failed until it stops: a handshake
-    /// in that window is refused with `Invalid namespace` (see `tab::Tab::connect`).
+    /// in that window is refused with `Invalid namespace`, which the oracle tolerates.
     pub server_stopping: Arc<AtomicBool>,
 }
 
@@ -230,13 +312,20 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(trace: Trace, users: Vec<UserSlot>, chats: Vec<ChatSlot>, tabs: usize) -> Self {
+    pub fn new(
+        trace: Trace,
+        users: Vec<UserSlot>,
+        chats: Vec<ChatSlot>,
+        tabs: usize,
+        keep_deliveries: bool,
+    ) -> Self {
         Self {
             state: Rc::new(RefCell::new(ModelState {
                 phase: Some(Phase::Setup),
                 users,
                 chats,
                 tabs: vec![TabStatus::default(); tabs],
+                deliveries: keep_deliveries.then(Vec::new),
                 ..ModelState::default()
             })),
             trace,
@@ -255,8 +344,8 @@ impl Model {
         self.state.borrow().phase.unwrap_or(Phase::Setup)
     }
 
-    /// Records a violation (and a trace line for it).
-    pub fn violate(&self, invariant: Invariant, detail: impl Into<String>) {
+    /// Records a violation (and a trace line for it). The oracle's to call.
+    pub fn record_violation(&self, invariant: Invariant, detail: impl Into<String>) {
         let detail = detail.into();
         self.trace
             .record(format!("VIOLATION {invariant}: {detail}"));
@@ -266,6 +355,76 @@ impl Model {
             at_ms,
             detail,
         });
+    }
+
+    /// Records an event a socket received, if the run keeps them.
+    pub fn record_delivery(&self, tab: usize, conn: u32, event: Delivered) {
+        let at_ms = self.trace.now_ms();
+        let mut state = self.state.borrow_mut();
+        if let Some(deliveries) = &mut state.deliveries
+            && deliveries.len() < DELIVERIES_MAX
+        {
+            deliveries.push(Delivery {
+                at_ms,
+                tab,
+                conn,
+                event,
+            });
+        }
+    }
+
+    /// Notes a send the first time its `clientMsgId` is used.
+    pub fn register_send(&self, user: usize, cmid: &str, chat: &str, text: &str, valid: bool) {
+        self.state
+            .borrow_mut()
+            .sends
+            .entry((user, cmid.to_owned()))
+            .or_insert_with(|| SendRecord {
+                user,
+                chat: chat.to_owned(),
+                text: text.to_owned(),
+                valid,
+                attempts: Vec::new(),
+            });
+    }
+
+    /// Notes that an attempt of `cmid` is on its way, and returns whether it is the first.
+    /// Until its outcome is known it counts as unknown, so an attempt interrupted by a fault
+    /// may still show up in history.
+    pub fn begin_attempt(&self, user: usize, cmid: &str) -> bool {
+        let mut state = self.state.borrow_mut();
+        match state.sends.get_mut(&(user, cmid.to_owned())) {
+            Some(record) => {
+                record.attempts.push(Attempt::Unknown("in flight".into()));
+                record.attempts.len() == 1
+            }
+            None => false,
+        }
+    }
+
+    /// Replaces the outcome of the latest attempt of `cmid`.
+    pub fn record_attempt(&self, user: usize, cmid: &str, attempt: Attempt) {
+        let mut state = self.state.borrow_mut();
+        if let Some(record) = state.sends.get_mut(&(user, cmid.to_owned())) {
+            match record.attempts.last_mut() {
+                Some(last) => *last = attempt,
+                None => record.attempts.push(attempt),
+            }
+        }
+    }
+
+    /// The next emission number on connection `conn` of `tab`.
+    pub fn next_emission(&self, tab: usize, conn: u32) -> u64 {
+        let mut state = self.state.borrow_mut();
+        let record = state.connections.entry((tab, conn)).or_default();
+        let emission = record.emitted;
+        record.emitted += 1;
+        emission
+    }
+
+    /// The server id of chat `index` of the plan, once it is opened.
+    pub fn chat_id(&self, index: usize) -> Option<String> {
+        self.state.borrow().chats.get(index)?.id.clone()
     }
 
     /// Index of the user with this server id.
@@ -318,51 +477,6 @@ impl Model {
         match self.user_index(id) {
             Some(u) => format!("u{u}"),
             None => format!("u?{id}"),
-        }
-    }
-
-    /// Notes a sighting of a message (from an ack, an event, `sync` or history) and checks it
-    /// against earlier sightings: one `(chat, seq)` must always be the same message, and one
-    /// `_id` must always carry the same facts.
-    pub fn observe(&self, facts: &MessageFacts, source: &str) {
-        let key = (facts.chat.clone(), facts.seq);
-        let earlier = {
-            let mut state = self.state.borrow_mut();
-            match state.bindings.get(&key) {
-                Some(bound) if bound == facts => None,
-                Some(bound) => {
-                    let bound = bound.clone();
-                    let fresh =
-                        state
-                            .conflicts
-                            .insert((facts.chat.clone(), facts.seq, facts.id.clone()));
-                    fresh.then_some(bound)
-                }
-                None => {
-                    state.bindings.insert(key, facts.clone());
-                    None
-                }
-            }
-        };
-        if let Some(bound) = earlier {
-            let chat = self.chat_label(&facts.chat);
-            if bound.id == facts.id {
-                self.violate(
-                    Invariant::Contract,
-                    format!(
-                        "message {} in {chat} changed: {bound:?} then {facts:?} ({source})",
-                        facts.id
-                    ),
-                );
-            } else {
-                self.violate(
-                    Invariant::SeqContiguous,
-                    format!(
-                        "seq {} of {chat} repeated: {} ({:?}) and then {} ({:?}) via {source}",
-                        facts.seq, bound.id, bound.text, facts.id, facts.text
-                    ),
-                );
-            }
         }
     }
 }

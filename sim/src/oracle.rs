@@ -1,21 +1,509 @@
-//! The oracle: the invariants of the issue, checked against what the simulation recorded.
+//! The oracle: every invariant of the README, checked in this module and nowhere else.
 //!
-//! Some are checked as events happen (in `tab` and `model`): exactly once (5), authorization
-//! (6), presence alternation (8), and the binding of each `(chat, seq)` to one message (3).
-//! This module checks the rest:
+//! The runner hands it what the tabs see, as they see it, and it judges against the model:
+//! - each message object in an answer or event: one `(chat, seq)` is always the same message
+//!   (3), one `_id` always the same facts (0);
+//! - each event a socket receives: its chat is one of the user's (6), no `new-message` twice on
+//!   one connection (5), per connection and chat the `new-message` seqs only rise (10), presence
+//!   transitions alternate from the `online-users` snapshot (8), no typing echoed to its user;
+//! - each answer to a send: the ack is the message sent (0), a valid send is not refused, a
+//!   hostile one is (0), and per connection the sends acknowledged as new hold seqs in the
+//!   order they were emitted (9);
+//! - every other answer the contract fixes (joins, `sync`, chat lists, history pages, connects);
 //! - at every server boot, on the recovered database before the server accepts a connection:
-//!   every acknowledged message is there with its `_id` and `seq` (1), nothing is there that
-//!   no client sent or that was refused (2), seqs are 1..n (3), no `(sender, clientMsgId)`
-//!   twice (4);
+//!   every acknowledged message is there with its `_id` and `seq` (1), nothing is there that no
+//!   client sent or that was refused (2), seqs are 1..n (3), no `(sender, clientMsgId)` twice
+//!   (4);
 //! - at the end, the same on the history read back over REST, plus convergence (7: every
 //!   connected client's view equals history) and presence (8: every connected client sees
-//!   online exactly the users with a connected client).
+//!   online exactly the users with a connected client), and the time bounds of the phases.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use palaver::storage::Store;
+use serde_json::{Value, json};
 
-use crate::model::{Invariant, MessageFacts, Model};
+use crate::model::{AckedSend, Attempt, Delivered, Invariant, MessageFacts, Model, RefusalKind};
+
+// ---- sightings and events ----
+
+/// A message object seen in an answer (`source`: ack, sync, chat list, history...). Returns its
+/// facts, or `None` (a contract violation) if it is not shaped like a message.
+pub fn on_sighting(model: &Model, message: &Value, source: &str) -> Option<MessageFacts> {
+    let Some(facts) = MessageFacts::parse(message) else {
+        model.record_violation(
+            Invariant::Contract,
+            format!("malformed message via {source}: {message}"),
+        );
+        return None;
+    };
+    check_binding(model, &facts, source);
+    Some(facts)
+}
+
+/// Invariant 3: one `(chat, seq)` is always the same message, and one `_id` always carries the same facts.
+fn check_binding(model: &Model, facts: &MessageFacts, source: &str) {
+    let key = (facts.chat.clone(), facts.seq);
+    let earlier = {
+        let mut state = model.state.borrow_mut();
+        match state.bindings.get(&key) {
+            Some(bound) if bound == facts => None,
+            Some(bound) => {
+                let bound = bound.clone();
+                let fresh =
+                    state
+                        .conflicts
+                        .insert((facts.chat.clone(), facts.seq, facts.id.clone()));
+                fresh.then_some(bound)
+            }
+            None => {
+                state.bindings.insert(key, facts.clone());
+                None
+            }
+        }
+    };
+    let Some(bound) = earlier else { return };
+    let chat = model.chat_label(&facts.chat);
+    if bound.id == facts.id {
+        model.record_violation(
+            Invariant::Contract,
+            format!(
+                "message {} in {chat} changed: {bound:?} then {facts:?} ({source})",
+                facts.id
+            ),
+        );
+    } else {
+        model.record_violation(
+            Invariant::SeqContiguous,
+            format!(
+                "seq {} of {chat} repeated: {} ({:?}) and then {} ({:?}) via {source}",
+                facts.seq, bound.id, bound.text, facts.id, facts.text
+            ),
+        );
+    }
+}
+
+/// Who received an event: connection `conn` of tab `tab`, which belongs to user `user`.
+#[derive(Debug, Clone, Copy)]
+pub struct Receiver {
+    pub tab: usize,
+    pub user: usize,
+    pub conn: u32,
+}
+
+impl Receiver {
+    fn label(&self) -> String {
+        format!("t{}#{}", self.tab, self.conn)
+    }
+}
+
+/// A `new-message` event: authorization (6), exactly once (5), delivery order (10), and the
+/// seq binding (3). Returns the message for the tab's view when it is one of the user's chats.
+pub fn on_new_message(model: &Model, to: Receiver, data: &Value) -> Option<MessageFacts> {
+    let Some(facts) = MessageFacts::parse(data) else {
+        model.record_violation(Invariant::Contract, format!("malformed new-message {data}"));
+        return None;
+    };
+    model.record_delivery(
+        to.tab,
+        to.conn,
+        Delivered::NewMessage {
+            chat: facts.chat.clone(),
+            seq: facts.seq,
+            id: facts.id.clone(),
+        },
+    );
+    let label = model.chat_label(&facts.chat);
+    if !model.chats_of(to.user).contains(&facts.chat) {
+        model.record_violation(
+            Invariant::Authorization,
+            format!(
+                "{} (u{}) received new-message {} of {label}, a chat it is not in",
+                to.label(),
+                to.user,
+                facts.id
+            ),
+        );
+        return None;
+    }
+    let (duplicate, highest) = {
+        let mut state = model.state.borrow_mut();
+        let record = state.connections.entry((to.tab, to.conn)).or_default();
+        let duplicate = !record.received.insert(facts.id.clone());
+        let highest = record.highest_seq.entry(facts.chat.clone()).or_insert(0);
+        let before = *highest;
+        *highest = before.max(facts.seq);
+        (duplicate, before)
+    };
+    if duplicate {
+        model.record_violation(
+            Invariant::ExactlyOnce,
+            format!(
+                "{} received new-message {} (seq {} of {label}) twice",
+                to.label(),
+                facts.id,
+                facts.seq
+            ),
+        );
+    } else if facts.seq < highest {
+        model.record_violation(
+            Invariant::DeliveryOrder,
+            format!(
+                "{} received seq {} of {label} (id {}) after seq {highest}",
+                to.label(),
+                facts.seq,
+                facts.id
+            ),
+        );
+    }
+    check_binding(model, &facts, "new-message");
+    Some(facts)
+}
+
+/// A `typing` event: authorization (6), and never the receiver's own user's typing.
+pub fn on_typing(model: &Model, to: Receiver, data: &Value) {
+    let chat = data["chatId"].as_str().unwrap_or_default();
+    let from = data["userId"].as_str().unwrap_or_default();
+    model.record_delivery(
+        to.tab,
+        to.conn,
+        Delivered::Typing {
+            chat: chat.to_owned(),
+            from: from.to_owned(),
+        },
+    );
+    let label = model.chat_label(chat);
+    if !model.chats_of(to.user).iter().any(|c| c == chat) {
+        model.record_violation(
+            Invariant::Authorization,
+            format!(
+                "{} (u{}) received typing of {label}, a chat it is not in",
+                to.label(),
+                to.user
+            ),
+        );
+    }
+    let own = model.state.borrow().users[to.user].id.clone();
+    if own.as_deref() == Some(from) {
+        model.record_violation(
+            Invariant::Contract,
+            format!("{} received its own user's typing", to.label()),
+        );
+    }
+}
+
+/// An `online-users` snapshot: the start of the connection's presence (8).
+pub fn on_online_users(model: &Model, to: Receiver, ids: &[String]) {
+    model.record_delivery(to.tab, to.conn, Delivered::OnlineUsers(ids.to_vec()));
+    let mut state = model.state.borrow_mut();
+    let record = state.connections.entry((to.tab, to.conn)).or_default();
+    record.online = ids.iter().map(|id| (id.clone(), true)).collect();
+}
+
+/// A `user-online` or `user-offline` event (`online` says which): it must change what the
+/// connection was told (8), so transitions alternate from the snapshot.
+pub fn on_presence(model: &Model, to: Receiver, data: &Value, online: bool) {
+    let event = if online {
+        "user-online"
+    } else {
+        "user-offline"
+    };
+    let Some(user) = data["userId"].as_str() else {
+        model.record_violation(Invariant::Contract, format!("{event} without userId"));
+        return;
+    };
+    let delivered = if online {
+        Delivered::UserOnline(user.to_owned())
+    } else {
+        Delivered::UserOffline(user.to_owned())
+    };
+    model.record_delivery(to.tab, to.conn, delivered);
+    let before = {
+        let mut state = model.state.borrow_mut();
+        let record = state.connections.entry((to.tab, to.conn)).or_default();
+        record
+            .online
+            .insert(user.to_owned(), online)
+            .unwrap_or(false)
+    };
+    if before == online {
+        model.record_violation(
+            Invariant::Presence,
+            format!(
+                "{} got {event} for {}, who it already saw {}",
+                to.label(),
+                model.user_label(user),
+                if online { "online" } else { "offline" }
+            ),
+        );
+    }
+}
+
+// ---- answers ----
+
+/// A send whose answer came (or did not).
+#[derive(Debug, Clone, Copy)]
+pub struct Sent<'a> {
+    pub tab: usize,
+    pub user: usize,
+    /// For a send over the socket, its connection and emission number there.
+    pub emitted: Option<(u32, u64)>,
+    /// The first attempt of its `clientMsgId`: acknowledged, it is a new message.
+    pub first_attempt: bool,
+    pub client_msg_id: &'a str,
+    pub chat: &'a str,
+    pub text: &'a str,
+    /// A send the server must accept; a hostile one it must refuse.
+    pub valid: bool,
+}
+
+/// How a send was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum SendAnswer<'a> {
+    /// The message the server acknowledged (the socket ack's `message`, REST's 201 body).
+    Acked(&'a Value),
+    Refused(&'a str),
+    /// No answer (timeout, connection lost, no HTTP response): the outcome is unknown.
+    NoAnswer(&'a str),
+}
+
+/// The answer to a send: the outcome goes to the model, and the oracle checks it is the message
+/// sent (0), that a valid send is not refused and a hostile one is (0), and the send order (9).
+/// Returns the acknowledged message of a valid send.
+pub fn on_send_answer(
+    model: &Model,
+    sent: Sent<'_>,
+    answer: SendAnswer<'_>,
+) -> Option<MessageFacts> {
+    let cmid = sent.client_msg_id;
+    let label = model.chat_label(sent.chat);
+    match answer {
+        SendAnswer::Acked(message) if !sent.valid => {
+            model.record_attempt(sent.user, cmid, Attempt::Unknown("accepted".into()));
+            model.record_violation(
+                Invariant::Contract,
+                format!(
+                    "t{} hostile send {cmid} to {label} accepted: {message}",
+                    sent.tab
+                ),
+            );
+        }
+        SendAnswer::Acked(message) => {
+            let facts = on_sighting(model, message, "ack")?;
+            let own = model.state.borrow().users[sent.user].id.clone();
+            if facts.chat != sent.chat
+                || facts.text != sent.text
+                || facts.client_msg_id.as_deref() != Some(cmid)
+                || Some(&facts.sender) != own.as_ref()
+            {
+                model.record_violation(
+                    Invariant::Contract,
+                    format!("t{} ack of {cmid} is another message: {facts:?}", sent.tab),
+                );
+            }
+            model.record_attempt(
+                sent.user,
+                cmid,
+                Attempt::Acked {
+                    id: facts.id.clone(),
+                    seq: facts.seq,
+                },
+            );
+            if let (Some((conn, emission)), true) = (sent.emitted, sent.first_attempt) {
+                check_send_order(model, sent.tab, conn, emission, cmid, &facts);
+            }
+            return Some(facts);
+        }
+        SendAnswer::Refused(error) => match RefusalKind::of(error) {
+            RefusalKind::Unknown => {
+                model.record_attempt(sent.user, cmid, Attempt::Unknown(error.to_owned()));
+            }
+            RefusalKind::Retry => {
+                model.record_attempt(sent.user, cmid, Attempt::Refused(error.to_owned()));
+            }
+            RefusalKind::Final => {
+                model.record_attempt(sent.user, cmid, Attempt::Refused(error.to_owned()));
+                if sent.valid {
+                    model.record_violation(
+                        Invariant::Contract,
+                        format!(
+                            "t{} valid send {cmid} to {label} refused: {error:?}",
+                            sent.tab
+                        ),
+                    );
+                }
+            }
+        },
+        SendAnswer::NoAnswer(why) => {
+            model.record_attempt(sent.user, cmid, Attempt::Unknown(why.to_owned()));
+        }
+    }
+    None
+}
+
+/// Invariant 9: on one connection, two sends to one chat acknowledged as new hold seqs in the order they
+/// were emitted, whether or not the first was acknowledged before the second was emitted.
+fn check_send_order(
+    model: &Model,
+    tab: usize,
+    conn: u32,
+    emission: u64,
+    cmid: &str,
+    facts: &MessageFacts,
+) {
+    let crossed: Vec<AckedSend> = {
+        let mut state = model.state.borrow_mut();
+        let record = state.connections.entry((tab, conn)).or_default();
+        let crossed = record
+            .acked_new
+            .iter()
+            .filter(|a| a.chat == facts.chat && (a.emission < emission) != (a.seq < facts.seq))
+            .cloned()
+            .collect();
+        record.acked_new.push(AckedSend {
+            emission,
+            client_msg_id: cmid.to_owned(),
+            chat: facts.chat.clone(),
+            seq: facts.seq,
+        });
+        crossed
+    };
+    let label = model.chat_label(&facts.chat);
+    for other in crossed {
+        let (first, second) = if other.emission < emission {
+            ((other.client_msg_id.as_str(), other.seq), (cmid, facts.seq))
+        } else {
+            ((cmid, facts.seq), (other.client_msg_id.as_str(), other.seq))
+        };
+        model.record_violation(
+            Invariant::SendOrder,
+            format!(
+                "t{tab}#{conn} emitted {} before {} to {label}, but they got seqs {} and {}",
+                first.0, second.0, first.1, second.1
+            ),
+        );
+    }
+}
+
+/// The answer to `join-chat`: a member's join must succeed. (A foreign join that succeeds is no
+/// violation by itself: invariant 6 judges what the socket then receives.)
+pub fn on_join_answer(model: &Model, tab: usize, chat: &str, member: bool, answer: &Value) {
+    if member && answer["ok"] != json!(true) {
+        model.record_violation(
+            Invariant::Contract,
+            format!(
+                "t{tab} could not join its own chat {}: {answer}",
+                model.chat_label(chat)
+            ),
+        );
+    }
+}
+
+/// The answer to `sync`: refused for a member (0), answered for a non-member (6).
+pub fn on_sync_answer(model: &Model, tab: usize, chat: &str, member: bool, answer: &Value) {
+    let label = model.chat_label(chat);
+    match (member, answer["ok"] == json!(true)) {
+        (true, false) => model.record_violation(
+            Invariant::Contract,
+            format!("t{tab} sync of {label} refused: {answer}"),
+        ),
+        (false, _) if answer["ok"] != json!(false) => model.record_violation(
+            Invariant::Authorization,
+            format!("t{tab} synced foreign chat {label}: {answer}"),
+        ),
+        _ => {}
+    }
+}
+
+/// A `sync` page that says `hasMore` but brought no next seq (3).
+pub fn on_sync_stalled(model: &Model, chat: &str, after: u64) {
+    model.record_violation(
+        Invariant::SeqContiguous,
+        format!(
+            "sync of {} after {after} says hasMore but brings no next seq",
+            model.chat_label(chat)
+        ),
+    );
+}
+
+/// `GET /api/chats`: exactly the user's chats (0); each last message is a sighting. Returns the
+/// last messages.
+pub fn on_chat_list(model: &Model, tab: usize, user: usize, chats: &[Value]) -> Vec<MessageFacts> {
+    let listed: BTreeSet<String> = chats
+        .iter()
+        .filter_map(|c| c["_id"].as_str().map(str::to_owned))
+        .collect();
+    let expected: BTreeSet<String> = model.chats_of(user).into_iter().collect();
+    if listed != expected {
+        model.record_violation(
+            Invariant::Contract,
+            format!("t{tab} lists chats {listed:?}, expected {expected:?}"),
+        );
+    }
+    chats
+        .iter()
+        .filter(|chat| !chat["lastMessage"].is_null())
+        .filter_map(|chat| on_sighting(model, &chat["lastMessage"], "chat list"))
+        .collect()
+}
+
+/// A message of the history read back at the audit (judged as a whole at the end): `None`, a
+/// contract violation, if it is not shaped like a message.
+pub fn parse_history_message(model: &Model, message: &Value) -> Option<MessageFacts> {
+    let facts = MessageFacts::parse(message);
+    if facts.is_none() {
+        model.record_violation(
+            Invariant::Contract,
+            format!("malformed message in history: {message}"),
+        );
+    }
+    facts
+}
+
+/// A page of history: its messages are sightings and its seqs have no gap (3).
+pub fn on_history_page(model: &Model, tab: usize, chat: &str, messages: &[Value]) {
+    let seqs: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| on_sighting(model, m, "history"))
+        .map(|facts| facts.seq)
+        .collect();
+    if seqs.windows(2).any(|w| w[1] != w[0] + 1) {
+        model.record_violation(
+            Invariant::SeqContiguous,
+            format!(
+                "t{tab} history page of {} has seqs {seqs:?}",
+                model.chat_label(chat)
+            ),
+        );
+    }
+}
+
+/// A handshake refused with `message`: a valid token must keep working (0), except for the
+/// `Invalid namespace` of a server stopping after a storage failure (see the README's findings).
+/// Returns whether the refusal is that known one.
+pub fn on_connect_refused(model: &Model, tab: usize, message: &str) -> bool {
+    if message == "Invalid namespace" && model.server_stopping() {
+        return true;
+    }
+    model.record_violation(
+        Invariant::Contract,
+        format!("t{tab} refused at connect with {message:?}: a valid token must keep working"),
+    );
+    false
+}
+
+/// An answer the contract rules out (a status or shape no request of that kind may get).
+pub fn on_unexpected_answer(model: &Model, what: String) {
+    model.record_violation(Invariant::Contract, what);
+}
+
+/// A bound of the run that did not hold: `invariant` names what it bounds (setup and hosts:
+/// contract; settling: convergence or presence).
+pub fn on_bound_exceeded(model: &Model, invariant: Invariant, what: String) {
+    model.record_violation(invariant, what);
+}
+
+// ---- at every boot, and at the end ----
 
 /// Checks the database a boot recovered, before it serves.
 pub fn check_recovered(store: &Store, model: &Model, boot: u32) {
@@ -23,13 +511,13 @@ pub fn check_recovered(store: &Store, model: &Model, boot: u32) {
     match store.check_consistency() {
         Ok(problems) => {
             for problem in problems {
-                model.violate(
+                model.record_violation(
                     Invariant::SeqContiguous,
                     format!("{when}: storage inconsistent: {problem}"),
                 );
             }
         }
-        Err(error) => model.violate(
+        Err(error) => model.record_violation(
             Invariant::Contract,
             format!("{when}: consistency check failed: {error}"),
         ),
@@ -46,14 +534,14 @@ pub fn check_recovered(store: &Store, model: &Model, boot: u32) {
         let last_seq = match store.chat(&chat) {
             Ok(Some(record)) => record.last_seq,
             Ok(None) => {
-                model.violate(
+                model.record_violation(
                     Invariant::Durability,
                     format!("{when}: chat {} is gone", model.chat_label(&chat)),
                 );
                 continue;
             }
             Err(error) => {
-                model.violate(Invariant::Contract, format!("{when}: {error}"));
+                model.record_violation(Invariant::Contract, format!("{when}: {error}"));
                 continue;
             }
         };
@@ -72,7 +560,7 @@ pub fn check_recovered(store: &Store, model: &Model, boot: u32) {
                     .collect::<Vec<_>>();
                 histories.insert(chat, facts);
             }
-            Err(error) => model.violate(Invariant::Contract, format!("{when}: {error}")),
+            Err(error) => model.record_violation(Invariant::Contract, format!("{when}: {error}")),
         }
     }
     check_histories(model, &histories, &when);
@@ -90,7 +578,7 @@ pub fn final_check(model: &Model) {
         .collect();
     for chat in &chats {
         if !histories.contains_key(chat) {
-            model.violate(
+            model.record_violation(
                 Invariant::Convergence,
                 format!("history of {} was never read back", model.chat_label(chat)),
             );
@@ -197,7 +685,7 @@ fn check_histories(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>
     drop(state);
     model.state.borrow_mut().lost.extend(lost);
     for (invariant, detail) in found {
-        model.violate(invariant, detail);
+        model.record_violation(invariant, detail);
     }
 }
 
@@ -208,7 +696,7 @@ fn chat_label(chats: &[crate::model::ChatSlot], id: &str) -> String {
     }
 }
 
-/// 7. Every connected client's view of each of its chats equals history.
+/// Invariant 7: every connected client's view of each of its chats equals history.
 fn check_convergence(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>>) {
     let state = model.state.borrow();
     let mut found = Vec::new();
@@ -255,11 +743,11 @@ fn check_convergence(model: &Model, histories: &BTreeMap<String, Vec<MessageFact
     }
     drop(state);
     for detail in found {
-        model.violate(Invariant::Convergence, detail);
+        model.record_violation(Invariant::Convergence, detail);
     }
 }
 
-/// 8. Every connected client sees online exactly the other users with a connected client.
+/// Invariant 8: every connected client sees online exactly the other users with a connected client.
 fn check_presence(model: &Model) {
     let state = model.state.borrow();
     let online_users: BTreeSet<String> = state
@@ -303,7 +791,7 @@ fn check_presence(model: &Model) {
     }
     drop(state);
     for detail in found {
-        model.violate(Invariant::Presence, detail);
+        model.record_violation(Invariant::Presence, detail);
     }
 }
 
@@ -329,7 +817,7 @@ mod tests {
             id: Some("chat".into()),
             audit_tab: Some(0),
         }];
-        Model::new(Trace::new(false), users, chats, 2)
+        Model::new(Trace::new(false), users, chats, 2, true)
     }
 
     fn message(seq: u64, cmid: &str) -> MessageFacts {
@@ -450,10 +938,10 @@ mod tests {
     #[test]
     fn two_messages_at_one_seq_break_seq_order() {
         let model = model();
-        model.observe(&message(1, "a"), "test");
-        model.observe(&message(1, "a"), "test");
+        check_binding(&model, &message(1, "a"), "test");
+        check_binding(&model, &message(1, "a"), "test");
         assert!(model.state.borrow().violations.is_empty());
-        model.observe(&message(1, "b"), "test");
+        check_binding(&model, &message(1, "b"), "test");
         let violations = model.state.borrow().violations.clone();
         assert_eq!(violations.len(), 1);
         assert_eq!(violations[0].invariant, Invariant::SeqContiguous);
@@ -501,5 +989,103 @@ mod tests {
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert_eq!(violations[0].invariant, Invariant::Presence);
         assert!(violations[0].detail.starts_with("t1"));
+    }
+
+    fn to(conn: u32) -> Receiver {
+        Receiver {
+            tab: 1,
+            user: 1,
+            conn,
+        }
+    }
+
+    fn event(seq: u64, cmid: &str) -> Value {
+        json!({
+            "_id": format!("id-{cmid}"), "chat": "chat", "seq": seq,
+            "sender": { "_id": "user0" }, "text": format!("text-{cmid}"), "clientMsgId": cmid
+        })
+    }
+
+    fn invariants(model: &Model) -> Vec<Invariant> {
+        model
+            .state
+            .borrow()
+            .violations
+            .iter()
+            .map(|v| v.invariant)
+            .collect()
+    }
+
+    #[test]
+    fn a_socket_may_miss_seqs_but_never_goes_back() {
+        let model = model();
+        for (seq, cmid) in [(1, "a"), (3, "c"), (4, "d")] {
+            on_new_message(&model, to(1), &event(seq, cmid));
+        }
+        assert!(invariants(&model).is_empty());
+        // A new connection starts afresh.
+        on_new_message(&model, to(2), &event(2, "b"));
+        assert!(invariants(&model).is_empty());
+        on_new_message(&model, to(1), &event(2, "b"));
+        assert_eq!(invariants(&model), vec![Invariant::DeliveryOrder]);
+    }
+
+    #[test]
+    fn the_same_message_twice_is_exactly_once_not_order() {
+        let model = model();
+        on_new_message(&model, to(1), &event(1, "a"));
+        on_new_message(&model, to(1), &event(1, "a"));
+        assert_eq!(invariants(&model), vec![Invariant::ExactlyOnce]);
+    }
+
+    fn send_of(cmid: &str, emission: u64, first_attempt: bool) -> Sent<'_> {
+        Sent {
+            tab: 0,
+            user: 0,
+            emitted: Some((1, emission)),
+            first_attempt,
+            client_msg_id: cmid,
+            chat: "chat",
+            text: if cmid == "a" { "text-a" } else { "text-b" },
+            valid: true,
+        }
+    }
+
+    fn ack(model: &Model, cmid: &str, seq: u64, emission: u64, first_attempt: bool) {
+        sent(model, cmid, true, Attempt::Unknown("in flight".into()));
+        let message = event(seq, cmid);
+        on_send_answer(
+            model,
+            send_of(cmid, emission, first_attempt),
+            SendAnswer::Acked(&message),
+        );
+    }
+
+    #[test]
+    fn sends_emitted_in_a_row_get_seqs_in_that_order() {
+        let model = model();
+        // Acks may come in any order; the seqs must follow the emissions.
+        ack(&model, "b", 2, 1, true);
+        ack(&model, "a", 1, 0, true);
+        assert!(invariants(&model).is_empty());
+
+        let model = self::model();
+        ack(&model, "a", 2, 0, true);
+        ack(&model, "b", 1, 1, true);
+        assert_eq!(invariants(&model), vec![Invariant::SendOrder]);
+        assert!(
+            model.state.borrow().violations[0]
+                .detail
+                .contains("emitted a before b")
+        );
+    }
+
+    #[test]
+    fn a_retry_acknowledged_with_its_original_is_not_an_order_breach() {
+        let model = model();
+        ack(&model, "b", 2, 0, true);
+        // A retry of `a` answered with the message committed before `b`.
+        ack(&model, "a", 1, 1, false);
+        assert!(invariants(&model).is_empty());
     }
 }

@@ -1,82 +1,14 @@
-//! Running many seeds and reporting them: the one-line summary of a run, and for a failure the
-//! violated invariants, the command that replays it, and the end of its trace.
+//! Reporting runs: the one-line summary of a run, for a failure the violated invariants, the
+//! command that replays it and the end of its trace, and what the shrinker found.
 
 use std::fmt::Write as _;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::path::Path;
 
-use crate::minimize::Minimized;
-use crate::model::{Invariant, Violation};
-use crate::run::{Outcome, Settings, Stats, run_seed_traced};
-use crate::trace::Trace;
+use crate::runner::{Outcome, Settings};
+use crate::shrink::Shrunk;
 
 /// Violations listed in a failure report beyond the first.
 const MORE_VIOLATIONS_SHOWN: usize = 8;
-
-/// Runs one seed; a panic anywhere in it becomes a failed outcome rather than ending a sweep.
-pub fn run_guarded(settings: &Settings, seed: u64) -> Outcome {
-    let trace = Trace::new(settings.keep_trace);
-    let traced = trace.clone();
-    match catch_unwind(AssertUnwindSafe(|| run_seed_traced(settings, seed, traced))) {
-        Ok(outcome) => outcome,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Outcome {
-                seed,
-                trace_hash: "-".into(),
-                violations: vec![Violation {
-                    invariant: Invariant::Contract,
-                    at_ms: 0,
-                    detail: format!("the run panicked: {message}"),
-                }],
-                tail: trace.tail(),
-                full_trace: trace.full(),
-                schedule: Vec::new(),
-                stats: Stats::default(),
-            }
-        }
-    }
-}
-
-/// Runs `seeds` on `jobs` threads; `each` sees every outcome as it completes. Returns the
-/// outcomes in seed order.
-pub fn sweep(
-    settings: &Settings,
-    seeds: &[u64],
-    jobs: usize,
-    mut each: impl FnMut(&Outcome),
-) -> Vec<Outcome> {
-    let next = AtomicUsize::new(0);
-    let (done_tx, done_rx) = mpsc::sync_channel::<Outcome>(jobs.max(1));
-    let mut outcomes = Vec::with_capacity(seeds.len());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            let done_tx = done_tx.clone();
-            let next = &next;
-            scope.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&seed) = seeds.get(i) else { break };
-                    if done_tx.send(run_guarded(settings, seed)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        drop(done_tx);
-        for outcome in done_rx {
-            each(&outcome);
-            outcomes.push(outcome);
-        }
-    });
-    outcomes.sort_by_key(|o| o.seed);
-    outcomes
-}
 
 /// `seed N trace <hash>` plus the run's figures.
 pub fn summary_line(outcome: &Outcome) -> String {
@@ -94,8 +26,9 @@ pub fn summary_line(outcome: &Outcome) -> String {
     )
 }
 
-/// The command line that replays a run with these settings.
-pub fn replay_command(settings: &Settings, seed: u64) -> String {
+/// The command line that replays a run with these settings (and the plan in `plan_file`, when
+/// the run's plan came from one).
+pub fn replay_command(settings: &Settings, seed: u64, plan_file: Option<&Path>) -> String {
     let defaults = Settings::default();
     let mut command = String::from("cargo run --release -p palaver-sim");
     #[cfg(feature = "sim-faults")]
@@ -103,11 +36,15 @@ pub fn replay_command(settings: &Settings, seed: u64) -> String {
         command.push_str(" --features sim-faults");
     }
     let _ = write!(command, " -- --seed {seed}");
-    if settings.clients != defaults.clients {
-        let _ = write!(command, " --clients {}", settings.clients);
-    }
-    if settings.users != defaults.users {
-        let _ = write!(command, " --users {}", settings.users);
+    if let Some(file) = plan_file {
+        let _ = write!(command, " --plan {}", file.display());
+    } else {
+        if settings.clients != defaults.clients {
+            let _ = write!(command, " --clients {}", settings.clients);
+        }
+        if settings.users != defaults.users {
+            let _ = write!(command, " --users {}", settings.users);
+        }
     }
     if settings.duration != defaults.duration {
         let _ = write!(command, " --duration {}", settings.duration.as_secs());
@@ -115,7 +52,7 @@ pub fn replay_command(settings: &Settings, seed: u64) -> String {
     if !settings.sync_dir_entries {
         command.push_str(" --no-dir-fsync");
     }
-    if let Some(faults) = &settings.faults {
+    if let (Some(faults), None) = (&settings.faults, plan_file) {
         let list: Vec<String> = faults.iter().map(usize::to_string).collect();
         let _ = write!(command, " --faults {}", list.join(","));
     }
@@ -127,7 +64,7 @@ pub fn replay_command(settings: &Settings, seed: u64) -> String {
 }
 
 /// What a failed run prints: the violations, the replay command, the end of the trace.
-pub fn failure_report(outcome: &Outcome, settings: &Settings) -> String {
+pub fn failure_report(outcome: &Outcome, settings: &Settings, plan_file: Option<&Path>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "FAILED seed {}", outcome.seed);
     if let Some(first) = outcome.first_violation() {
@@ -148,7 +85,7 @@ pub fn failure_report(outcome: &Outcome, settings: &Settings) -> String {
     if outcome.violations.len() > MORE_VIOLATIONS_SHOWN + 1 {
         let _ = writeln!(out, "  ... {} violations in all", outcome.violations.len());
     }
-    let replay = replay_command(settings, outcome.seed);
+    let replay = replay_command(settings, outcome.seed, plan_file);
     let _ = writeln!(out, "  replay:   {replay}");
     let _ = writeln!(out, "  minimize: {replay} --minimize");
     let _ = writeln!(out, "  trace tail:");
@@ -158,20 +95,22 @@ pub fn failure_report(outcome: &Outcome, settings: &Settings) -> String {
     out
 }
 
-/// What the minimizer found.
-pub fn minimized_report(minimal: &Minimized, settings: &Settings) -> String {
+/// What the shrinker found; its plan is in `plan_file`.
+pub fn shrunk_report(shrunk: &Shrunk, settings: &Settings, plan_file: &Path) -> String {
     let mut out = String::new();
-    let mut reduced = settings.clone();
-    reduced.faults = Some(minimal.kept.iter().map(|s| s.index).collect());
     let _ = writeln!(
         out,
-        "minimized: {} of {} faults still fail with {} ({} runs)",
-        minimal.kept.len(),
-        minimal.original,
-        minimal.invariant,
-        minimal.runs
+        "shrunk: {} of {} faults, {} of {} steps ({} of {} tabs acting) still fail with {} ({} runs)",
+        shrunk.plan.faults.len(),
+        shrunk.original.faults.len(),
+        shrunk.plan.step_count(),
+        shrunk.original.step_count(),
+        busy_tabs(&shrunk.plan),
+        busy_tabs(&shrunk.original),
+        shrunk.invariant,
+        shrunk.runs
     );
-    for scheduled in &minimal.kept {
+    for scheduled in &shrunk.plan.faults {
         let _ = writeln!(
             out,
             "  #{:<3} at {:>6}ms  {}",
@@ -180,6 +119,24 @@ pub fn minimized_report(minimal: &Minimized, settings: &Settings) -> String {
             scheduled.fault
         );
     }
-    let _ = writeln!(out, "  replay: {}", replay_command(&reduced, minimal.seed));
+    for (t, tab) in shrunk.plan.tabs.iter().enumerate() {
+        for step in &tab.steps {
+            let _ = writeln!(
+                out,
+                "  t{t:<3} after {:>5}ms  {}",
+                step.think.as_millis(),
+                step.action
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  replay: {}",
+        replay_command(settings, shrunk.seed, Some(plan_file))
+    );
     out
+}
+
+fn busy_tabs(plan: &crate::plan::Plan) -> usize {
+    plan.tabs.iter().filter(|t| !t.steps.is_empty()).count()
 }

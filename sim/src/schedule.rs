@@ -1,17 +1,18 @@
-//! The fault schedule of a run: generated from the seed, a list of faults at simulated times in
-//! the safety phase. Each fault has an index, so a subset of a schedule can be replayed
-//! (`--faults 3,7`) and the minimizer can shrink a failing one.
+//! The fault half of a run's plan: generated from the seed, a list of faults at simulated times
+//! in the safety phase. Each fault has an index, so a subset of a schedule can be replayed
+//! (`--faults 3,7`) and the shrinker can remove faults from a failing plan.
 
 use std::fmt;
 use std::time::Duration;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
 use crate::disk::SyncFailure;
 
 /// Which direction of a client's link a partition cuts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Direction {
     Both,
     /// Client → server packets are lost.
@@ -22,7 +23,7 @@ pub enum Direction {
 
 /// What a link fault hits: one tab's link, or the links of all of a user's tabs (the user's
 /// machine goes offline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Target {
     Tab(usize),
     User(usize),
@@ -37,7 +38,7 @@ impl fmt::Display for Target {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Fault {
     /// Packets between the target and the server are dropped (one or both ways) for a while.
     Partition {
@@ -97,7 +98,7 @@ impl fmt::Display for Fault {
 }
 
 /// A fault and when it strikes, counted from the start of the safety phase.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scheduled {
     pub index: usize,
     pub at: Duration,

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use palaver::faults::PlantedFault;
 use palaver_sim::model::Invariant;
-use palaver_sim::report::{failure_report, run_guarded};
-use palaver_sim::run::Settings;
+use palaver_sim::report::failure_report;
+use palaver_sim::runner::{Settings, run_guarded};
 
 /// Seeds a planted bug gets to show itself in.
 const SEEDS_MAX: u64 = 50;
 
-/// A smaller world than the default sweep's, so that the five tests stay quick; every fault
+/// A smaller world than the default sweep's, so that the tests stay quick; every fault
 /// kind still occurs in every run.
 fn settings(planted: PlantedFault) -> Settings {
     Settings {
@@ -40,7 +40,7 @@ fn caught(planted: PlantedFault, expected: Invariant) {
             first.invariant,
             expected,
             "{planted:?} was reported as another invariant:\n{}",
-            failure_report(&outcome, &settings)
+            failure_report(&outcome, &settings, None)
         );
         eprintln!(
             "{planted:?} caught at seed {seed} as {expected}: {}",
@@ -77,4 +77,9 @@ fn planted_duplicate_fan_out_breaks_exactly_once() {
 #[test]
 fn planted_seq_reuse_after_restart_breaks_seq_order() {
     caught(PlantedFault::SeqReuseAfterRestart, Invariant::SeqContiguous);
+}
+
+#[test]
+fn planted_fan_out_in_wake_order_breaks_delivery_order() {
+    caught(PlantedFault::FanOutInWakeOrder, Invariant::DeliveryOrder);
 }

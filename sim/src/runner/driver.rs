@@ -1,29 +1,27 @@
-//! The driver of one run: builds the simulated world from the seed, steps it, applies the fault
-//! schedule, moves the run through its phases, and hands the record to the oracle.
+//! The driver of one run: steps the simulation, applies the plan's faults when they are due,
+//! restarts a server that stopped, and moves the run through its phases. The bounds of the
+//! phases (setup, settling, the audit) are reported to the oracle when they do not hold.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use turmoil::Sim;
 
-use crate::model::{ChatSlot, Invariant, Model, Phase, UserSlot, Violation};
+use crate::model::{Invariant, Model, Phase};
 use crate::net::SERVER_HOST;
 use crate::oracle;
-use crate::schedule::{self, Direction, Fault, Scheduled, Target};
-use crate::server_host::{self, ServerSetup, ServerState};
-use crate::tab::{Command, Tab, TabControl};
+use crate::schedule::{Direction, Fault, Scheduled, Target};
+use crate::server_host::ServerState;
 use crate::trace::Trace;
 
-/// The simulated wall clock starts here (2026-01-01T00:00:00Z), whatever the host's clock says.
-const EPOCH_SECS: u64 = 1_767_225_600;
+use super::tab::{Command, TabControl};
+
 /// Latency of every link when no fault changes it.
-const BASE_LATENCY: Duration = Duration::from_millis(8);
-/// turmoil's listen backlog and socket buffers, in segments (its default is 64).
-const TCP_CAPACITY: usize = 4096;
+pub(super) const BASE_LATENCY: Duration = Duration::from_millis(8);
 /// Setup (registering, opening chats) must finish within this much simulated time.
 const SETUP_MAX: Duration = Duration::from_secs(120);
 /// After the clients settle, the run waits this long before the audit, for the last events in
@@ -32,82 +30,6 @@ const QUIET: Duration = Duration::from_secs(3);
 /// The liveness bound: every client must have settled this long after healing.
 const LIVENESS_MAX: Duration = Duration::from_secs(120);
 const AUDIT_MAX: Duration = Duration::from_secs(60);
-
-/// How a run is shaped.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub users: usize,
-    /// Simulated tabs (Socket.IO clients), each on a host of its own.
-    pub clients: usize,
-    /// Length of the safety phase (simulated).
-    pub duration: Duration,
-    /// Simulated time per step.
-    pub tick: Duration,
-    /// Replay only these faults of the schedule (by index); all when `None`.
-    pub faults: Option<BTreeSet<usize>>,
-    /// Keep the whole trace (for `--trace-out`).
-    pub keep_trace: bool,
-    /// Model the server fsyncing the data directory after creating its database (it does since
-    /// the simulation found that it did not).
-    pub sync_dir_entries: bool,
-    /// The planted bug to run with (feature `sim-faults`).
-    #[cfg(feature = "sim-faults")]
-    pub planted: Option<palaver::faults::PlantedFault>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            users: 16,
-            clients: 50,
-            duration: Duration::from_secs(60),
-            tick: Duration::from_millis(20),
-            faults: None,
-            keep_trace: false,
-            sync_dir_entries: true,
-            #[cfg(feature = "sim-faults")]
-            planted: None,
-        }
-    }
-}
-
-/// Figures of a run.
-#[derive(Debug, Clone, Default)]
-pub struct Stats {
-    pub simulated: Duration,
-    pub wall: Duration,
-    pub trace_lines: u64,
-    pub sends: usize,
-    pub acked: usize,
-    pub server_boots: u32,
-}
-
-/// The result of one run.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub seed: u64,
-    pub trace_hash: String,
-    pub violations: Vec<Violation>,
-    pub tail: Vec<String>,
-    pub full_trace: Option<Vec<String>>,
-    pub schedule: Vec<Scheduled>,
-    pub stats: Stats,
-}
-
-impl Outcome {
-    pub fn passed(&self) -> bool {
-        self.violations.is_empty()
-    }
-
-    /// The first violation in time (the one that names the bug, usually).
-    pub fn first_violation(&self) -> Option<&Violation> {
-        self.violations.first()
-    }
-
-    pub fn violated(&self) -> BTreeSet<Invariant> {
-        self.violations.iter().map(|v| v.invariant).collect()
-    }
-}
 
 /// The state of a client's link to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +43,7 @@ enum Link {
 
 /// Things the driver does later.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Action {
+enum Timer {
     /// Heal these tabs' links.
     Heal(Vec<usize>),
     /// Give these tabs' links the base latency again.
@@ -129,27 +51,18 @@ enum Action {
     Restart,
 }
 
-fn tab_host(tab: usize) -> String {
+pub(super) fn tab_host(tab: usize) -> String {
     format!("t{tab}")
 }
 
-fn mix(seed: u64, salt: &str) -> u64 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(seed.to_le_bytes())
-        .chain_update(salt.as_bytes())
-        .finalize();
-    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-struct Driver<'a> {
+pub(super) struct Driver<'a> {
     sim: Sim<'a>,
     model: Model,
     trace: Trace,
     controls: Vec<Rc<TabControl>>,
     server: Rc<RefCell<ServerState>>,
     schedule: VecDeque<Scheduled>,
-    timers: BTreeMap<(u64, u64), Action>,
+    timers: BTreeMap<(u64, u64), Timer>,
     timer_seq: u64,
     /// The link of each tab's host to the server.
     links: Vec<Link>,
@@ -165,173 +78,49 @@ struct Driver<'a> {
     audit_start_ms: u64,
 }
 
-/// Runs one seed.
-pub fn run_seed(settings: &Settings, seed: u64) -> Outcome {
-    run_seed_traced(settings, seed, Trace::new(settings.keep_trace))
-}
-
-/// Runs one seed, recording into `trace` (which the caller keeps if the run panics).
-pub fn run_seed_traced(settings: &Settings, seed: u64, trace: Trace) -> Outcome {
-    let started = Instant::now();
-    #[cfg(feature = "sim-faults")]
-    palaver::faults::plant(settings.planted);
-    assert!(
-        settings.users >= 2 && settings.clients >= settings.users,
-        "need at least two users and a client per user"
-    );
-
-    let mut plan_rng = ChaCha8Rng::seed_from_u64(mix(seed, "plan"));
-    let users: Vec<UserSlot> = (0..settings.users)
-        .map(|u| UserSlot {
-            name: format!("User {u}"),
-            email: format!("u{u}@sim.test"),
-            ..UserSlot::default()
-        })
-        .collect();
-    let chats = plan_chats(settings.users, &mut plan_rng);
-    let model = Model::new(trace.clone(), users, chats, settings.clients);
-    {
-        // Tab t belongs to user t % users, so user u's first tab is tab u; it registers the
-        // user and, at the audit, reads back the history of the chats it opened.
-        let mut state = model.state.borrow_mut();
-        for chat in &mut state.chats {
-            chat.audit_tab = Some(chat.a);
-        }
-        for (t, status) in state.tabs.iter_mut().enumerate() {
-            status.ends_offline = t >= settings.users && plan_rng.random_bool(0.15);
+impl<'a> Driver<'a> {
+    /// A driver for `sim`, whose tabs it reaches through `controls`; `rng` draws its own
+    /// delays (restarting a server that stopped by itself).
+    pub(super) fn new(
+        sim: Sim<'a>,
+        model: Model,
+        controls: Vec<Rc<TabControl>>,
+        server: Rc<RefCell<ServerState>>,
+        faults: Vec<Scheduled>,
+        users: usize,
+        rng: ChaCha8Rng,
+    ) -> Self {
+        Self {
+            trace: model.trace.clone(),
+            links: vec![Link::Healthy; controls.len()],
+            sim,
+            model,
+            controls,
+            server,
+            schedule: faults.into(),
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            users,
+            rng,
+            server_down: false,
+            stopping_noted: false,
+            safety_start_ms: 0,
+            heal_ms: 0,
+            settled_ms: None,
+            audit_start_ms: 0,
         }
     }
-    let full_schedule =
-        schedule::generate(seed, settings.clients, settings.users, settings.duration);
-    let schedule: VecDeque<Scheduled> = full_schedule
-        .iter()
-        .filter(|s| {
-            settings
-                .faults
-                .as_ref()
-                .is_none_or(|keep| keep.contains(&s.index))
-        })
-        .cloned()
-        .collect();
 
-    let mut builder = turmoil::Builder::new();
-    builder
-        .rng_seed(seed)
-        .epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
-        .tick_duration(settings.tick)
-        .simulation_duration(Duration::from_secs(24 * 3600))
-        .min_message_latency(BASE_LATENCY)
-        .max_message_latency(BASE_LATENCY)
-        // The listen backlog and socket buffers, in segments. When a hold ends, every SYN the
-        // held tabs sent meanwhile arrives at once (a user-wide hold: dozens), and turmoil
-        // panics when a backlog overflows where a kernel would drop the SYN.
-        .tcp_capacity(TCP_CAPACITY);
-    let mut sim = builder.build();
-
-    let server = Rc::new(RefCell::new(ServerState::default()));
-    let setup = ServerSetup {
-        seed,
-        state: Rc::clone(&server),
-        model: model.clone(),
-        sync_dir_entries: settings.sync_dir_entries,
-    };
-    sim.host(SERVER_HOST, move || server_host::boot(setup.clone()));
-
-    // Each tab is a host of its own: socketioxide writes to its sockets in hash order, so two
-    // sockets behind one host's link would see their packets interleave differently from run
-    // to run; one link per socket keeps every run of a seed identical.
-    let mut controls = Vec::with_capacity(settings.clients);
-    for t in 0..settings.clients {
-        let control = Rc::new(TabControl::default());
-        controls.push(Rc::clone(&control));
-        let tab = Tab::new(
-            t,
-            t % settings.users,
-            t < settings.users,
-            mix(seed, &format!("tab {t}")),
-            model.clone(),
-            control,
-        );
-        sim.client(tab_host(t), async move { tab.run().await });
+    /// Simulated time so far.
+    pub(super) fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
     }
 
-    let mut driver = Driver {
-        sim,
-        model: model.clone(),
-        trace: trace.clone(),
-        controls,
-        server,
-        schedule,
-        timers: BTreeMap::new(),
-        timer_seq: 0,
-        links: vec![Link::Healthy; settings.clients],
-        users: settings.users,
-        rng: ChaCha8Rng::seed_from_u64(mix(seed, "driver")),
-        server_down: false,
-        stopping_noted: false,
-        safety_start_ms: 0,
-        heal_ms: 0,
-        settled_ms: None,
-        audit_start_ms: 0,
-    };
-    driver.run(settings);
-    let simulated = driver.sim.elapsed();
-    let server_boots = driver.server.borrow().boots;
-    driver.shut_down();
-    drop(driver);
-
-    oracle::final_check(&model);
-    #[cfg(feature = "sim-faults")]
-    palaver::faults::plant(None);
-
-    let state = model.state.borrow();
-    let mut violations = state.violations.clone();
-    violations.sort_by_key(|v| v.at_ms);
-    let stats = Stats {
-        simulated,
-        wall: started.elapsed(),
-        trace_lines: trace.line_count(),
-        sends: state.sends.values().filter(|s| s.valid).count(),
-        acked: state.sends.values().filter(|s| s.acked().is_some()).count(),
-        server_boots,
-    };
-    Outcome {
-        seed,
-        trace_hash: trace.hash_hex(),
-        violations,
-        tail: trace.tail(),
-        full_trace: trace.full(),
-        schedule: full_schedule,
-        stats,
+    /// Server boots so far.
+    pub(super) fn server_boots(&self) -> u32 {
+        self.server.borrow().boots
     }
-}
 
-/// A ring of chats (each user talks to the next) plus a few random extra pairs.
-fn plan_chats(users: usize, rng: &mut ChaCha8Rng) -> Vec<ChatSlot> {
-    let mut pairs = BTreeSet::new();
-    for u in 0..users {
-        let v = (u + 1) % users;
-        pairs.insert((u.min(v), u.max(v)));
-    }
-    for _ in 0..users / 2 {
-        let a = rng.random_range(0..users);
-        let b = rng.random_range(0..users);
-        if a != b {
-            pairs.insert((a.min(b), a.max(b)));
-        }
-    }
-    pairs
-        .into_iter()
-        .map(|(a, b)| ChatSlot {
-            a,
-            b,
-            id: None,
-            audit_tab: None,
-        })
-        .collect()
-}
-
-impl Driver<'_> {
     fn now_ms(&self) -> u64 {
         u64::try_from(self.sim.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -344,14 +133,14 @@ impl Driver<'_> {
         }
     }
 
-    fn later(&mut self, after: Duration, action: Action) {
+    fn later(&mut self, after: Duration, timer: Timer) {
         let at = self.now_ms() + u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
         self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), action);
+        self.timers.insert((at, self.timer_seq), timer);
     }
 
-    fn run(&mut self, settings: &Settings) {
-        let duration_ms = u64::try_from(settings.duration.as_millis()).unwrap_or(u64::MAX);
+    pub(super) fn run(&mut self, duration: Duration) {
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         loop {
             let now = self.now_ms();
             self.trace.set_now(now);
@@ -362,8 +151,11 @@ impl Driver<'_> {
                         self.safety_start_ms = now;
                         self.set_phase(Phase::Safety);
                     } else if now > SETUP_MAX.as_millis() as u64 {
-                        self.model
-                            .violate(Invariant::Contract, "setup did not finish in time");
+                        oracle::on_bound_exceeded(
+                            &self.model,
+                            Invariant::Contract,
+                            "setup did not finish in time".into(),
+                        );
                         return;
                     }
                 }
@@ -434,7 +226,7 @@ impl Driver<'_> {
                         } else {
                             Invariant::Convergence
                         };
-                        self.model.violate(invariant, detail);
+                        oracle::on_bound_exceeded(&self.model, invariant, detail);
                         self.audit_start_ms = now;
                         self.set_phase(Phase::Audit);
                     }
@@ -444,8 +236,11 @@ impl Driver<'_> {
                     if done {
                         self.set_phase(Phase::Done);
                     } else if now - self.audit_start_ms >= AUDIT_MAX.as_millis() as u64 {
-                        self.model
-                            .violate(Invariant::Convergence, "the audit did not finish in time");
+                        oracle::on_bound_exceeded(
+                            &self.model,
+                            Invariant::Convergence,
+                            "the audit did not finish in time".into(),
+                        );
                         self.set_phase(Phase::Done);
                     }
                 }
@@ -455,7 +250,8 @@ impl Driver<'_> {
                 Ok(true) => return,
                 Ok(false) => {}
                 Err(error) => {
-                    self.model.violate(
+                    oracle::on_bound_exceeded(
+                        &self.model,
                         Invariant::Contract,
                         format!("a simulated host failed: {error}"),
                     );
@@ -507,7 +303,7 @@ impl Driver<'_> {
                     self.links[tab] = Link::Partitioned(*direction);
                 }
                 let applied = !tabs.is_empty();
-                self.later(*lasts, Action::Heal(tabs));
+                self.later(*lasts, Timer::Heal(tabs));
                 applied
             }
             Fault::Hold { target, lasts } => {
@@ -517,7 +313,7 @@ impl Driver<'_> {
                     self.links[tab] = Link::Held;
                 }
                 let applied = !tabs.is_empty();
-                self.later(*lasts, Action::Heal(tabs));
+                self.later(*lasts, Timer::Heal(tabs));
                 applied
             }
             Fault::Latency {
@@ -530,7 +326,7 @@ impl Driver<'_> {
                     self.sim
                         .set_link_latency(SERVER_HOST, tab_host(tab).as_str(), *latency);
                 }
-                self.later(*lasts, Action::EndLatency(tabs));
+                self.later(*lasts, Timer::EndLatency(tabs));
                 true
             }
             Fault::DropClient { tab, back_after } => {
@@ -557,7 +353,7 @@ impl Driver<'_> {
                         }
                     }
                     self.cut_power();
-                    self.later(*down_for, Action::Restart);
+                    self.later(*down_for, Timer::Restart);
                 }
                 ok
             }
@@ -578,20 +374,20 @@ impl Driver<'_> {
         ));
     }
 
-    fn act(&mut self, action: Action) {
-        match action {
-            Action::Heal(tabs) => {
+    fn act(&mut self, timer: Timer) {
+        match timer {
+            Timer::Heal(tabs) => {
                 for tab in tabs {
                     self.heal_link(tab);
                 }
             }
-            Action::EndLatency(tabs) => {
+            Timer::EndLatency(tabs) => {
                 for tab in tabs {
                     self.sim
                         .set_link_latency(SERVER_HOST, tab_host(tab).as_str(), BASE_LATENCY);
                 }
             }
-            Action::Restart => self.restart(),
+            Timer::Restart => self.restart(),
         }
     }
 
@@ -678,14 +474,14 @@ impl Driver<'_> {
             .record(format!("server stopped by itself: {reason}"));
         self.cut_power();
         let delay = Duration::from_millis(self.rng.random_range(300..=3000));
-        self.later(delay, Action::Restart);
+        self.later(delay, Timer::Restart);
     }
 
     /// The liveness phase begins: every link healthy, base latency, no armed disk fault, the
     /// server up.
     fn heal_all(&mut self) {
         self.schedule.clear();
-        let restart_pending = self.timers.values().any(|a| *a == Action::Restart);
+        let restart_pending = self.timers.values().any(|a| *a == Timer::Restart);
         self.timers.clear();
         for tab in 0..self.links.len() {
             self.heal_link(tab);
@@ -703,7 +499,7 @@ impl Driver<'_> {
 
     /// Ends the run: the server's disk is powered off and the host crashed while the
     /// simulation still exists (dropping it later would close the database outside of it).
-    fn shut_down(&mut self) {
+    pub(super) fn shut_down(&mut self) {
         if let Some(disk) = self.server.borrow().disk.clone() {
             disk.power_off();
         }

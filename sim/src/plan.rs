@@ -1,0 +1,395 @@
+//! Generation: the plan of a run, made from the seed before the run starts.
+//!
+//! A plan is plain data: the chats to open, and for every tab the steps it takes during the
+//! safety phase (a think time, then an action), and the fault schedule (`schedule`). The runner
+//! executes a plan; the shrinker removes faults, tabs' steps and single steps from a failing
+//! plan and runs it again. A plan is written and read as JSON (`--plan-out`, `--plan`), so a
+//! shrunk plan replays from the command line.
+//!
+//! Actions name chats by their index in the plan. The few choices that depend on what the tab
+//! holds when it acts (which joined chat to leave) carry a `pick`, resolved against the tab's
+//! state at that moment, so a shrunk plan stays valid.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{self, Scheduled};
+
+/// Messages a burst emits back to back, without waiting for acks in between.
+pub const BURST_MAX: usize = 8;
+/// Think time before each step: a tab acts every 0.2 to 3 s.
+const THINK_MS: (u64, u64) = (200, 3000);
+/// Share of tabs (beyond each user's first) that close for good when the faults end.
+const ENDS_OFFLINE: f64 = 0.15;
+
+/// The shape of the world a plan is generated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub users: usize,
+    /// Tabs; tab `t` belongs to user `t % users`.
+    pub clients: usize,
+    /// Length of the safety phase.
+    pub duration: Duration,
+}
+
+/// A whole run, before it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub users: usize,
+    /// 1:1 chats between users `a` < `b`, opened by `a`'s first tab.
+    pub chats: Vec<ChatPair>,
+    pub tabs: Vec<TabPlan>,
+    pub faults: Vec<Scheduled>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatPair {
+    pub a: usize,
+    pub b: usize,
+}
+
+/// What one tab does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TabPlan {
+    pub user: usize,
+    /// The user's first tab registers the user and opens the chats the user is `a` of.
+    pub registers: bool,
+    /// Closes for good when the liveness phase starts (so presence has users going offline).
+    pub ends_offline: bool,
+    /// The safety phase, in order; a tab that runs out of steps only keeps its connection.
+    pub steps: Vec<Step>,
+}
+
+/// Think for a while, then act.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub think: Duration,
+    pub action: Action,
+}
+
+/// How a single message is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Via {
+    Socket,
+    Rest,
+}
+
+/// One thing a tab does on purpose. Chats are plan indices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// One new message, its ack awaited.
+    Send {
+        chat: usize,
+        via: Via,
+    },
+    /// New messages emitted back to back on the socket (one per entry, to that chat), each
+    /// with its own `clientMsgId`, and only then their acks awaited.
+    Burst {
+        chats: Vec<usize>,
+    },
+    /// Resend the oldest send never acknowledged, with its `clientMsgId`.
+    RetryPending,
+    Type {
+        chat: usize,
+        typing: bool,
+    },
+    /// Join one of the user's chats the tab has not joined (`pick` among them).
+    Join {
+        pick: u32,
+    },
+    /// Leave one of the chats the tab has joined (`pick` among them).
+    Leave {
+        pick: u32,
+    },
+    /// Something the server must refuse.
+    Hostile(Hostile),
+    /// `GET /api/chats`.
+    ListChats,
+    /// The newest page of a chat's history over REST.
+    ReadHistory {
+        chat: usize,
+    },
+    /// Close the connection (cleanly, or drop it like a killed tab) and stay away a while.
+    Disconnect {
+        clean: bool,
+        back_after: Duration,
+    },
+}
+
+/// The hostile actions: each must be refused, and a refused send must never appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hostile {
+    JoinForeign { chat: usize },
+    SyncForeign { chat: usize },
+    SendForeign { chat: usize },
+    SendEmpty { chat: usize },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Send { chat, via } => write!(f, "send to c{chat} via {via:?}"),
+            Action::Burst { chats } => {
+                let chats: Vec<String> = chats.iter().map(|c| format!("c{c}")).collect();
+                write!(f, "burst to {}", chats.join(","))
+            }
+            Action::RetryPending => write!(f, "retry a pending send"),
+            Action::Type { chat, typing } => write!(f, "typing c{chat} {typing}"),
+            Action::Join { pick } => write!(f, "join (pick {pick})"),
+            Action::Leave { pick } => write!(f, "leave (pick {pick})"),
+            Action::Hostile(hostile) => write!(f, "hostile {hostile:?}"),
+            Action::ListChats => write!(f, "list chats"),
+            Action::ReadHistory { chat } => write!(f, "read history of c{chat}"),
+            Action::Disconnect { clean, back_after } => write!(
+                f,
+                "{} for {}ms",
+                if *clean { "close" } else { "drop" },
+                back_after.as_millis()
+            ),
+        }
+    }
+}
+
+impl Plan {
+    /// The plan indices of user `u`'s chats.
+    pub fn chats_of(&self, u: usize) -> Vec<usize> {
+        chats_of(&self.chats, u)
+    }
+
+    /// Steps over all tabs.
+    pub fn step_count(&self) -> usize {
+        self.tabs.iter().map(|t| t.steps.len()).sum()
+    }
+
+    /// Checks that a plan read from a file fits together: every index names something.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.users < 2 || self.tabs.len() < self.users {
+            return Err("a plan needs two users and a tab per user".into());
+        }
+        for pair in &self.chats {
+            if pair.a >= pair.b || pair.b >= self.users {
+                return Err(format!("chat {pair:?} is not a pair of users a < b"));
+            }
+        }
+        for (t, tab) in self.tabs.iter().enumerate() {
+            if tab.user != t % self.users || tab.registers != (t < self.users) {
+                return Err(format!("tab {t} must belong to user {}", t % self.users));
+            }
+            let own = self.chats_of(tab.user);
+            for step in &tab.steps {
+                let (chats, of_user): (Vec<usize>, bool) = match &step.action {
+                    Action::Send { chat, .. }
+                    | Action::Type { chat, .. }
+                    | Action::ReadHistory { chat }
+                    | Action::Hostile(Hostile::SendEmpty { chat }) => (vec![*chat], true),
+                    Action::Burst { chats } if chats.len() > BURST_MAX => {
+                        return Err(format!("t{t} has a burst longer than {BURST_MAX}"));
+                    }
+                    Action::Burst { chats } => (chats.clone(), true),
+                    Action::Hostile(
+                        Hostile::JoinForeign { chat }
+                        | Hostile::SyncForeign { chat }
+                        | Hostile::SendForeign { chat },
+                    ) => (vec![*chat], false),
+                    _ => (Vec::new(), true),
+                };
+                if let Some(bad) = chats.into_iter().find(|c| own.contains(c) != of_user) {
+                    return Err(format!(
+                        "t{t} names c{bad}, which is not {} chat of u{}",
+                        if of_user { "a" } else { "a foreign" },
+                        tab.user
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn chats_of(chats: &[ChatPair], u: usize) -> Vec<usize> {
+    chats
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.a == u || c.b == u)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A seed derived from the run's seed for one purpose (`salt`), so that each part of a run
+/// draws from its own generator.
+pub fn mix(seed: u64, salt: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(salt.as_bytes())
+        .finalize();
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// The plan of `seed` for a world of `shape`.
+pub fn generate(seed: u64, shape: Shape) -> Plan {
+    let mut world_rng = ChaCha8Rng::seed_from_u64(mix(seed, "plan"));
+    let chats = plan_chats(shape.users, &mut world_rng);
+    let tabs = (0..shape.clients)
+        .map(|t| {
+            let user = t % shape.users;
+            let registers = t < shape.users;
+            let ends_offline = !registers && world_rng.random_bool(ENDS_OFFLINE);
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, &format!("plan tab {t}")));
+            TabPlan {
+                user,
+                registers,
+                ends_offline,
+                steps: plan_steps(&chats, user, shape.duration, &mut rng),
+            }
+        })
+        .collect();
+    Plan {
+        users: shape.users,
+        chats,
+        tabs,
+        faults: schedule::generate(seed, shape.clients, shape.users, shape.duration),
+    }
+}
+
+/// A ring of chats (each user talks to the next) plus a few random extra pairs.
+fn plan_chats(users: usize, rng: &mut ChaCha8Rng) -> Vec<ChatPair> {
+    let mut pairs = BTreeSet::new();
+    for u in 0..users {
+        let v = (u + 1) % users;
+        pairs.insert((u.min(v), u.max(v)));
+    }
+    for _ in 0..users / 2 {
+        let a = rng.random_range(0..users);
+        let b = rng.random_range(0..users);
+        if a != b {
+            pairs.insert((a.min(b), a.max(b)));
+        }
+    }
+    pairs.into_iter().map(|(a, b)| ChatPair { a, b }).collect()
+}
+
+/// Steps whose think times alone fill the safety phase: acting takes time too, so a tab does
+/// not run out before the phase ends.
+fn plan_steps(
+    chats: &[ChatPair],
+    user: usize,
+    duration: Duration,
+    rng: &mut ChaCha8Rng,
+) -> Vec<Step> {
+    let own = chats_of(chats, user);
+    let foreign: Vec<usize> = (0..chats.len()).filter(|c| !own.contains(c)).collect();
+    let mut steps = Vec::new();
+    let mut thought = Duration::ZERO;
+    while thought < duration {
+        let think = Duration::from_millis(rng.random_range(THINK_MS.0..=THINK_MS.1));
+        thought += think;
+        let action = plan_action(&own, &foreign, rng);
+        steps.push(Step { think, action });
+    }
+    steps
+}
+
+fn pick(items: &[usize], rng: &mut ChaCha8Rng) -> usize {
+    items[rng.random_range(0..items.len())]
+}
+
+/// One action, drawn with the mix of a busy user: mostly sends and typing, some bursts,
+/// joins and leaves, reads, disconnects, and now and then something hostile.
+fn plan_action(own: &[usize], foreign: &[usize], rng: &mut ChaCha8Rng) -> Action {
+    let chat = pick(own, rng);
+    let roll: f64 = rng.random();
+    match roll {
+        r if r < 0.37 => Action::Send {
+            chat,
+            via: Via::Socket,
+        },
+        r if r < 0.40 => Action::Send {
+            chat,
+            via: Via::Rest,
+        },
+        r if r < 0.46 => {
+            let count = rng.random_range(2..=BURST_MAX);
+            // Half the bursts go to one chat, half spread over the user's chats.
+            let spread = rng.random_bool(0.5);
+            let chats = (0..count)
+                .map(|_| if spread { pick(own, rng) } else { chat })
+                .collect();
+            Action::Burst { chats }
+        }
+        r if r < 0.56 => Action::RetryPending,
+        r if r < 0.68 => Action::Type {
+            chat,
+            typing: rng.random_bool(0.7),
+        },
+        r if r < 0.76 => Action::Join { pick: rng.random() },
+        r if r < 0.81 => Action::Leave { pick: rng.random() },
+        r if r < 0.85 => {
+            let kind = rng.random_range(0..4);
+            let hostile = match (kind, foreign.is_empty()) {
+                (0, false) => Hostile::JoinForeign {
+                    chat: pick(foreign, rng),
+                },
+                (1, false) => Hostile::SyncForeign {
+                    chat: pick(foreign, rng),
+                },
+                (2, false) => Hostile::SendForeign {
+                    chat: pick(foreign, rng),
+                },
+                _ => Hostile::SendEmpty { chat },
+            };
+            Action::Hostile(hostile)
+        }
+        r if r < 0.89 => Action::ListChats,
+        r if r < 0.93 => Action::ReadHistory { chat },
+        r => Action::Disconnect {
+            clean: r < 0.975,
+            back_after: Duration::from_millis(rng.random_range(300..=5000)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> Shape {
+        Shape {
+            users: 8,
+            clients: 20,
+            duration: Duration::from_secs(40),
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan() {
+        assert_eq!(generate(5, shape()), generate(5, shape()));
+        assert_ne!(generate(5, shape()), generate(6, shape()));
+    }
+
+    #[test]
+    fn a_generated_plan_is_valid_and_survives_json() {
+        let plan = generate(9, shape());
+        plan.validate().expect("valid");
+        assert!(plan.step_count() > 20 * 10, "{} steps", plan.step_count());
+        let text = serde_json::to_string(&plan).expect("serializes");
+        let back: Plan = serde_json::from_str(&text).expect("parses");
+        assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn a_plan_naming_a_missing_chat_is_refused() {
+        let mut plan = generate(9, shape());
+        plan.tabs[3].steps[0].action = Action::ReadHistory { chat: 999 };
+        assert!(
+            plan.validate().unwrap_err().contains("c999"),
+            "{:?}",
+            plan.validate()
+        );
+    }
+}
