@@ -447,17 +447,6 @@ impl Model {
             .collect()
     }
 
-    /// Chats user `u` is not in (for the hostile actions).
-    pub fn foreign_chats(&self, u: usize) -> Vec<String> {
-        self.state
-            .borrow()
-            .chats
-            .iter()
-            .filter(|c| c.a != u && c.b != u)
-            .filter_map(|c| c.id.clone())
-            .collect()
-    }
-
     /// A short, stable name for a chat id in the trace (its plan index).
     pub fn chat_label(&self, id: &str) -> String {
         match self

@@ -9,6 +9,7 @@
 use crate::model::Invariant;
 use crate::plan::Plan;
 use crate::runner::{Outcome, Settings, run_plan_guarded};
+use crate::schedule::Scheduled;
 
 /// Runs the shrinker may make.
 const RUNS_MAX: usize = 100;
@@ -56,11 +57,8 @@ pub fn shrink(
         },
         &mut still_fails,
         &mut budget,
-        &mut |removed: &[_]| {
-            let indices: Vec<usize> = removed
-                .iter()
-                .map(|s: &crate::schedule::Scheduled| s.index)
-                .collect();
+        &mut |removed: &[Scheduled]| {
+            let indices: Vec<usize> = removed.iter().map(|s| s.index).collect();
             log(&format!("without faults {indices:?}: still fails"));
         },
     );
