@@ -254,7 +254,8 @@ impl WriterTask {
     fn commit_batch(&self, batch: Vec<Request>) -> Result<Vec<MessageRecord>, StoreError> {
         let taken = batch.len();
         let mut applied = Vec::with_capacity(taken);
-        let mut refused = 0;
+        // Requests answered before the commit: refused on their own (see `settle`).
+        let mut answered_early = 0;
         let mut pending = batch.into_iter();
         let outcome = self.begin().and_then(|tx| {
             {
@@ -262,12 +263,13 @@ impl WriterTask {
                 for request in pending.by_ref() {
                     match tables.apply(request)? {
                         Some(done) => applied.push(done),
-                        None => refused += 1,
+                        None => answered_early += 1,
                     }
                 }
             }
             #[cfg(feature = "sim-faults")]
             if crate::faults::is_planted(crate::faults::PlantedFault::AckBeforeCommit) {
+                answered_early += applied.len();
                 applied.drain(..).for_each(|a| a.answer(Ok(())));
             }
             tx.commit().map_err(StoreError::from)
@@ -280,7 +282,7 @@ impl WriterTask {
                     .cloned()
                     .collect();
                 assert_eq!(
-                    applied.len() + refused,
+                    applied.len() + answered_early,
                     taken,
                     "a batch answers every request it took"
                 );

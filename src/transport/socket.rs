@@ -438,7 +438,9 @@ impl Handler {
 }
 
 /// The planted bug of the simulation: each sender's task fans its message out itself, in
-/// whatever order the tasks wake after a group commit, instead of the commit feed's order.
+/// whatever order the tasks wake after a group commit, instead of the commit feed's order. On
+/// the simulation's single thread tasks wake in the order they were answered, so the wake-up
+/// order of a multi-threaded runtime is modelled by a few yields that depend on the seq.
 #[cfg(feature = "sim-faults")]
 fn fan_out_in_wake_order(io: &SocketIo, sent: &crate::service::Sent) {
     let delivery = crate::service::Delivery {
@@ -446,7 +448,12 @@ fn fan_out_in_wake_order(io: &SocketIo, sent: &crate::service::Sent) {
         members: Arc::clone(&sent.members),
     };
     let io = io.clone();
-    tokio::spawn(async move { super::fan_out(&io, &delivery).await });
+    tokio::spawn(async move {
+        for _ in 0..delivery.message.seq % 3 {
+            tokio::task::yield_now().await;
+        }
+        super::fan_out(&io, &delivery).await;
+    });
 }
 
 // ---- acks ----
