@@ -21,7 +21,7 @@ use crate::limits::{BODY_BYTES_MAX, SOCKET_BUFFER_MAX, WS_READ_BUFFER_BYTES};
 use crate::service::auth::{AuthSetupError, Tokens};
 use crate::service::{App, Policy};
 use crate::storage::{Store, StoreWriter, WriteError};
-use crate::transport::{Shared, request_head, rest, socket};
+use crate::transport::{Shared, request_head, rest, socket, web};
 
 /// Meta key of the generated token secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -86,6 +86,11 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     socket::register(&io);
     let router = rest::routes()
         .with_state(shared)
+        .merge(if config.web {
+            web::routes()
+        } else {
+            Router::new()
+        })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(io_layer)
         // Outside socketioxide's layer, so it sees the handshake before socketioxide keeps it.

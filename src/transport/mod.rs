@@ -2,12 +2,14 @@
 //!
 //! `rest` maps the contract's routes onto service calls, `socket` its events, `payload` decodes
 //! client events into typed commands (shared with the fuzz targets), and `fan_out` delivers new
-//! messages, which both a REST POST and a socket `send-message` produce.
+//! messages, which both a REST POST and a socket `send-message` produce. `web` serves the embedded
+//! web client.
 
 pub mod payload;
 pub mod request_head;
 pub mod rest;
 pub mod socket;
+pub mod web;
 
 use std::sync::Arc;
 
