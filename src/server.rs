@@ -86,11 +86,7 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     socket::register(&io);
     let router = rest::routes()
         .with_state(shared)
-        .merge(if config.web {
-            web::routes()
-        } else {
-            Router::new()
-        })
+        .merge(web::routes(config.web))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(io_layer)
         // Outside socketioxide's layer, so it sees the handshake before socketioxide keeps it.

@@ -29,10 +29,13 @@ const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
     (header::X_FRAME_OPTIONS, "DENY"),
 ];
 
-/// The routes of the web client. The assets are decompressed and recompressed once per
-/// process (memory-serve leaks them on purpose), so every server of the process shares one
-/// router.
-pub fn routes() -> Router {
+/// The routes of the web client, or none when it is turned off (`--web false`). The assets are
+/// decompressed and recompressed once per process (memory-serve leaks them on purpose), so
+/// every server of the process shares one router.
+pub fn routes(enabled: bool) -> Router {
+    if !enabled {
+        return Router::new();
+    }
     static ROUTES: OnceLock<Router> = OnceLock::new();
     ROUTES
         .get_or_init(|| {

@@ -321,6 +321,44 @@ describe('web client in Chromium', () => {
     noErrors(one.page, two.page);
   });
 
+  test('sessions: log out, a refused token, the login throttle', async () => {
+    const { page } = await newPerson();
+    const email = await signUp(page, 'Pia');
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await page.locator('#auth-view').waitFor({ state: 'visible' });
+    assert.equal(await page.evaluate(() => localStorage.getItem('palaver.session')), null);
+
+    await logIn(page, email);
+    await connected(page);
+    await page.reload();
+    await connected(page);
+    assert.equal(await page.locator('#me-name').textContent(), 'Pia', 'the session survives a reload');
+
+    await page.evaluate(() => {
+      const session = JSON.parse(localStorage.getItem('palaver.session'));
+      localStorage.setItem('palaver.session', JSON.stringify({ ...session, token: 'expired.or.forged' }));
+    });
+    await page.reload();
+    await page.locator('#auth-error', { hasText: 'Please log in again.' }).waitFor();
+    assert.equal(await page.locator('#app-view').isVisible(), false);
+
+    for (let i = 0; i < 10; i += 1) {
+      await page.getByLabel('Email', { exact: true }).fill(email);
+      await page.getByLabel('Password', { exact: true }).fill('wrong password');
+      await page.getByRole('button', { name: 'Log in' }).click();
+      await page.locator('#auth-error', { hasText: 'Invalid credentials' }).waitFor();
+      await page.evaluate(() => { document.getElementById('auth-error').textContent = ''; });
+    }
+    await page.getByLabel('Password', { exact: true }).fill('password123');
+    await page.getByRole('button', { name: 'Log in' }).click();
+    await page.locator('#auth-error', { hasText: 'Too many attempts' }).waitFor();
+    await screenshot(page, 'sessions-throttled');
+    // The browser logs each refused request (401, 429) itself; nothing else may appear.
+    const unexpected = page.errors.filter((e) => !/^console: Failed to load resource: .* (401|429)/.test(e));
+    assert.deepEqual(unexpected, []);
+    assert.deepEqual(page.dialogs, []);
+  });
+
   test('8. hostile names and texts are shown as text and run nothing', async () => {
     const hostileName = '<img src=x onerror=alert(1)>';
     const texts = [

@@ -245,8 +245,11 @@ function connectSocket() {
     flushOutbox();
   });
   socket.on('disconnect', () => {
+    // Presence and typing are unknown until the next connect's online-users.
     state.typing.clear();
+    state.online.clear();
     renderBanner();
+    renderChats();
     renderConversation();
   });
   socket.on('reconnecting', renderBanner);
