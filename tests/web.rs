@@ -23,7 +23,7 @@ async fn get(url: &str, headers: &[(reqwest::header::HeaderName, &str)]) -> reqw
     request.send().await.expect("request")
 }
 
-fn header<'r>(response: &'r reqwest::Response, name: reqwest::header::HeaderName) -> &'r str {
+fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> &str {
     response
         .headers()
         .get(&name)

@@ -399,15 +399,24 @@ async function syncChat(chatId) {
   }
 }
 
-/** After every (re)connect: catch up every chat this page holds messages of. */
+/**
+ * After every (re)connect: catch up the chats whose history this page shows (the others only
+ * hold their last message, and fetch their newest page when opened).
+ */
 function syncAll() {
-  for (const [chatId, list] of state.lists) if (list.messages.length) syncChat(chatId);
+  for (const [chatId, list] of state.lists) {
+    const shown = state.fetched.has(chatId) || chatId === state.current;
+    if (shown && list.messages.length) syncChat(chatId);
+  }
 }
 
 async function fetchNewest(chatId) {
   try {
     const page = await state.api.history(chatId, { limit: PAGE_SIZE });
     state.fetched.add(chatId);
+    // Messages held from before (the chat list's last message, the offline cache) that do not
+    // reach the newest page would leave a hole that paging by `before` never fills: drop them.
+    if (page.length && page[0].seq > listFor(chatId).lastSeq + 1) state.lists.set(chatId, new MessageList());
     receive(page);
     fillViewport();
   } catch (error) {
