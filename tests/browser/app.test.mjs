@@ -253,6 +253,10 @@ describe('web client in Chromium', () => {
     await two.page.keyboard.press('Enter');
     await two.page.locator('#chat-list').waitFor({ state: 'visible' });
     await eventually(() => two.page.evaluate(() => document.activeElement?.matches('#chat-list .chat')), 'focus back on the chat');
+    // A live message re-renders the list; the keyboard focus stays on the chat.
+    await send(one.page, 'Are you still there?');
+    await two.page.locator('#chat-list .chat-last', { hasText: 'Are you still there?' }).waitFor();
+    assert.equal(await two.page.evaluate(() => document.activeElement?.matches('#chat-list .chat')), true, 'focus kept');
     await screenshot(two.page, '5-phone-list');
     noErrors(one.page, two.page);
   });

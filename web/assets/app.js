@@ -37,6 +37,17 @@ function el(tag, className, text) {
   return node;
 }
 
+/**
+ * Replaces a container's children, keeping the keyboard focus on the new element that stands
+ * for the same thing (same `data-focus-key`), so a re-render never throws a keyboard user out.
+ */
+function replaceKeepingFocus(container, children) {
+  const active = document.activeElement;
+  const key = container.contains(active) ? active.dataset.focusKey : undefined;
+  container.replaceChildren(...children);
+  if (key) container.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus({ preventScroll: true });
+}
+
 const initial = (name) => (name || '?').trim().charAt(0).toUpperCase() || '?';
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
@@ -580,7 +591,7 @@ function announce(text) {
 
 function renderChats() {
   const list = $('chat-list');
-  list.replaceChildren(...state.chats.map(chatItem));
+  replaceKeepingFocus(list, state.chats.map(chatItem));
   $('no-chats').hidden = state.chats.length > 0;
 }
 
@@ -598,6 +609,7 @@ function chatItem(chat) {
   const button = el('button', 'chat');
   button.type = 'button';
   button.dataset.chatId = chat._id;
+  button.dataset.focusKey = `chat:${chat._id}`;
   if (chat._id === state.current) button.setAttribute('aria-current', 'true');
 
   const avatar = el('span', 'avatar', initial(others(chat)[0]?.name));
@@ -709,7 +721,7 @@ function renderConversation({ toBottom = false, keepFromBottom = null } = {}) {
     addDay(entry.createdAt);
     items.push(pendingItem(entry));
   }
-  $('message-list').replaceChildren(...items);
+  replaceKeepingFocus($('message-list'), items);
   $('load-older').hidden = !list.hasOlder || state.loadingOlder;
 
   if (keepFromBottom !== null) box.scrollTop = box.scrollHeight - keepFromBottom;
@@ -742,9 +754,11 @@ function pendingItem(entry) {
   const problem = el('p', 'meta problem', `Not sent: ${entry.error}`);
   const retryButton = el('button', 'link', 'Retry');
   retryButton.type = 'button';
+  retryButton.dataset.focusKey = `retry:${entry.clientMsgId}`;
   retryButton.addEventListener('click', () => retry(entry.clientMsgId));
   const discardButton = el('button', 'link', 'Discard');
   discardButton.type = 'button';
+  discardButton.dataset.focusKey = `discard:${entry.clientMsgId}`;
   discardButton.addEventListener('click', () => discard(entry.clientMsgId));
   const actions = el('span', 'actions');
   actions.append(retryButton, discardButton);
@@ -774,7 +788,7 @@ async function searchPeople() {
   try {
     const users = await state.api.users($('people-search').value.trim());
     if (run !== searchRun) return;
-    $('people-list').replaceChildren(...users.map(personItem));
+    replaceKeepingFocus($('people-list'), users.map(personItem));
     $('people-empty').hidden = users.length > 0;
   } catch (error) {
     if (!sessionRefused(error) && run === searchRun) {
@@ -788,6 +802,7 @@ async function searchPeople() {
 function personItem(user) {
   const button = el('button', 'person');
   button.type = 'button';
+  button.dataset.focusKey = `person:${user._id}`;
   const avatar = el('span', 'avatar', initial(user.name));
   avatar.setAttribute('aria-hidden', 'true');
   const text = el('span', 'chat-main');
