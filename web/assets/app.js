@@ -790,6 +790,7 @@ async function searchPeople() {
     if (run !== searchRun) return;
     replaceKeepingFocus($('people-list'), users.map(personItem));
     $('people-empty').hidden = users.length > 0;
+    $('people-empty').textContent = 'Nobody found.';
   } catch (error) {
     if (!sessionRefused(error) && run === searchRun) {
       $('people-list').replaceChildren();
@@ -841,6 +842,7 @@ function wire() {
   });
   $('logout').addEventListener('click', () => endSession());
   $('new-chat').addEventListener('click', () => togglePeople($('people').hidden));
+  $('people-close').addEventListener('click', () => togglePeople(false));
   $('people').addEventListener('keydown', (event) => {
     if (event.key === 'Escape') togglePeople(false);
   });
