@@ -117,7 +117,10 @@ describe('socket.js against palaver', () => {
     const up = next(socket, 'connect', 15000);
     await sleep(300);
     await server.start();
+    const restarted = Date.now();
     await up;
+    // Attempts that failed while the server was down must not hold the next one back.
+    assert.ok(Date.now() - restarted < 3000, `reconnected ${Date.now() - restarted} ms after the restart`);
     assert.ok(reconnecting >= 1);
     const ack = await socket.emitWithAck('sync', { chatId, afterSeq: 0 });
     assert.equal(ack.ok, true);

@@ -187,12 +187,15 @@ export class SocketClient {
     ws.onmessage = (frame) => {
       if (this.ws === ws && typeof frame.data === 'string') this.receive(frame.data);
     };
-    ws.onclose = () => {
+    // A failed connection fires `error` and then `close` in browsers, only `error` in some
+    // engines (Node 20's): either one ends this attempt.
+    const lost = (reason) => () => {
       if (this.ws !== ws) return;
-      this.drop('transport close');
+      this.drop(reason);
       this.scheduleReconnect();
     };
-    ws.onerror = () => {};
+    ws.onclose = lost('transport close');
+    ws.onerror = lost('transport error');
   }
 
   /** Forgets the current WebSocket, failing what waited on it; emits `disconnect` if it was up. */
