@@ -74,6 +74,9 @@ pub struct ServeArgs {
     /// Longest message text in Unicode scalar values.
     #[arg(long, env = "PALAVER_MAX_TEXT_CHARS")]
     pub max_text_chars: Option<String>,
+    /// Serve the web client at `/` (`true` or `false`; `false`: API only, `/` answers 404).
+    #[arg(long, env = "PALAVER_WEB")]
+    pub web: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Numbers may be written as numbers or strings.
@@ -92,6 +95,7 @@ struct FileSettings {
     send_rate_per_sec: Option<toml::Value>,
     send_burst: Option<toml::Value>,
     max_text_chars: Option<toml::Value>,
+    web: Option<toml::Value>,
 }
 
 /// Where the external identity provider's keys come from.
@@ -122,6 +126,8 @@ pub struct Config {
     pub send_rate_per_sec: u32,
     pub send_burst: u32,
     pub max_text_chars: usize,
+    /// Whether `/` serves the embedded web client.
+    pub web: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -137,6 +143,7 @@ impl std::fmt::Debug for Config {
             .field("send_rate_per_sec", &self.send_rate_per_sec)
             .field("send_burst", &self.send_burst)
             .field("max_text_chars", &self.max_text_chars)
+            .field("web", &self.web)
             .finish()
     }
 }
@@ -172,6 +179,7 @@ impl Default for Config {
             send_rate_per_sec: 10,
             send_burst: 30,
             max_text_chars: TEXT_CHARS_DEFAULT,
+            web: true,
         }
     }
 }
@@ -250,6 +258,9 @@ impl Config {
             config.max_text_chars =
                 parse_positive(&max, "PALAVER_MAX_TEXT_CHARS", ceiling)? as usize;
         }
+        if let Some(web) = text(args.web, file.web) {
+            config.web = parse_bool(&web, "PALAVER_WEB")?;
+        }
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),
             args.auth_jwks.or(file.auth_jwks),
@@ -320,6 +331,14 @@ fn parse_positive(value: &str, setting: &'static str, max: u32) -> Result<u32, C
             setting,
             format!("{value:?} must be a whole number from 1 to {max}"),
         )),
+    }
+}
+
+fn parse_bool(value: &str, setting: &'static str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(bad(setting, format!("{value:?} must be true or false"))),
     }
 }
 
@@ -404,6 +423,7 @@ mod tests {
             (10, 30, 4000)
         );
         assert!(config.external_auth.is_none());
+        assert!(config.web);
     }
 
     #[test]
@@ -472,6 +492,13 @@ mod tests {
                 },
                 "PALAVER_JWT_SECRET",
             ),
+            (
+                ServeArgs {
+                    web: Some("off".into()),
+                    ..Default::default()
+                },
+                "PALAVER_WEB",
+            ),
         ];
         for (args, setting) in cases {
             let error = resolve(args).unwrap_err();
@@ -483,7 +510,7 @@ mod tests {
     fn flags_win_over_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("palaver.toml");
-        std::fs::write(&file, "listen = \"0.0.0.0:4000\"\nsend_burst = 50\ntoken_ttl = \"1h\"\ncors_origins = [\"https://a.example\", \"https://b.example\"]\n").unwrap();
+        std::fs::write(&file, "listen = \"0.0.0.0:4000\"\nsend_burst = 50\nweb = false\ntoken_ttl = \"1h\"\ncors_origins = [\"https://a.example\", \"https://b.example\"]\n").unwrap();
         let args = ServeArgs {
             config: Some(file),
             listen: Some("127.0.0.1:5000".into()),
@@ -492,6 +519,7 @@ mod tests {
         let config = resolve(args).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(config.send_burst, 50);
+        assert!(!config.web);
         assert_eq!(config.token_ttl, Duration::from_secs(3600));
         assert_eq!(
             config.cors_origins,

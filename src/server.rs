@@ -30,7 +30,7 @@ use crate::storage::{
     self, CommitFeed, CommitSubscriber, Durability, Store, StoreError, StoreWriter, WriterExit,
     WriterTask,
 };
-use crate::transport::{Shared, deliver, request_head, rest, socket};
+use crate::transport::{Shared, deliver, request_head, rest, socket, web};
 
 /// Meta key of the generated token secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -371,6 +371,7 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     socket::register(&io);
     let router = rest::routes()
         .with_state(shared)
+        .merge(web::routes(config.web))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(io_layer)
         // Outside socketioxide's layer, so it sees the handshake before socketioxide keeps it.

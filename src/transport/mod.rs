@@ -4,11 +4,13 @@
 //! client events into typed commands (shared with the fuzz targets), `wire` names the fields of
 //! the contract's objects, and [`deliver`] fans committed messages out, in commit order, from the
 //! writer's commit feed: a REST POST and a socket `send-message` alike only append and answer.
+//! `web` serves the embedded web client.
 
 pub mod payload;
 pub mod request_head;
 pub mod rest;
 pub mod socket;
+pub mod web;
 mod wire;
 
 use std::sync::Arc;

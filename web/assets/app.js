@@ -1,0 +1,892 @@
+// palaver's web client: log in, the chat list, a conversation, and sending that survives going
+// offline. The REST calls are in api.js, the Socket.IO client in socket.js, the message lists
+// and the outbox in store.js; this module wires them to the page.
+//
+// Every name and message text reaches the page through textContent, never as HTML.
+
+import { Api, ApiError } from './api.js';
+import { SocketClient } from './socket.js';
+import { MessageList, OfflineCache, Outbox } from './store.js';
+
+const SESSION_KEY = 'palaver.session';
+const OPEN_CHAT_KEY = 'palaver.open-chat';
+/** Messages per history page. */
+const PAGE_SIZE = 50;
+/** Messages per `sync` answer (the server's maximum). */
+const SYNC_PAGE = 500;
+/** `sync` rounds per catch-up; beyond them the newest page is fetched and the rest paged in. */
+const SYNC_ROUNDS_MAX = 20;
+/** The server allows 5 typing events a second; one every 2 s is plenty. */
+const TYPING_EVERY_MS = 2000;
+const TYPING_IDLE_MS = 3000;
+/** A "… is typing" shown without refresh disappears after this. */
+const TYPING_SHOWN_MS = 6000;
+const SEND_ACK_TIMEOUT_MS = 10000;
+const RETRY_AFTER_TIMEOUT_MS = 2000;
+/** Distance from the top of the conversation (px) at which older messages are fetched. */
+const PAGE_IN_MARGIN_PX = 300;
+const SEARCH_DEBOUNCE_MS = 200;
+
+const $ = (id) => document.getElementById(id);
+
+/** An element with a class and text content (never HTML). */
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+/**
+ * Replaces a container's children, keeping the keyboard focus on the new element that stands
+ * for the same thing (same `data-focus-key`), so a re-render never throws a keyboard user out.
+ */
+function replaceKeepingFocus(container, children) {
+  const active = document.activeElement;
+  const key = container.contains(active) ? active.dataset.focusKey : undefined;
+  container.replaceChildren(...children);
+  if (key) container.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus({ preventScroll: true });
+}
+
+const initial = (name) => (name || '?').trim().charAt(0).toUpperCase() || '?';
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: 'long', day: 'numeric', month: 'long', year: 'numeric' });
+const shortDayFormat = new Intl.DateTimeFormat(undefined, { day: 'numeric', month: 'short' });
+
+const dayKey = (date) => `${date.getFullYear()}-${date.getMonth()}-${date.getDate()}`;
+
+function dayLabel(date) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayKey(date) === dayKey(today)) return 'Today';
+  if (dayKey(date) === dayKey(yesterday)) return 'Yesterday';
+  return dayFormat.format(date);
+}
+
+function shortTime(iso) {
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return '';
+  return dayKey(date) === dayKey(new Date()) ? timeFormat.format(date) : shortDayFormat.format(date);
+}
+
+// ---- state ------------------------------------------------------------------------------------
+
+const state = {
+  session: null,
+  api: new Api(() => state.session?.token ?? null),
+  socket: null,
+  outbox: null,
+  cache: null,
+  chats: [],
+  lists: new Map(),
+  /** Chats whose newest page was fetched since the page loaded. */
+  fetched: new Set(),
+  current: null,
+  online: new Set(),
+  typing: new Map(),
+  unread: new Map(),
+  flushing: false,
+  syncing: new Set(),
+  /** Chats asked to sync while their sync ran: it goes round once more. */
+  resync: new Set(),
+  loadingOlder: false,
+  everConnected: false,
+  typingSentAt: 0,
+  typingIdleTimer: null,
+};
+
+function listFor(chatId) {
+  if (!state.lists.has(chatId)) state.lists.set(chatId, new MessageList());
+  return state.lists.get(chatId);
+}
+
+const me = () => state.session?.user;
+const chatById = (chatId) => state.chats.find((c) => c._id === chatId);
+
+/** The other people of a chat, for its name and avatar. */
+function others(chat) {
+  if (chat.participant) return [chat.participant];
+  return (chat.participants || []).filter((p) => p._id !== me()?._id);
+}
+
+function chatName(chat) {
+  const names = others(chat).map((p) => p.name);
+  return names.length ? names.join(', ') : 'Just you';
+}
+
+const chatPeerOnline = (chat) => others(chat).some((p) => state.online.has(p._id));
+
+// ---- session ------------------------------------------------------------------------------------
+
+function loadSession() {
+  try {
+    const session = JSON.parse(localStorage.getItem(SESSION_KEY));
+    return session && typeof session.token === 'string' && session.user?._id ? session : null;
+  } catch {
+    return null;
+  }
+}
+
+function startSession(session) {
+  state.session = session;
+  localStorage.setItem(SESSION_KEY, JSON.stringify(session));
+  const userId = session.user._id;
+  state.outbox = new Outbox(localStorage, `palaver.outbox.${userId}`);
+  state.cache = new OfflineCache(localStorage, `palaver.cache.${userId}`);
+  state.chats = state.cache.chats;
+  for (const [chatId, messages] of Object.entries(state.cache.messages)) listFor(chatId).add(messages);
+  showApp();
+  const remembered = localStorage.getItem(OPEN_CHAT_KEY);
+  if (remembered && chatById(remembered)) openChat(remembered, { focus: false });
+  connectSocket();
+  refreshChats();
+  refreshMe();
+}
+
+/** Ends the session: back to the login screen with `message` (or none, for a log out). */
+function endSession(message) {
+  state.socket?.close();
+  state.socket = null;
+  const userId = me()?._id;
+  localStorage.removeItem(SESSION_KEY);
+  localStorage.removeItem(OPEN_CHAT_KEY);
+  if (userId) {
+    localStorage.removeItem(`palaver.outbox.${userId}`);
+    localStorage.removeItem(`palaver.cache.${userId}`);
+  }
+  Object.assign(state, {
+    session: null, outbox: null, cache: null, chats: [], current: null, everConnected: false,
+  });
+  state.lists.clear();
+  state.fetched.clear();
+  state.online.clear();
+  state.typing.clear();
+  state.unread.clear();
+  showAuth(message);
+}
+
+/** A REST failure: a refused token ends the session; anything else is the caller's. */
+function sessionRefused(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    endSession('Your session has expired. Please log in again.');
+    return true;
+  }
+  return false;
+}
+
+async function refreshMe() {
+  try {
+    const user = await state.api.me();
+    if (!state.session) return;
+    state.session.user = user;
+    localStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
+    renderMe();
+  } catch (error) {
+    sessionRefused(error);
+  }
+}
+
+// ---- login / sign up ------------------------------------------------------------------------
+
+let signingUp = false;
+
+function showAuth(message) {
+  $('app-view').hidden = true;
+  renderBanner();
+  $('auth-view').hidden = false;
+  setAuthMode(false);
+  $('auth-error').textContent = message || '';
+  $('auth-password').value = '';
+  $('auth-email').focus();
+}
+
+function setAuthMode(signUp) {
+  signingUp = signUp;
+  $('name-field').hidden = !signUp;
+  $('auth-title').textContent = signUp ? 'Sign up' : 'Log in';
+  $('auth-submit').textContent = signUp ? 'Create account' : 'Log in';
+  $('auth-switch-text').textContent = signUp ? 'Already have an account?' : 'No account yet?';
+  $('auth-switch').textContent = signUp ? 'Log in' : 'Sign up';
+  $('auth-password').autocomplete = signUp ? 'new-password' : 'current-password';
+  $('auth-error').textContent = '';
+}
+
+async function submitAuth(event) {
+  event.preventDefault();
+  const name = $('auth-name').value.trim();
+  const email = $('auth-email').value.trim();
+  const password = $('auth-password').value;
+  const problem = (signingUp && !name && 'Please enter your name.')
+    || (!email && 'Please enter your email address.')
+    || (password.length < 8 && 'The password needs at least 8 characters.');
+  if (problem) {
+    $('auth-error').textContent = problem;
+    return;
+  }
+  const button = $('auth-submit');
+  button.disabled = true;
+  $('auth-error').textContent = '';
+  try {
+    const answer = signingUp
+      ? await state.api.register(name, email, password)
+      : await state.api.login(email, password);
+    $('auth-form').reset();
+    startSession({ token: answer.token, user: answer.user });
+  } catch (error) {
+    $('auth-error').textContent = error.status === 429
+      ? 'Too many attempts, try again in a minute.'
+      : error.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- connection -------------------------------------------------------------------------------
+
+function connectSocket() {
+  const socket = new SocketClient({ url: location.origin, token: () => state.session.token });
+  state.socket = socket;
+  socket.on('connect', () => {
+    state.everConnected = true;
+    renderBanner();
+    refreshChats();
+    if (state.current && !state.fetched.has(state.current)) fetchNewest(state.current);
+    syncAll();
+    flushOutbox();
+  });
+  socket.on('disconnect', () => {
+    // Presence and typing are unknown until the next connect's online-users.
+    state.typing.clear();
+    state.online.clear();
+    renderBanner();
+    renderChats();
+    renderConversation();
+  });
+  socket.on('reconnecting', renderBanner);
+  socket.on('connect_error', ({ message, fatal }) => {
+    if (fatal) endSession(`Your session has ended (${message}). Please log in again.`);
+    else renderBanner();
+  });
+  socket.on('online-users', ({ userIds }) => {
+    state.online = new Set(userIds);
+    renderPresence();
+  });
+  socket.on('user-online', ({ userId }) => {
+    state.online.add(userId);
+    renderPresence();
+  });
+  socket.on('user-offline', ({ userId }) => {
+    state.online.delete(userId);
+    renderPresence();
+  });
+  socket.on('new-message', (message) => receive([message], { live: true }));
+  socket.on('typing', onTyping);
+  socket.connect();
+  renderBanner();
+}
+
+/** Shows the connection's state; `data-connection` on <body> carries it for styles and tests. */
+function renderBanner() {
+  const banner = $('banner');
+  const socket = state.socket;
+  document.body.dataset.connection = !socket ? 'none' : socket.connected ? 'connected' : 'connecting';
+  if (!socket || socket.connected) {
+    banner.hidden = true;
+    return;
+  }
+  banner.hidden = false;
+  if (navigator.onLine === false) {
+    banner.textContent = 'You are offline. Messages you write are sent when the connection is back.';
+  } else {
+    banner.textContent = state.everConnected ? 'Reconnecting…' : 'Connecting…';
+  }
+}
+
+addEventListener('offline', () => {
+  state.socket?.interrupt('offline');
+  renderBanner();
+});
+addEventListener('online', () => {
+  state.socket?.reconnectNow();
+  renderBanner();
+});
+
+// ---- chats ------------------------------------------------------------------------------------
+
+async function refreshChats() {
+  try {
+    const chats = await state.api.chats();
+    if (!state.session) return;
+    state.chats = chats;
+    for (const chat of chats) if (chat.lastMessage) listFor(chat._id).add([chat.lastMessage]);
+    remember();
+    renderChats();
+    if (state.current) renderConversation();
+  } catch (error) {
+    if (!sessionRefused(error)) renderChats();
+  }
+}
+
+function upsertChat(chat) {
+  const index = state.chats.findIndex((c) => c._id === chat._id);
+  if (index === -1) state.chats.push(chat);
+  else state.chats[index] = { ...state.chats[index], ...chat };
+}
+
+function sortChats() {
+  state.chats.sort((a, b) => (b.lastMessageAt || '').localeCompare(a.lastMessageAt || ''));
+}
+
+/** Stores what the offline start needs. */
+function remember() {
+  state.cache?.remember(state.chats, state.lists);
+}
+
+// ---- messages ---------------------------------------------------------------------------------
+
+/**
+ * Takes stored messages from any source (history, sync, ack, live event): adds them to their
+ * chats, settles the outbox entries they answer, updates the chat list and, for live events,
+ * unread counts, the announcement and a sync when a seq is missing.
+ */
+function receive(messages, { live = false } = {}) {
+  const touched = new Set();
+  for (const message of messages) {
+    if (!message || typeof message.chat !== 'string') continue;
+    const list = listFor(message.chat);
+    const isNew = list.add([message]) > 0;
+    if (message.clientMsgId && message.sender?._id === me()?._id) state.outbox?.remove(message.clientMsgId);
+    touched.add(message.chat);
+    const chat = chatById(message.chat);
+    if (!chat) {
+      if (live) refreshChats();
+      continue;
+    }
+    if (!chat.lastMessage || message.seq > chat.lastMessage.seq) {
+      chat.lastMessage = message;
+      chat.lastMessageAt = message.createdAt;
+    }
+    if (live && isNew && message.sender?._id !== me()?._id) {
+      clearTyping(message.chat, message.sender._id);
+      const reading = state.current === message.chat && document.visibilityState === 'visible';
+      if (!reading) state.unread.set(message.chat, (state.unread.get(message.chat) || 0) + 1);
+      announce(`${message.sender.name}: ${message.text}`);
+    }
+  }
+  for (const chatId of touched) {
+    const list = listFor(chatId);
+    if (live && state.fetched.has(chatId) && list.contiguousSeq < list.lastSeq) syncChat(chatId);
+  }
+  sortChats();
+  remember();
+  renderChats();
+  if (touched.has(state.current)) renderConversation();
+}
+
+/**
+ * Fetches what this client missed of a chat since the last seq it holds without a gap. Runs
+ * once per chat at a time; a call during a run makes the run go round once more.
+ */
+async function syncChat(chatId) {
+  if (state.syncing.has(chatId)) {
+    state.resync.add(chatId);
+    return;
+  }
+  state.syncing.add(chatId);
+  try {
+    for (let round = 0; round < SYNC_ROUNDS_MAX && state.socket?.connected; round += 1) {
+      const list = listFor(chatId);
+      const answer = await state.socket.emitWithAck('sync', { chatId, afterSeq: list.contiguousSeq, limit: SYNC_PAGE });
+      if (!answer?.ok) break;
+      receive(answer.messages);
+      const again = state.resync.delete(chatId);
+      if (!answer.hasMore && !again) break;
+    }
+  } catch {
+    // Disconnected or timed out: the next connect syncs again.
+  } finally {
+    state.syncing.delete(chatId);
+  }
+}
+
+/**
+ * After every (re)connect: catch up the chats whose history this page shows (the others only
+ * hold their last message, and fetch their newest page when opened).
+ */
+function syncAll() {
+  for (const [chatId, list] of state.lists) {
+    const shown = state.fetched.has(chatId) || chatId === state.current;
+    if (shown && list.messages.length) syncChat(chatId);
+  }
+}
+
+async function fetchNewest(chatId) {
+  try {
+    const page = await state.api.history(chatId, { limit: PAGE_SIZE });
+    state.fetched.add(chatId);
+    // Messages held from before (the chat list's last message, the offline cache) that do not
+    // reach the newest page would leave a hole that paging by `before` never fills: drop them.
+    if (page.length && page[0].seq > listFor(chatId).lastSeq + 1) state.lists.set(chatId, new MessageList());
+    receive(page);
+    fillViewport();
+  } catch (error) {
+    if (!sessionRefused(error) && state.current === chatId) {
+      $('history-status').textContent = error.status === 0 ? '' : error.message;
+    }
+  }
+}
+
+/** Pages in the messages just above the oldest one shown, keeping the view where it is. */
+async function loadOlder() {
+  const chatId = state.current;
+  const list = chatId && listFor(chatId);
+  if (!list || !list.hasOlder || state.loadingOlder) return;
+  state.loadingOlder = true;
+  $('load-older').hidden = true;
+  $('history-status').textContent = 'Loading older messages…';
+  try {
+    const page = await state.api.history(chatId, { before: list.firstSeq, limit: PAGE_SIZE });
+    if (state.current !== chatId) return;
+    const box = $('messages');
+    const fromBottom = box.scrollHeight - box.scrollTop;
+    list.add(page);
+    renderConversation({ keepFromBottom: fromBottom });
+    $('history-status').textContent = list.hasOlder ? '' : 'This is the start of the conversation.';
+  } catch (error) {
+    if (!sessionRefused(error)) $('history-status').textContent = `Older messages could not be loaded: ${error.message}`;
+  } finally {
+    state.loadingOlder = false;
+    $('load-older').hidden = !listFor(chatId).hasOlder || state.current !== chatId;
+  }
+  fillViewport();
+}
+
+/** Pages in more history while the conversation does not fill its box (nothing to scroll). */
+function fillViewport() {
+  const box = $('messages');
+  const list = state.current && listFor(state.current);
+  if (list && list.hasOlder && box.scrollHeight <= box.clientHeight + PAGE_IN_MARGIN_PX) loadOlder();
+}
+
+// ---- sending ------------------------------------------------------------------------------------
+
+function send(text) {
+  const chatId = state.current;
+  if (!chatId) return false;
+  const entry = state.outbox.add(chatId, text);
+  if (!entry) {
+    announce('Too many unsent messages. Wait for the connection to come back.');
+    return false;
+  }
+  stopTyping();
+  renderConversation({ toBottom: true });
+  flushOutbox();
+  return true;
+}
+
+/**
+ * Sends the outbox, oldest first, one at a time so the server assigns seqs in the order the
+ * user wrote. Each entry keeps its clientMsgId across attempts, so a message whose ack was lost
+ * is stored once however often it is resent.
+ */
+async function flushOutbox() {
+  if (state.flushing) return;
+  state.flushing = true;
+  try {
+    for (;;) {
+      const entry = state.outbox?.ready()[0];
+      if (!entry || !state.socket?.connected) break;
+      const payload = { chatId: entry.chatId, text: entry.text, clientMsgId: entry.clientMsgId };
+      let answer;
+      try {
+        answer = await state.socket.emitWithAck('send-message', payload, SEND_ACK_TIMEOUT_MS);
+      } catch (error) {
+        if (error.code === 'timeout') setTimeout(flushOutbox, RETRY_AFTER_TIMEOUT_MS);
+        break;
+      }
+      if (answer?.ok) {
+        state.outbox.remove(entry.clientMsgId);
+        receive([answer.message]);
+      } else {
+        state.outbox.setError(entry.clientMsgId, answer?.error || 'Not sent');
+        if (entry.chatId === state.current) renderConversation();
+      }
+    }
+  } finally {
+    state.flushing = false;
+  }
+}
+
+function retry(clientMsgId) {
+  state.outbox.setError(clientMsgId, null);
+  renderConversation();
+  flushOutbox();
+}
+
+function discard(clientMsgId) {
+  state.outbox.remove(clientMsgId);
+  renderConversation();
+  $('composer-text').focus();
+}
+
+// ---- typing -------------------------------------------------------------------------------------
+
+function composerInput() {
+  const socket = state.socket;
+  if (!state.current || !socket?.connected) return;
+  const now = Date.now();
+  if ($('composer-text').value.trim() && now - state.typingSentAt > TYPING_EVERY_MS) {
+    socket.emit('typing', { chatId: state.current, isTyping: true });
+    state.typingSentAt = now;
+  }
+  clearTimeout(state.typingIdleTimer);
+  state.typingIdleTimer = setTimeout(stopTyping, TYPING_IDLE_MS);
+}
+
+function stopTyping() {
+  clearTimeout(state.typingIdleTimer);
+  if (state.typingSentAt && state.current) state.socket?.emit('typing', { chatId: state.current, isTyping: false });
+  state.typingSentAt = 0;
+}
+
+function onTyping({ userId, chatId, isTyping }) {
+  if (typeof chatId !== 'string' || userId === me()?._id) return;
+  clearTyping(chatId, userId);
+  if (isTyping) {
+    const timer = setTimeout(() => clearTyping(chatId, userId), TYPING_SHOWN_MS);
+    state.typing.set(chatId, { userId, timer });
+  }
+  renderTyping();
+  renderChats();
+}
+
+function clearTyping(chatId, userId) {
+  const shown = state.typing.get(chatId);
+  if (!shown || shown.userId !== userId) return;
+  clearTimeout(shown.timer);
+  state.typing.delete(chatId);
+  renderTyping();
+}
+
+// ---- rendering ----------------------------------------------------------------------------------
+
+function showApp() {
+  $('auth-view').hidden = true;
+  $('app-view').hidden = false;
+  renderMe();
+  renderChats();
+  renderConversation();
+  $('new-chat').focus();
+}
+
+function renderMe() {
+  $('me-name').textContent = me()?.name ?? '';
+  $('me-avatar').textContent = initial(me()?.name);
+}
+
+function announce(text) {
+  $('announcer').textContent = text;
+}
+
+function renderChats() {
+  const list = $('chat-list');
+  replaceKeepingFocus(list, state.chats.map(chatItem));
+  $('no-chats').hidden = state.chats.length > 0;
+}
+
+function chatItem(chat) {
+  const name = chatName(chat);
+  const online = chatPeerOnline(chat);
+  const unread = state.unread.get(chat._id) || 0;
+  const typing = state.typing.has(chat._id);
+  const last = chat.lastMessage;
+  const lastText = typing ? 'typing…' : last ? last.text : 'No messages yet';
+  const time = last ? shortTime(last.createdAt) : '';
+
+  // The button's accessible name is its text: what is only drawn (the dot) is also said in
+  // visually hidden text.
+  const button = el('button', 'chat');
+  button.type = 'button';
+  button.dataset.chatId = chat._id;
+  button.dataset.focusKey = `chat:${chat._id}`;
+  if (chat._id === state.current) button.setAttribute('aria-current', 'true');
+
+  const avatar = el('span', 'avatar', initial(others(chat)[0]?.name));
+  avatar.setAttribute('aria-hidden', 'true');
+  if (online) avatar.append(el('span', 'dot'));
+  const main = el('span', 'chat-main');
+  const title = el('span', 'chat-name', name);
+  if (online) title.append(el('span', 'visually-hidden', ' (online)'));
+  main.append(title, el('span', typing ? 'chat-last typing-note' : 'chat-last', lastText));
+  const side = el('span', 'chat-side');
+  side.append(el('span', 'chat-time', time));
+  if (unread) {
+    const badge = el('span', 'unread', String(unread));
+    badge.append(el('span', 'visually-hidden', ' unread'));
+    side.append(badge);
+  }
+  button.append(avatar, main, side);
+  button.addEventListener('click', () => openChat(chat._id));
+
+  const item = el('li');
+  item.append(button);
+  return item;
+}
+
+function renderPresence() {
+  renderChats();
+  renderPeer();
+}
+
+function renderPeer() {
+  const chat = state.current && chatById(state.current);
+  if (!chat) return;
+  $('peer-name').textContent = chatName(chat);
+  $('peer-avatar').textContent = initial(others(chat)[0]?.name);
+  // Presence is only known while connected.
+  const online = chatPeerOnline(chat);
+  const known = Boolean(state.socket?.connected);
+  $('peer-status').textContent = !known ? '' : online ? 'online' : 'offline';
+  $('peer-status').classList.toggle('online', known && online);
+}
+
+function renderTyping() {
+  const shown = state.current && state.typing.get(state.current);
+  const chat = shown && chatById(state.current);
+  const who = chat && others(chat).find((p) => p._id === shown.userId);
+  $('typing').textContent = who ? `${who.name} is typing…` : '';
+}
+
+function openChat(chatId, { focus = true } = {}) {
+  if (state.current !== chatId) stopTyping();
+  state.current = chatId;
+  localStorage.setItem(OPEN_CHAT_KEY, chatId);
+  state.unread.delete(chatId);
+  $('app-view').dataset.pane = 'chat';
+  $('history-status').textContent = '';
+  $('composer-text').value = '';
+  renderChats();
+  renderConversation({ toBottom: true });
+  if (focus) $('composer-text').focus();
+  if (!state.fetched.has(chatId)) fetchNewest(chatId);
+}
+
+function closeChat() {
+  const chatId = state.current;
+  stopTyping();
+  state.current = null;
+  localStorage.removeItem(OPEN_CHAT_KEY);
+  $('app-view').dataset.pane = 'list';
+  renderChats();
+  renderConversation();
+  const button = chatId && document.querySelector(`[data-chat-id="${CSS.escape(chatId)}"]`);
+  (button || $('new-chat')).focus();
+}
+
+/**
+ * Rebuilds the open conversation. The view stays pinned to the bottom when it was there (or
+ * `toBottom`), keeps its distance from the bottom when history was added above
+ * (`keepFromBottom`), and otherwise keeps its scroll position.
+ */
+function renderConversation({ toBottom = false, keepFromBottom = null } = {}) {
+  const chat = state.current && chatById(state.current);
+  $('no-chat').hidden = Boolean(chat);
+  $('chat-pane').hidden = !chat;
+  if (!chat) return;
+  renderPeer();
+  renderTyping();
+  const box = $('messages');
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 60;
+  const top = box.scrollTop;
+
+  const list = listFor(chat._id);
+  const items = [];
+  let lastDay = null;
+  const addDay = (iso) => {
+    const date = new Date(iso);
+    const key = dayKey(date);
+    if (key === lastDay || Number.isNaN(date.getTime())) return;
+    lastDay = key;
+    const separator = el('li', 'day');
+    separator.append(el('span', null, dayLabel(date)));
+    items.push(separator);
+  };
+  const group = others(chat).length > 1;
+  for (const message of list.messages) {
+    addDay(message.createdAt);
+    items.push(messageItem(message, group));
+  }
+  for (const entry of state.outbox.forChat(chat._id)) {
+    addDay(entry.createdAt);
+    items.push(pendingItem(entry));
+  }
+  replaceKeepingFocus($('message-list'), items);
+  $('load-older').hidden = !list.hasOlder || state.loadingOlder;
+
+  if (keepFromBottom !== null) box.scrollTop = box.scrollHeight - keepFromBottom;
+  else if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
+  else box.scrollTop = top;
+}
+
+function messageItem(message, showSender) {
+  const mine = message.sender?._id === me()?._id;
+  const item = el('li', mine ? 'msg mine' : 'msg theirs');
+  item.dataset.id = message._id;
+  item.dataset.seq = String(message.seq);
+  if (showSender && !mine) item.append(el('span', 'sender', message.sender?.name));
+  item.append(el('p', 'text', message.text));
+  const time = el('time', 'meta', timeFormat.format(new Date(message.createdAt)));
+  time.dateTime = message.createdAt;
+  item.append(time);
+  return item;
+}
+
+function pendingItem(entry) {
+  const item = el('li', entry.error ? 'msg mine failed' : 'msg mine pending');
+  item.dataset.clientMsgId = entry.clientMsgId;
+  item.append(el('p', 'text', entry.text));
+  if (!entry.error) {
+    const waiting = state.socket?.connected ? 'Sending…' : 'Waiting for the connection…';
+    item.append(el('span', 'meta', waiting));
+    return item;
+  }
+  const problem = el('p', 'meta problem', `Not sent: ${entry.error}`);
+  const retryButton = el('button', 'link', 'Retry');
+  retryButton.type = 'button';
+  retryButton.dataset.focusKey = `retry:${entry.clientMsgId}`;
+  retryButton.addEventListener('click', () => retry(entry.clientMsgId));
+  const discardButton = el('button', 'link', 'Discard');
+  discardButton.type = 'button';
+  discardButton.dataset.focusKey = `discard:${entry.clientMsgId}`;
+  discardButton.addEventListener('click', () => discard(entry.clientMsgId));
+  const actions = el('span', 'actions');
+  actions.append(retryButton, discardButton);
+  item.append(problem, actions);
+  return item;
+}
+
+// ---- starting a chat --------------------------------------------------------------------------
+
+let searchTimer = null;
+let searchRun = 0;
+
+function togglePeople(open) {
+  $('people').hidden = !open;
+  $('new-chat').setAttribute('aria-expanded', String(open));
+  if (open) {
+    $('people-search').value = '';
+    searchPeople();
+    $('people-search').focus();
+  } else {
+    $('new-chat').focus();
+  }
+}
+
+async function searchPeople() {
+  const run = ++searchRun;
+  try {
+    const users = await state.api.users($('people-search').value.trim());
+    if (run !== searchRun) return;
+    replaceKeepingFocus($('people-list'), users.map(personItem));
+    $('people-empty').hidden = users.length > 0;
+    $('people-empty').textContent = 'Nobody found.';
+  } catch (error) {
+    if (!sessionRefused(error) && run === searchRun) {
+      $('people-list').replaceChildren();
+      $('people-empty').hidden = false;
+      $('people-empty').textContent = error.message;
+    }
+  }
+}
+
+function personItem(user) {
+  const button = el('button', 'person');
+  button.type = 'button';
+  button.dataset.focusKey = `person:${user._id}`;
+  const avatar = el('span', 'avatar', initial(user.name));
+  avatar.setAttribute('aria-hidden', 'true');
+  const text = el('span', 'chat-main');
+  text.append(el('span', 'chat-name', user.name), el('span', 'chat-last', user.email));
+  button.append(avatar, text);
+  button.addEventListener('click', () => startChat(user._id));
+  const item = el('li');
+  item.append(button);
+  return item;
+}
+
+async function startChat(userId) {
+  try {
+    const chat = await state.api.openChat(userId);
+    upsertChat(chat);
+    sortChats();
+    remember();
+    $('people').hidden = true;
+    $('new-chat').setAttribute('aria-expanded', 'false');
+    openChat(chat._id);
+  } catch (error) {
+    if (!sessionRefused(error)) {
+      $('people-empty').hidden = false;
+      $('people-empty').textContent = error.message;
+    }
+  }
+}
+
+// ---- wiring -------------------------------------------------------------------------------------
+
+function wire() {
+  $('auth-form').addEventListener('submit', submitAuth);
+  $('auth-switch').addEventListener('click', () => {
+    setAuthMode(!signingUp);
+    (signingUp ? $('auth-name') : $('auth-email')).focus();
+  });
+  $('logout').addEventListener('click', () => endSession());
+  $('new-chat').addEventListener('click', () => togglePeople($('people').hidden));
+  $('people-close').addEventListener('click', () => togglePeople(false));
+  $('people').addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') togglePeople(false);
+  });
+  $('people-search').addEventListener('input', () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(searchPeople, SEARCH_DEBOUNCE_MS);
+  });
+  $('back').addEventListener('click', closeChat);
+  $('load-older').addEventListener('click', loadOlder);
+  $('messages').addEventListener('scroll', () => {
+    if ($('messages').scrollTop < PAGE_IN_MARGIN_PX) loadOlder();
+  });
+  const composer = $('composer-text');
+  composer.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $('composer').requestSubmit();
+    }
+  });
+  composer.addEventListener('input', composerInput);
+  $('composer').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = composer.value.trim();
+    if (text && send(text)) composer.value = '';
+    composer.focus();
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && state.current) {
+      state.unread.delete(state.current);
+      renderChats();
+    }
+  });
+}
+
+function boot() {
+  wire();
+  if ('serviceWorker' in navigator) {
+    navigator.serviceWorker.register('/sw.js').catch(() => {
+      // Without the worker the app works the same, it only cannot start while offline.
+    });
+  }
+  const session = loadSession();
+  if (session) startSession(session);
+  else showAuth();
+}
+
+boot();
