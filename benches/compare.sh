@@ -66,7 +66,10 @@ ulimit -n "$(ulimit -Hn)"
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   log "building palaver, palaver-load, bench-server, ws-relay"
-  (cd "$REPO" && cargo build --release --bin palaver --bin palaver-load --example bench-server)
+  # One cargo call each: in one call the example's dev-dependencies (palaver's `testing` feature
+  # among them) would be unified into the palaver binary measured here.
+  (cd "$REPO" && cargo build --release --bin palaver && cargo build --release -p palaver-client &&
+    cargo build --release --example bench-server)
   # Built from a copy: cargo writes a Cargo.lock next to the manifest, and shared/ is read-only.
   rm -rf "$WORK/ws-relay" && cp -r "$SHARED/anchors/ws-relay" "$WORK/ws-relay" && chmod -R u+w "$WORK/ws-relay"
   cargo build --release --manifest-path "$WORK/ws-relay/Cargo.toml" --target-dir "$RELAY_TARGET"

@@ -5,7 +5,6 @@
 //! rules), `storage` (redb, group commit), `service` (the use cases), `transport` (HTTP and
 //! Socket.IO), `server` (wiring, `run`), `config` (settings). See ARCHITECTURE.md.
 
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod domain;

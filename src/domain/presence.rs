@@ -61,10 +61,12 @@ impl Presence {
         Some((user, went_offline))
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn is_online(&self, user: &str) -> bool {
         self.connections.contains_key(user)
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn connections_of(&self, user: &str) -> u32 {
         self.connections.get(user).copied().unwrap_or(0)
     }
@@ -81,10 +83,12 @@ impl Presence {
         ids
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn online_count(&self) -> usize {
         self.connections.len()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn connection_count(&self) -> usize {
         self.users_by_connection.len()
     }

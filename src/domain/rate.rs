@@ -114,6 +114,7 @@ impl KeyedLimiter {
         }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn tracked_keys(&self) -> usize {
         self.buckets.len()
     }

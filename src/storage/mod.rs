@@ -160,6 +160,7 @@ fn creation_was_interrupted(len: u64, head: &[u8]) -> bool {
 }
 
 /// An in-memory database, for tests and fuzzing.
+#[cfg(any(test, feature = "testing"))]
 pub fn open_in_memory() -> Result<Database, StoreError> {
     open_backend(redb::backends::InMemoryBackend::new())
 }
@@ -314,6 +315,7 @@ impl Store {
 
     /// Checks that every index agrees with the tables it indexes and that every chat's seqs
     /// are exactly 1..=last_seq. Used by tests and the crash-consistency checks; a full scan.
+    #[cfg(any(test, feature = "testing"))]
     pub fn check_consistency(&self) -> Result<Vec<String>, StoreError> {
         tables::check_consistency(&self.db)
     }

@@ -2,12 +2,16 @@
 //! scan: a history page is a range over `(chat, seq)`, a user's chats a range over
 //! `(user, chat)`, the 1:1 pair a point lookup on the sorted pair.
 
-use std::collections::HashSet;
+use redb::{Database, TableDefinition};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-
-use super::records::{ChatRecord, MessageRecord, UserRecord, decode};
 use super::{FORMAT_VERSION, StoreError};
+// What `check_consistency` reads; it is test support (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+use {
+    super::records::{ChatRecord, MessageRecord, UserRecord, decode},
+    redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata},
+    std::collections::HashSet,
+};
 
 /// Small settings: `format` (one byte), `jwt_secret`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -66,6 +70,7 @@ pub fn prepare(db: &Database) -> Result<(), StoreError> {
 }
 
 /// Every disagreement between the tables, as readable lines; empty when consistent.
+#[cfg(any(test, feature = "testing"))]
 pub fn check_consistency(db: &Database) -> Result<Vec<String>, StoreError> {
     let tx = db.begin_read()?;
     let mut problems = Vec::new();

@@ -15,8 +15,12 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo_if_needed[@]}" apt-get install -y chromium
 fi
 
-echo "== cargo build --release --bin palaver"
-(cd ../.. && cargo build --release --bin palaver)
+# tests/run.sh has just built the binary (with `cargo test`) and says so; run alone, this script
+# builds it.
+if [ "${PALAVER_BINARY_BUILT:-}" != 1 ]; then
+  echo "== cargo build --release --bin palaver"
+  (cd ../.. && cargo build --release --bin palaver)
+fi
 
 npm ci --no-audit --no-fund
 npm test

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;
 
-use palaver::client::{self, Client, Event};
 use palaver::config::Config;
 use palaver::server::{Running, Server, ServerExit};
+use palaver_client::{self as client, Client, Event};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

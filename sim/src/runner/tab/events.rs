@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use palaver::client::Event;
+use palaver_client::Event;
 use tokio::sync::mpsc;
 
 use super::Tab;

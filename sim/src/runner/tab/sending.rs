@@ -3,7 +3,7 @@
 //! server must refuse. Every answer goes to the oracle; the tab keeps what it must resend.
 
 use hyper::{Method, StatusCode};
-use palaver::client::PendingAck;
+use palaver_client::PendingAck;
 use serde_json::{Value, json};
 
 use super::session::error_kind;

@@ -1,5 +1,6 @@
-//! A small Socket.IO v5 / Engine.IO v4 client over WebSocket, for the load generator, the
-//! integration tests and the simulation.
+//! palaver-client: a small Socket.IO v5 / Engine.IO v4 client over WebSocket, for the load
+//! generator (`palaver-load`, this crate's binary), palaver's integration tests and soak, and the
+//! simulation. It is a crate of its own so that the server never links a WebSocket client.
 //!
 //! It speaks just what palaver's clients use: the handshake with `auth: { token }`, events in
 //! both directions, acknowledgements, and answering the server's pings. It is generic over the

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures_util::StreamExt;
-use palaver::client::{self, Client, Event, PendingAck};
+use palaver_client::{self as client, Client, Event, PendingAck};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -701,7 +701,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("palaver-load: --rate and --secs must be positive and --ramp-factor above 1");
         return std::process::ExitCode::from(2);
     }
-    // reqwest is built with rustls and no default crypto provider (see src/main.rs).
+    // reqwest is built with rustls and no default crypto provider, as in the server's main.rs.
     let _ = rustls::crypto::ring::default_provider().install_default();
     now_us();
     let runtime = tokio::runtime::Builder::new_multi_thread()
