@@ -30,11 +30,8 @@ pub fn summary_line(outcome: &Outcome) -> String {
 /// the run's plan came from one).
 pub fn replay_command(settings: &Settings, seed: u64, plan_file: Option<&Path>) -> String {
     let defaults = Settings::default();
-    let mut command = String::from("cargo run --release -p palaver-sim");
-    #[cfg(feature = "sim-faults")]
-    if settings.planted.is_some() {
-        command.push_str(" --features sim-faults");
-    }
+    // From sim/, a workspace of its own; the planted bugs are compiled in by default.
+    let mut command = String::from("cargo run --release");
     let _ = write!(command, " -- --seed {seed}");
     if let Some(file) = plan_file {
         let _ = write!(command, " --plan {}", file.display());
