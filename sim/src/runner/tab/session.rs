@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use palaver_client::{self, Client, ClientError};
+use palaver_client::{self as client, Client, ClientError};
 use rand::RngExt;
 use serde_json::{Value, json};
 
