@@ -33,6 +33,7 @@ impl App {
     }
 
     /// Connections counted, if the count is free this instant (the simulation's probe).
+    #[cfg(any(test, feature = "testing"))]
     pub fn counted_connections(&self) -> Option<usize> {
         let presence = self.presence.try_lock().ok()?;
         Some(presence.connection_count())

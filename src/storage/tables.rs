@@ -2,14 +2,14 @@
 //! scan: a history page is a range over `(chat, seq)`, a user's chats a range over
 //! `(user, chat)`, the 1:1 pair a point lookup on the sorted pair.
 
-use redb::{Database, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{FORMAT_VERSION, StoreError};
 // What `check_consistency` reads; it is test support (feature `testing`).
 #[cfg(any(test, feature = "testing"))]
 use {
     super::records::{ChatRecord, MessageRecord, UserRecord, decode},
-    redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata},
+    redb::{ReadableDatabase, ReadableTableMetadata},
     std::collections::HashSet,
 };
 
