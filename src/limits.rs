@@ -56,6 +56,9 @@ pub const WRITE_BATCH_MAX: usize = 512;
 /// `Server busy`. Sends are rate limited per user well below this, so only a client that floods
 /// meets it.
 pub const SOCKET_EVENTS_QUEUED_MAX: usize = 256;
+/// Sends of one socket filed with the writer and not yet acked; the socket's inbox waits
+/// (and then fills) beyond it. Enough to keep a socket's sends in every group commit.
+pub const SOCKET_SENDS_IN_FLIGHT_MAX: usize = 32;
 /// The writer's commit feed: shards (chats are spread over them; each is delivered in order by
 /// a task of its own) and messages waiting per shard before the writer waits for delivery.
 pub const COMMIT_FEED_SHARDS: usize = 4;
@@ -121,5 +124,6 @@ const _: () = assert!(CHAT_MEMBERS_MAX >= 2);
 const _: () = assert!(TOKEN_TTL_DEFAULT.as_secs() <= TOKEN_TTL_MAX.as_secs());
 const _: () = assert!(COMMIT_FEED_SHARDS >= 1 && COMMIT_FEED_QUEUE_MAX >= WRITE_BATCH_MAX);
 const _: () = assert!(SOCKET_EVENTS_QUEUED_MAX >= TYPING_PER_SEC);
+const _: () = assert!(SOCKET_SENDS_IN_FLIGHT_MAX >= 1);
 const _: () = assert!(PAGE_DEFAULT <= PAGE_MAX && USERS_PAGE_DEFAULT <= USERS_PAGE_MAX);
 const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);

@@ -1,18 +1,23 @@
 //! Messages: history pages, `sync`, sending, and what a committed message is delivered as.
 //!
 //! A send is validated, rate-limited and appended through the writer; its answer (the stored
-//! message, or the original for a retry) goes back to the sender. Delivery to the other sockets
+//! message, or the original for a retry) goes back to the sender. It comes in two halves,
+//! filing and awaiting the commit, so that a socket can have several sends in flight and still
+//! get them stored and answered in the order it sent them. Delivery to the other sockets
 //! does not happen here: the writer publishes every committed message on its commit feed, in
 //! commit order, and [`App::delivery`] turns each into what the transport fans out.
+
+use std::sync::MutexGuard;
 
 use super::cache::Members;
 use super::views::{MessageView, PublicUser};
 use super::{ApiError, App, Refusal, storage_failed};
 use crate::domain::page::{Anchor, clamp_limit, has_more_after, seq_range};
+use crate::domain::rate::KeyedLimiter;
 use crate::domain::validate;
 use crate::limits::{PAGE_DEFAULT, PAGE_MAX};
 use crate::storage::{
-    AppendOutcome, ChatRecord, MessageRecord, NewMessage, StoreError, UserRecord,
+    AppendOutcome, ChatRecord, Filed, MessageRecord, NewMessage, StoreError, UserRecord,
 };
 
 /// `send-message` or `POST /api/messages/chat/:chatId`, as each transport decoded it.
@@ -37,6 +42,42 @@ pub struct Sent {
 pub struct Delivery {
     pub message: MessageView,
     pub members: Members,
+}
+
+/// A send on its way: refused or answered already, or filed with the writer and waiting for
+/// its commit. See [`App::file_send`].
+pub struct FiledSend {
+    stage: Result<SendStage, Refusal>,
+    sender: PublicUser,
+}
+
+enum SendStage {
+    /// A retry of a committed send, answered with the original without writing.
+    Answered(MessageRecord, Members),
+    Filed(Filed<AppendOutcome>, Members),
+}
+
+impl FiledSend {
+    /// The send's answer, once its append has committed (durable) or failed.
+    pub async fn outcome(self, app: &App) -> Result<Sent, Refusal> {
+        let failed = || storage_failed(Refusal::SendFailed);
+        let sender = &self.sender;
+        match self.stage? {
+            SendStage::Answered(original, members) => {
+                app.sent(members, original, false, sender).map_err(failed())
+            }
+            SendStage::Filed(filed, members) => match filed.answer().await.map_err(failed())? {
+                AppendOutcome::Appended(message) => {
+                    app.sent(members, message, true, sender).map_err(failed())
+                }
+                AppendOutcome::Duplicate(message) => {
+                    app.send_limiter().give_back(&sender.id);
+                    app.sent(members, message, false, sender).map_err(failed())
+                }
+                AppendOutcome::NotMember => Err(Refusal::ChatNotFound),
+            },
+        }
+    }
 }
 
 impl App {
@@ -107,6 +148,24 @@ impl App {
 
     /// Validates, deduplicates, rate-limits and durably appends a message.
     pub async fn send(&self, sender: &UserRecord, command: SendMessage) -> Result<Sent, Refusal> {
+        self.file_send(sender, command).await.outcome(self).await
+    }
+
+    /// The first half of [`App::send`]: everything up to filing the append with the writer,
+    /// without waiting for its commit. Sends filed one after another by one caller get
+    /// ascending seqs; [`FiledSend::outcome`] waits for the answer.
+    pub async fn file_send(&self, sender: &UserRecord, command: SendMessage) -> FiledSend {
+        FiledSend {
+            stage: self.file_send_stage(sender, command).await,
+            sender: PublicUser::from(sender),
+        }
+    }
+
+    async fn file_send_stage(
+        &self,
+        sender: &UserRecord,
+        command: SendMessage,
+    ) -> Result<SendStage, Refusal> {
         let SendMessage {
             chat_id,
             text,
@@ -117,8 +176,7 @@ impl App {
         let text = validate::text(&text, self.policy.max_text_chars)?;
         let failed = || storage_failed(Refusal::SendFailed);
         let now = self.now_ms();
-        let limiter = || self.send_limiter.lock().expect("never poisoned");
-        if !limiter().try_take(&sender.id, now) {
+        if !self.send_limiter().try_take(&sender.id, now) {
             // A retry of a committed send answers with the original and is not rate limited.
             // Only refused sends look for one here; the writer finds the others (below).
             let Some(cmid) = &client_msg_id else {
@@ -129,9 +187,7 @@ impl App {
                 .message_by_client_id(&chat_id, &sender.id, cmid)
                 .map_err(failed())?
                 .ok_or(Refusal::RateLimited)?;
-            return self
-                .sent(members, original, false, sender)
-                .map_err(failed());
+            return Ok(SendStage::Answered(original, members));
         }
         let new = NewMessage {
             id: self.mint_id(),
@@ -141,16 +197,12 @@ impl App {
             client_msg_id,
             now_ms: now,
         };
-        match self.writer.append_message(new).await.map_err(failed())? {
-            AppendOutcome::Appended(message) => {
-                self.sent(members, message, true, sender).map_err(failed())
-            }
-            AppendOutcome::Duplicate(message) => {
-                limiter().give_back(&sender.id);
-                self.sent(members, message, false, sender).map_err(failed())
-            }
-            AppendOutcome::NotMember => Err(Refusal::ChatNotFound),
-        }
+        let filed = self.writer.file_append(new).await.map_err(failed())?;
+        Ok(SendStage::Filed(filed, members))
+    }
+
+    fn send_limiter(&self) -> MutexGuard<'_, KeyedLimiter> {
+        self.send_limiter.lock().expect("never poisoned")
     }
 
     fn sent(
@@ -158,10 +210,10 @@ impl App {
         members: Members,
         message: MessageRecord,
         created: bool,
-        sender: &UserRecord,
+        sender: &PublicUser,
     ) -> Result<Sent, StoreError> {
         let sender_view = if message.sender == sender.id {
-            PublicUser::from(sender)
+            sender.clone()
         } else {
             self.public_user(&message.sender)?
         };

@@ -30,7 +30,7 @@ use auth::Tokens;
 use cache::{ClearingCache, Members};
 use views::PublicUser;
 
-pub use messages::{Delivery, SendMessage, Sent};
+pub use messages::{Delivery, FiledSend, SendMessage, Sent};
 pub use presence::{PresenceDesk, Transition};
 
 /// A failed REST request; the transport maps each to a status and a `{ message }` body.

@@ -26,7 +26,7 @@ use redb::{BackendError, Database, ReadableDatabase, ReadableTable, StorageBacke
 pub use error::StoreError;
 pub use feed::{CommitFeed, CommitSubscriber};
 pub use records::{ChatRecord, MessageRecord, UserRecord};
-pub use writer::{AppendOutcome, NewMessage, NewUser, StoreWriter, WriterExit, WriterTask};
+pub use writer::{AppendOutcome, Filed, NewMessage, NewUser, StoreWriter, WriterExit, WriterTask};
 
 use crate::limits::PAGE_PREALLOCATED_MAX;
 use records::decode;

@@ -151,14 +151,35 @@ pub(super) fn channel(db: Arc<Database>, durability: Durability) -> (StoreWriter
     )
 }
 
+/// A request filed with the writer, whose answer comes after its batch commits. Requests are
+/// committed in the order they were filed, so a caller may file several before awaiting any.
+pub struct Filed<T> {
+    answer: oneshot::Receiver<Result<T, StoreError>>,
+}
+
+impl<T> Filed<T> {
+    /// The writer's answer: after the commit (durable) or the request's own failure.
+    pub async fn answer(self) -> Result<T, StoreError> {
+        self.answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 impl StoreWriter {
-    async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Request) -> Result<T, StoreError> {
+    /// Files a request, waiting only for room in the writer's queue (backpressure).
+    async fn file<T>(
+        &self,
+        build: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<Filed<T>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(build(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        Ok(Filed { answer })
+    }
+
+    async fn call<T>(&self, build: impl FnOnce(Reply<T>) -> Request) -> Result<T, StoreError> {
+        self.file(build).await?.answer().await
     }
 
     pub async fn create_user(&self, user: NewUser) -> Result<CreateUserOutcome, StoreError> {
@@ -184,7 +205,16 @@ impl StoreWriter {
     }
 
     pub async fn append_message(&self, message: NewMessage) -> Result<AppendOutcome, StoreError> {
-        self.call(|reply| Request::Append(message, reply)).await
+        self.file_append(message).await?.answer().await
+    }
+
+    /// Files an append without waiting for its commit: appends filed one after another get
+    /// ascending seqs in their chat.
+    pub async fn file_append(
+        &self,
+        message: NewMessage,
+    ) -> Result<Filed<AppendOutcome>, StoreError> {
+        self.file(|reply| Request::Append(message, reply)).await
     }
 
     /// The stored value of `key`, storing `value` first if there is none.

@@ -1,7 +1,7 @@
 //! Socket.IO: authentication on connect, presence, and the client events of the contract.
 //!
-//! Each socket's events are handled in the order they arrived, one at a time, by a task of the
-//! socket's own (its *inbox*). socketioxide spawns a task per event, so the order is taken where
+//! Each socket's events are handled in the order they arrived by a task of the socket's own
+//! (its *inbox*); consecutive sends are pipelined through the writer, the rest one at a time. socketioxide spawns a task per event, so the order is taken where
 //! it still holds: its extractors run inline, in arrival order, before the spawn, and the
 //! [`Queued`] extractor puts the event into the inbox there. So a later `send-message` of a
 //! socket always gets a higher seq and a later ack, and `typing` `true`/`false` never swap. The
@@ -13,6 +13,9 @@ use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use serde::Serialize;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
@@ -24,9 +27,12 @@ use tokio::sync::{Notify, mpsc};
 
 use super::{PRESENCE_ROOM, chat_room, payload, user_room};
 use crate::domain::typing::Typing;
-use crate::limits::{SOCKET_EVENTS_QUEUED_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC, TYPING_STALE_MS};
+use crate::limits::{
+    SOCKET_EVENTS_QUEUED_MAX, SOCKET_SENDS_IN_FLIGHT_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC,
+    TYPING_STALE_MS,
+};
 use crate::service::views::MessageView;
-use crate::service::{App, AuthFailure, Refusal, Transition};
+use crate::service::{App, AuthFailure, Refusal, Sent, Transition};
 use crate::storage::UserRecord;
 
 /// What a socket carries from its authenticated handshake.
@@ -259,7 +265,13 @@ impl<E: QueuedEvent> FromMessageParts<LocalAdapter> for Queued<E> {
 
 async fn queued<E: QueuedEvent>(_: Queued<E>) {}
 
-/// Handles one socket's events, one at a time, until the socket closes.
+/// A send filed with the writer, on its way to its ack.
+type SendInFlight = BoxFuture<'static, (AckSender, Result<Sent, Refusal>)>;
+
+/// Handles one socket's events in arrival order until the socket closes. Consecutive sends
+/// pipeline: each is filed with the writer as it comes (so seqs follow arrival order) and
+/// acked in the same order when its commit answers. Any other event first waits for the sends
+/// before it, so it sees them committed.
 struct Handler {
     socket: SocketRef,
     io: SocketIo,
@@ -268,24 +280,31 @@ struct Handler {
     typing: Typing,
 }
 
+/// The socket's sends in flight, oldest first. Kept out of [`Handler`], which must stay `Sync`
+/// for the `&self` its methods hold across awaits.
+type Sends = FuturesOrdered<SendInFlight>;
+
 impl Handler {
     async fn run(mut self, mut events: mpsc::Receiver<Box<Inbound>>, closed: Arc<Notify>) {
+        let mut sends = Sends::new();
         loop {
-            let stale_at = self.typing.next_stale_at();
+            let stale_in = self
+                .typing
+                .next_stale_at()
+                .map(|at| at.saturating_sub(self.app.now_ms()));
             let wait_stale = async {
-                match stale_at {
-                    Some(at) => {
-                        let ms = at.saturating_sub(self.app.now_ms());
-                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                    }
+                match stale_in {
+                    Some(ms) => tokio::time::sleep(std::time::Duration::from_millis(ms)).await,
                     None => std::future::pending().await,
                 }
             };
+            let room_for_sends = sends.len() < SOCKET_SENDS_IN_FLIGHT_MAX;
             tokio::select! {
                 biased;
                 () = closed.notified() => break,
-                event = events.recv() => match event {
-                    Some(event) => self.handle(event).await,
+                Some((ack, result)) = sends.next() => self.ack_send(ack, result),
+                event = events.recv(), if room_for_sends => match event {
+                    Some(event) => self.handle(event, &mut sends).await,
                     None => break,
                 },
                 () = wait_stale => {
@@ -303,8 +322,12 @@ impl Handler {
         }
     }
 
-    async fn handle(&mut self, event: Box<Inbound>) {
+    async fn handle(&mut self, event: Box<Inbound>, sends: &mut Sends) {
         let Inbound { kind, data, ack } = *event;
+        if matches!(kind, EventKind::SendMessage) {
+            return self.send_message(data, ack, sends).await;
+        }
+        self.finish_sends(sends).await;
         let Ok(value) = data else {
             if !matches!(kind, EventKind::Typing) {
                 refuse(&self.socket, ack, Refusal::InvalidPayload);
@@ -320,7 +343,7 @@ impl Handler {
                 let result = self.leave_chat(&value).await;
                 answer(&self.socket, ack, result);
             }
-            EventKind::SendMessage => self.send_message(&value, ack).await,
+            EventKind::SendMessage => unreachable!("sends are filed above"),
             EventKind::Typing => self.typing(&value).await,
             EventKind::Sync => {
                 let result = self.sync(&value);
@@ -351,12 +374,34 @@ impl Handler {
         Ok(NoFields {})
     }
 
-    async fn send_message(&self, value: &Value, ack: AckSender) {
-        let command = match payload::send(value) {
-            Ok(command) => command,
-            Err(refusal) => return refuse(&self.socket, ack, refusal),
+    /// Files a send; its ack follows those of the sends before it, refused ones included.
+    async fn send_message(&self, data: Result<Value, ()>, ack: AckSender, sends: &mut Sends) {
+        let command = data
+            .map_err(|()| Refusal::InvalidPayload)
+            .and_then(|value| payload::send(&value));
+        let filed = match command {
+            Ok(command) => Ok(self.app.file_send(&self.user, command).await),
+            Err(refusal) => Err(refusal),
         };
-        match self.app.send(&self.user, command).await {
+        let app = Arc::clone(&self.app);
+        sends.push_back(Box::pin(async move {
+            let result = match filed {
+                Ok(filed) => filed.outcome(&app).await,
+                Err(refusal) => Err(refusal),
+            };
+            (ack, result)
+        }));
+    }
+
+    /// Acks every send in flight, in order.
+    async fn finish_sends(&self, sends: &mut Sends) {
+        while let Some((ack, result)) = sends.next().await {
+            self.ack_send(ack, result);
+        }
+    }
+
+    fn ack_send(&self, ack: AckSender, result: Result<Sent, Refusal>) {
+        match result {
             Ok(sent) => {
                 #[cfg(feature = "sim-faults")]
                 if crate::faults::is_planted(crate::faults::PlantedFault::FanOutInWakeOrder)
@@ -442,7 +487,7 @@ impl Handler {
 /// the simulation's single thread tasks wake in the order they were answered, so the wake-up
 /// order of a multi-threaded runtime is modelled by a few yields that depend on the seq.
 #[cfg(feature = "sim-faults")]
-fn fan_out_in_wake_order(io: &SocketIo, sent: &crate::service::Sent) {
+fn fan_out_in_wake_order(io: &SocketIo, sent: &Sent) {
     let delivery = crate::service::Delivery {
         message: sent.message.clone(),
         members: Arc::clone(&sent.members),
