@@ -21,23 +21,25 @@ use serde_json::{Value, json};
 fn presence(c: &mut Criterion) {
     let mut group = c.benchmark_group("presence");
     // 10,000 connections of 5,000 users already online, as on a busy server.
-    let mut online = Presence::default();
+    let mut online = Presence::new(5_000);
     for i in 0..10_000 {
         online.connect(&format!("sock{i:016}"), &format!("user{:020}", i / 2));
     }
-    group.bench_function("connect_disconnect_10k_online", |b| {
+    online.flush(0);
+    group.bench_function("connect_disconnect_flush_10k_online", |b| {
         b.iter(|| {
             let first = online.connect("sockbench00000000", "userbench");
-            let last = online.disconnect("sockbench00000000");
-            black_box((first, last))
+            let last = online.disconnect("sockbench00000000", 0);
+            black_box((first, last, online.flush(0)))
         });
     });
-    let mut small = Presence::default();
+    let mut small = Presence::new(5_000);
     for i in 0..1_000 {
         small.connect(&format!("sock{i:016}"), &format!("user{i:020}"));
     }
+    small.flush(0);
     group.bench_function("online_users_snapshot_1k", |b| {
-        b.iter(|| black_box(small.online_except("user00000000000000000007")));
+        b.iter(|| black_box(small.announced_except("user00000000000000000007", 10_000)));
     });
     group.finish();
 }

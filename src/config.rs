@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::limits::{
-    JWT_SECRET_BYTES_MIN, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
+    JWT_SECRET_BYTES_MIN, PRESENCE_GRACE_CEILING, PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_CEILING,
+    PRESENCE_TICK_DEFAULT, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
     TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX,
 };
 
@@ -77,6 +78,12 @@ pub struct ServeArgs {
     /// Serve the web client at `/` (`true` or `false`; `false`: API only, `/` answers 404).
     #[arg(long, env = "PALAVER_WEB")]
     pub web: Option<String>,
+    /// How long a user stays online after their last socket closed (`5s`, `500ms`; 0: none).
+    #[arg(long, env = "PALAVER_PRESENCE_GRACE")]
+    pub presence_grace: Option<String>,
+    /// How often presence changes are gathered and announced (`250ms`; 0: each at once).
+    #[arg(long, env = "PALAVER_PRESENCE_TICK")]
+    pub presence_tick: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Numbers may be written as numbers or strings.
@@ -96,6 +103,8 @@ struct FileSettings {
     send_burst: Option<toml::Value>,
     max_text_chars: Option<toml::Value>,
     web: Option<toml::Value>,
+    presence_grace: Option<toml::Value>,
+    presence_tick: Option<toml::Value>,
 }
 
 /// Where the external identity provider's keys come from.
@@ -128,6 +137,10 @@ pub struct Config {
     pub max_text_chars: usize,
     /// Whether `/` serves the embedded web client.
     pub web: bool,
+    /// How long a user stays online after their last socket closed.
+    pub presence_grace: Duration,
+    /// How often presence changes are announced; zero: each at once.
+    pub presence_tick: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -144,6 +157,8 @@ impl std::fmt::Debug for Config {
             .field("send_burst", &self.send_burst)
             .field("max_text_chars", &self.max_text_chars)
             .field("web", &self.web)
+            .field("presence_grace", &self.presence_grace)
+            .field("presence_tick", &self.presence_tick)
             .finish()
     }
 }
@@ -180,6 +195,8 @@ impl Default for Config {
             send_burst: 30,
             max_text_chars: TEXT_CHARS_DEFAULT,
             web: true,
+            presence_grace: PRESENCE_GRACE_DEFAULT,
+            presence_tick: PRESENCE_TICK_DEFAULT,
         }
     }
 }
@@ -261,6 +278,14 @@ impl Config {
         if let Some(web) = text(args.web, file.web) {
             config.web = parse_bool(&web, "PALAVER_WEB")?;
         }
+        if let Some(grace) = text(args.presence_grace, file.presence_grace) {
+            config.presence_grace =
+                parse_short_duration(&grace, "PALAVER_PRESENCE_GRACE", PRESENCE_GRACE_CEILING)?;
+        }
+        if let Some(tick) = text(args.presence_tick, file.presence_tick) {
+            config.presence_tick =
+                parse_short_duration(&tick, "PALAVER_PRESENCE_TICK", PRESENCE_TICK_CEILING)?;
+        }
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),
             args.auth_jwks.or(file.auth_jwks),
@@ -301,6 +326,38 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         return Err(format!("{value:?} must be between 1s and 366d"));
     }
     Ok(Duration::from_secs(seconds))
+}
+
+/// `0`, `250ms`, `5s`, `2m`: a duration that may be zero, up to `ceiling`.
+fn parse_short_duration(
+    value: &str,
+    setting: &'static str,
+    ceiling: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| {
+        bad(
+            setting,
+            format!("{value:?} is not a duration like 5s or 250ms"),
+        )
+    })?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(bad(setting, format!("{value:?}: unit must be ms, s or m"))),
+    };
+    if duration > ceiling {
+        return Err(bad(
+            setting,
+            format!("{value:?} is longer than {}s", ceiling.as_secs()),
+        ));
+    }
+    Ok(duration)
 }
 
 fn parse_origins(value: &str) -> Result<Vec<String>, ConfigError> {
@@ -424,6 +481,10 @@ mod tests {
         );
         assert!(config.external_auth.is_none());
         assert!(config.web);
+        assert_eq!(
+            (config.presence_grace, config.presence_tick),
+            (Duration::from_secs(5), Duration::from_millis(250))
+        );
     }
 
     #[test]
@@ -499,6 +560,20 @@ mod tests {
                 },
                 "PALAVER_WEB",
             ),
+            (
+                ServeArgs {
+                    presence_grace: Some("1h".into()),
+                    ..Default::default()
+                },
+                "PALAVER_PRESENCE_GRACE",
+            ),
+            (
+                ServeArgs {
+                    presence_tick: Some("20s".into()),
+                    ..Default::default()
+                },
+                "PALAVER_PRESENCE_TICK",
+            ),
         ];
         for (args, setting) in cases {
             let error = resolve(args).unwrap_err();
@@ -558,6 +633,19 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn short_durations_may_be_zero_and_are_capped() {
+        let parse =
+            |v: &str| parse_short_duration(v, "PALAVER_PRESENCE_GRACE", Duration::from_secs(600));
+        assert_eq!(parse("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse("11m").is_err());
+        assert!(parse("5h").is_err());
+        assert!(parse("soon").is_err());
     }
 
     #[test]

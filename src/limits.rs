@@ -99,6 +99,18 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often presence is reconciled with the live sockets.
 pub const PRESENCE_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Presence: how long a user stays online after their last socket closed, and how often
+/// changes are gathered and announced (`PALAVER_PRESENCE_GRACE`, `PALAVER_PRESENCE_TICK`).
+pub const PRESENCE_GRACE_DEFAULT: Duration = Duration::from_secs(5);
+pub const PRESENCE_TICK_DEFAULT: Duration = Duration::from_millis(250);
+/// The longest grace and tick an operator may set.
+pub const PRESENCE_GRACE_CEILING: Duration = Duration::from_secs(600);
+pub const PRESENCE_TICK_CEILING: Duration = Duration::from_secs(10);
+/// With no tick, how often ended grace periods are looked for.
+pub const PRESENCE_GRACE_POLL: Duration = Duration::from_millis(100);
+/// Ids in one `online-users` snapshot (sorted; beyond it a client learns of users from their
+/// transitions). One snapshot is then at most about 300 KB.
+pub const ONLINE_USERS_SNAPSHOT_MAX: usize = 10_000;
 
 /// The external provider's JWKS: refetched at most this often (an unknown `kid` asks for it),
 /// at most this large, and given up after this long.

@@ -415,7 +415,8 @@ where
     for shard in committed {
         tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
     }
-    let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), app));
+    let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), Arc::clone(&app)));
+    let presence_ticker = tokio::spawn(tick_presence_forever(io.clone(), app));
     let WriterHandle {
         stop: stop_writer,
         exit: writer_exit,
@@ -441,6 +442,7 @@ where
         }
         tracing::info!("shutting down: closing sockets");
         sweeper.abort();
+        presence_ticker.abort();
         io.close().await;
         still_running
     };
@@ -460,6 +462,21 @@ where
         (Ok(error), _) => ServerExit::StorageFailed(error),
         (Err(_), Err(error)) => ServerExit::Io(error),
         (Err(_), Ok(())) => ServerExit::Stopped,
+    }
+}
+
+/// Announces presence changes every tick; without a tick (each change announced at once), it
+/// still ends grace periods, a little after each ends.
+async fn tick_presence_forever(io: SocketIo, app: Arc<App>) {
+    let every = match app.presence_tick() {
+        tick if tick.is_zero() => PRESENCE_GRACE_POLL,
+        tick => tick,
+    };
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        socket::tick_presence(&io, &app).await;
     }
 }
 

@@ -163,7 +163,12 @@ async fn outsiders_can_neither_join_nor_send_nor_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_counts_tabs() {
-    let server = start(relaxed_config()).await;
+    // A short grace period, so that the last tab's `user-offline` comes within the test.
+    let server = start(palaver::config::Config {
+        presence_grace: Duration::from_millis(500),
+        ..relaxed_config()
+    })
+    .await;
     let (ada, ada_id) = server.register("ada").await;
     let (bob, _) = server.register("bob").await;
     let mut observer = server.connect(&bob).await;

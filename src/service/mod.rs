@@ -31,7 +31,7 @@ use cache::{ClearingCache, Members};
 use views::PublicUser;
 
 pub use messages::{Delivery, FiledSend, SendMessage, Sent};
-pub use presence::{PresenceDesk, Transition};
+pub use presence::{PresenceDesk, PresenceRules, Transition};
 
 /// A failed REST request; the transport maps each to a status and a `{ message }` body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +130,7 @@ pub(crate) fn storage_failed<E>(answer: E) -> impl FnOnce(StoreError) -> E {
 pub struct Policy {
     pub max_text_chars: usize,
     pub send: BucketShape,
+    pub presence: PresenceRules,
 }
 
 impl From<&Config> for Policy {
@@ -139,6 +140,10 @@ impl From<&Config> for Policy {
             send: BucketShape {
                 per_sec: config.send_rate_per_sec,
                 burst: config.send_burst,
+            },
+            presence: PresenceRules {
+                grace: config.presence_grace,
+                tick: config.presence_tick,
             },
         }
     }
@@ -175,6 +180,7 @@ impl App {
         policy: Policy,
     ) -> Self {
         let decoy_hash = auth::hash_password("decoy password", &ids.bytes());
+        let grace_ms = u64::try_from(policy.presence.grace.as_millis()).unwrap_or(u64::MAX);
         Self {
             store,
             writer,
@@ -185,7 +191,7 @@ impl App {
             members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,
-            presence: tokio::sync::Mutex::new(Presence::default()),
+            presence: tokio::sync::Mutex::new(Presence::new(grace_ms)),
             login_throttle: Mutex::new(FailureThrottle::new(
                 LOGIN_FAILURES_MAX,
                 LOGIN_WINDOW_MS,

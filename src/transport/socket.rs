@@ -124,10 +124,8 @@ async fn authenticate(
     // Counted before the client learns it is connected, so that a tab closed right after
     // another one opened never sees its user flicker offline.
     let mut presence = app.presence().await;
-    if let Some(transition) = presence.connect(&socket.id.to_string(), &user.id) {
-        // Not yet in the presence room: the newcomer is not told about itself.
-        announce(&io, transition).await;
-    }
+    let transitions = presence.connect(&socket.id.to_string(), &user.id);
+    announce(&io, transitions).await;
     Ok(())
 }
 
@@ -138,6 +136,7 @@ async fn authenticate(
 /// seen online; found by the simulation, seed 141.)
 async fn on_connect(
     socket: SocketRef,
+    io: SocketIo,
     Extension(session): Extension<Session>,
     State(app): State<Arc<App>>,
 ) {
@@ -153,34 +152,48 @@ async fn on_connect(
     // A socket that closed before this handler ran was retired by its disconnect handler;
     // retiring is idempotent, so checking again here closes the window completely.
     if !socket.connected() {
-        retire(&socket, &app).await;
+        retire(&socket, &io, &app).await;
     }
 }
 
 async fn on_disconnect(
     socket: SocketRef,
+    io: SocketIo,
     MaybeExtension(session): MaybeExtension<Session>,
     State(app): State<Arc<App>>,
 ) {
     if let Some(session) = session {
         session.closed.notify_one();
     }
-    retire(&socket, &app).await;
+    retire(&socket, &io, &app).await;
 }
 
-/// Uncounts a closed socket; announces `user-offline` when it was its user's last.
-async fn retire(socket: &SocketRef, app: &App) {
+/// Uncounts a closed socket (its user's grace period begins when it was their last).
+async fn retire(socket: &SocketRef, io: &SocketIo, app: &App) {
     let mut presence = app.presence().await;
-    if let Some(transition) = presence.disconnect(&socket.id.to_string()) {
+    let transitions = presence.disconnect(&socket.id.to_string());
+    announce(io, transitions).await;
+}
+
+/// Tells every socket in the presence room of each transition, except the user's own sockets
+/// (a socket's snapshot leaves its own user out, and so do the transitions that follow it).
+async fn announce(io: &SocketIo, transitions: Vec<Transition>) {
+    for transition in transitions {
+        let own_sockets = user_room(transition.user());
         let (event, body) = presence_event(transition);
-        let _ = socket.to(PRESENCE_ROOM).emit(event, &body).await;
+        let _ = io
+            .to(PRESENCE_ROOM)
+            .except(own_sockets)
+            .emit(event, &body)
+            .await;
     }
 }
 
-/// Tells every socket in the presence room of a transition.
-async fn announce(io: &SocketIo, transition: Transition) {
-    let (event, body) = presence_event(transition);
-    let _ = io.to(PRESENCE_ROOM).emit(event, &body).await;
+/// Announces what changed in presence since the last tick (see `service::PresenceDesk::tick`).
+pub async fn tick_presence(io: &SocketIo, app: &App) {
+    let mut presence = app.presence().await;
+    let transitions = presence.tick();
+    announce(io, transitions).await;
 }
 
 fn presence_event(transition: Transition) -> (&'static str, Value) {
@@ -197,9 +210,8 @@ fn presence_event(transition: Transition) -> (&'static str, Value) {
 pub async fn sweep_presence(io: &SocketIo, app: &App, suspects: &mut HashSet<String>) {
     let live: HashSet<String> = io.sockets().into_iter().map(|s| s.id.to_string()).collect();
     let mut presence = app.presence().await;
-    for transition in presence.sweep(&live, suspects) {
-        announce(io, transition).await;
-    }
+    let transitions = presence.sweep(&live, suspects);
+    announce(io, transitions).await;
 }
 
 // ---- the inbox: events in arrival order ----

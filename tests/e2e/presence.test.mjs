@@ -1,8 +1,10 @@
-// Presence: online-users, user-online, user-offline, counted per connection (multi-tab).
+// Presence: online-users, user-online, user-offline, counted per connection (multi-tab), with
+// the offline grace period and changes coalesced per tick.
 import { test } from 'node:test';
-import { assert, useServer, got, waitFor, quiet, closeSocket } from './harness.mjs';
+import { assert, useServer, withServer, got, waitFor, quiet, closeSocket, sleep } from './harness.mjs';
 
-const srv = useServer();
+// A short grace keeps these tests quick; the default (5 s) is tested below.
+const srv = useServer({ env: { PALAVER_PRESENCE_GRACE: '1s' } });
 
 const onlineOf = async (s) => {
   await waitFor(() => got(s, 'online-users').length > 0, 3000, 'online-users');
@@ -22,7 +24,10 @@ test('online-users on connect lists the others online, never the connecting user
   assert.ok(!ua.includes(b.user._id), 'B is not online yet');
   const sb = await srv.connect(b.token);
   const ub = await onlineOf(sb);
-  assert.ok(ub.includes(a.user._id), 'A is listed for B');
+  // A connected less than a tick ago may not be in B's snapshot yet; then user-online follows.
+  await waitFor(() => ub.includes(a.user._id) || onlineEvents(sb, a.user._id).length === 1, 3000, 'B learns that A is online');
+  await quiet();
+  assert.equal(Number(ub.includes(a.user._id)) + onlineEvents(sb, a.user._id).length, 1, 'A listed or announced, once');
   assert.ok(!ub.includes(b.user._id), 'self excluded');
   assert.equal(new Set(ub).size, ub.length, 'no duplicates');
   // A second tab of A: lists B, not A (although A is already online).
@@ -94,4 +99,77 @@ test('presence survives many tabs opening and closing concurrently', async () =>
   await waitFor(() => offlineEvents(sa, b.user._id).length === 1, 3000, 'user-offline after the last tab');
   await quiet();
   assert.equal(offlineEvents(sa, b.user._id).length, 1);
+});
+
+test('a user who reconnects within the grace period is never announced offline', async () => {
+  const [a, b] = await Promise.all([srv.register('Grace A', 'grace.a@example.com'), srv.register('Grace B', 'grace.b@example.com')]);
+  const sa = await srv.connect(a.token);
+  const sb = await srv.connect(b.token);
+  await waitFor(() => onlineEvents(sa, b.user._id).length === 1, 3000, 'B online');
+  closeSocket(sb);
+  await sleep(300);
+  const sb2 = await srv.connect(b.token);
+  // Past the grace period (1 s) and a tick: nothing was announced about B, and a new socket
+  // meanwhile listed B as online.
+  const sc = await srv.connect(a.token);
+  assert.ok((await onlineOf(sc)).includes(b.user._id), 'B listed online in the grace period');
+  await sleep(1600);
+  assert.equal(offlineEvents(sa, b.user._id).length, 0, 'no user-offline for a blip');
+  assert.equal(onlineEvents(sa, b.user._id).length, 1, 'no second user-online');
+  closeSocket(sb2);
+});
+
+test('user-offline comes when the grace period is over, not before', async () => {
+  const [a, b] = await Promise.all([srv.register('Late A', 'late.a@example.com'), srv.register('Late B', 'late.b@example.com')]);
+  const sa = await srv.connect(a.token);
+  const sb = await srv.connect(b.token);
+  await waitFor(() => onlineEvents(sa, b.user._id).length === 1, 3000, 'B online');
+  const closedAt = Date.now();
+  closeSocket(sb);
+  await sleep(600);
+  assert.equal(offlineEvents(sa, b.user._id).length, 0, 'still within the grace period');
+  await waitFor(() => offlineEvents(sa, b.user._id).length === 1, 3000, 'user-offline B');
+  const after = Date.now() - closedAt;
+  assert.ok(after >= 1000, `user-offline after the grace period (${after} ms)`);
+});
+
+test('the default grace period is 5 s', async () => {
+  await withServer({}, async (server) => {
+    const [a, b] = await Promise.all([server.register('Def A', 'def.a@example.com'), server.register('Def B', 'def.b@example.com')]);
+    const sa = await server.connect(a.token);
+    const sb = await server.connect(b.token);
+    await waitFor(() => onlineEvents(sa, b.user._id).length === 1, 3000, 'B online');
+    const closedAt = Date.now();
+    closeSocket(sb);
+    await waitFor(() => offlineEvents(sa, b.user._id).length === 1, 8000, 'user-offline B');
+    const after = Date.now() - closedAt;
+    assert.ok(after >= 5000 && after < 7000, `user-offline ${after} ms after the last tab closed`);
+  });
+});
+
+test('a user who comes and goes within one tick is not announced at all', async () => {
+  const env = { PALAVER_PRESENCE_GRACE: '0', PALAVER_PRESENCE_TICK: '2s' };
+  await withServer({ env }, async (server) => {
+    const [a, b] = await Promise.all([server.register('Tick A', 'tick.a@example.com'), server.register('Tick B', 'tick.b@example.com')]);
+    const sa = await server.connect(a.token);
+    await onlineOf(sa);
+    const sb = await server.connect(b.token);
+    closeSocket(sb);
+    await sleep(2500);
+    assert.equal(onlineEvents(sa, b.user._id).length, 0, 'no user-online');
+    assert.equal(offlineEvents(sa, b.user._id).length, 0, 'no user-offline');
+  });
+});
+
+test('grace 0 and tick 0 announce each change at once', async () => {
+  const env = { PALAVER_PRESENCE_GRACE: '0', PALAVER_PRESENCE_TICK: '0' };
+  await withServer({ env }, async (server) => {
+    const [a, b] = await Promise.all([server.register('Now A', 'now.a@example.com'), server.register('Now B', 'now.b@example.com')]);
+    const sa = await server.connect(a.token);
+    await onlineOf(sa);
+    const sb = await server.connect(b.token);
+    await waitFor(() => onlineEvents(sa, b.user._id).length === 1, 1000, 'user-online B');
+    closeSocket(sb);
+    await waitFor(() => offlineEvents(sa, b.user._id).length === 1, 1000, 'user-offline B');
+  });
 });

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
+use palaver::limits::{PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_DEFAULT};
 use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use turmoil::Sim;
@@ -24,9 +25,13 @@ use super::tab::{Command, TabControl};
 pub(super) const BASE_LATENCY: Duration = Duration::from_millis(8);
 /// Setup (registering, opening chats) must finish within this much simulated time.
 const SETUP_MAX: Duration = Duration::from_secs(120);
-/// After the clients settle, the run waits this long before the audit, for the last events in
-/// flight to arrive.
-const QUIET: Duration = Duration::from_secs(3);
+/// After the clients settle, the run waits this long before the audit: for the last events in
+/// flight to arrive, and for the presence of users who left to end (the server's offline grace
+/// period and the tick that announces it; the model expects a user online exactly while they
+/// hold a connection).
+const QUIET: Duration = Duration::from_millis(
+    3_000 + PRESENCE_GRACE_DEFAULT.as_millis() as u64 + PRESENCE_TICK_DEFAULT.as_millis() as u64,
+);
 /// The liveness bound: every client must have settled this long after healing.
 const LIVENESS_MAX: Duration = Duration::from_secs(120);
 const AUDIT_MAX: Duration = Duration::from_secs(60);
