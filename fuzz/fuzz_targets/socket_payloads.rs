@@ -234,7 +234,7 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
         Err(Refusal::ChatNotFound)
     } else if trimmed
         .chars()
-        .all(|c| c.is_whitespace() || palaver::domain::validate::is_format(c))
+        .all(|c| c.is_whitespace() || validate::is_format(c))
     {
         Err(Refusal::MessageEmpty)
     } else if trimmed.chars().count() > palaver::limits::TEXT_CHARS_DEFAULT {
