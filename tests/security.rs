@@ -319,12 +319,19 @@ async fn provider_tokens_with_unverified_emails_and_unsafe_avatars_go_nowhere() 
     let pictured = ec_token(
         PROVIDER_EC,
         None,
-        provider_claims("peggy", json!({ "picture": "https://img.example/p.png" })),
+        provider_claims(
+            "peggy",
+            json!({ "picture": "https://img.example/p.png", "name": "\u{202E}Peggy\u{200D}" }),
+        ),
     );
     let (_, user) = server
         .post("/api/auth/callback", Some(&pictured), json!({}))
         .await;
     assert_eq!(user["avatar"], "https://img.example/p.png");
+    assert_eq!(
+        user["name"], "Peggy",
+        "format characters dropped from a provider's name"
+    );
     server.stop().await;
 }
 

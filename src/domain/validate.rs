@@ -62,11 +62,15 @@ pub fn name(raw: &str) -> Result<String, FieldError> {
     Ok(trimmed.to_owned())
 }
 
-/// The email as stored: lower-case, `local@domain.tld`, no white space, at most 254 characters.
+/// The email as stored: lower-case, `local@domain.tld`, no white space, control or format
+/// characters (an invisible one would make a look-alike of another address), at most 254
+/// characters.
 pub fn email(raw: &str) -> Result<String, FieldError> {
     let email = raw.trim().to_lowercase();
     let well_formed = email.chars().count() <= EMAIL_CHARS_MAX
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !email
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_format(c))
         && match email.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()
@@ -250,7 +254,17 @@ mod tests {
     fn emails_are_lowercased_and_checked() {
         assert_eq!(email(" Ada@Example.COM ").unwrap(), "ada@example.com");
         for bad in [
-            "", "ada", "ada@", "@x.io", "ada@x", "a b@x.io", "a@b@c.io", "a@x.", "a@.io",
+            "",
+            "ada",
+            "ada@",
+            "@x.io",
+            "ada@x",
+            "a b@x.io",
+            "a@b@c.io",
+            "a@x.",
+            "a@.io",
+            "a\u{200B}da@x.io",
+            "ada@x\u{202E}.io",
         ] {
             assert_eq!(email(bad), Err(FieldError::Email), "{bad:?}");
         }

@@ -154,17 +154,25 @@ impl App {
             None => validate::email(&format!("{}@external.invalid", claims.sub.to_lowercase()))
                 .map_err(|_| ApiError::BadRequest("Token has no usable email".into()))?,
         };
+        // The provider's names lose what a name may not hold (a bidi override, an emoji's
+        // joiners) rather than refusing the user, who cannot change them here.
+        let showable = |s: &str| -> String {
+            s.chars()
+                .filter(|&c| !c.is_control() && !validate::is_format(c))
+                .collect()
+        };
         let full_name = [&claims.given_name, &claims.family_name]
             .into_iter()
             .flatten()
-            .map(|s| s.trim())
+            .map(|s| showable(s).trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
         let local_part = email.split('@').next().unwrap_or_default().to_owned();
         let raw_name = claims
             .name
-            .clone()
+            .as_deref()
+            .map(showable)
             .filter(|n| !n.trim().is_empty())
             .or(Some(full_name).filter(|n| !n.is_empty()))
             .unwrap_or(local_part);
