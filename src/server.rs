@@ -422,13 +422,10 @@ where
     for shard in committed {
         tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
     }
-    let keys_app = Arc::clone(&app);
-    let key_reloader = tokio::spawn(async move {
-        let tokens = keys_app.tokens();
-        tokens
-            .reload_external_keys_every(JWKS_RELOAD_EVERY, || keys_app.now_ms())
-            .await;
-    });
+    let key_reloader = app
+        .tokens()
+        .reloads_external_keys()
+        .then(|| tokio::spawn(reload_external_keys_forever(Arc::clone(&app))));
     let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), app));
     let WriterHandle {
         stop: stop_writer,
@@ -455,7 +452,9 @@ where
         }
         tracing::info!("shutting down: closing sockets");
         sweeper.abort();
-        key_reloader.abort();
+        if let Some(reloader) = key_reloader {
+            reloader.abort();
+        }
         io.close().await;
         still_running
     };
@@ -476,6 +475,12 @@ where
         (Err(_), Err(error)) => ServerExit::Io(error),
         (Err(_), Ok(())) => ServerExit::Stopped,
     }
+}
+
+async fn reload_external_keys_forever(app: Arc<App>) {
+    app.tokens()
+        .reload_external_keys_every(JWKS_RELOAD_EVERY, || app.now_ms())
+        .await;
 }
 
 async fn sweep_presence_forever(io: SocketIo, app: Arc<App>) {

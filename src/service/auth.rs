@@ -138,6 +138,13 @@ impl Tokens {
         }
     }
 
+    /// Whether there is a JWKS URL to reload (see [`Self::reload_external_keys_every`]).
+    pub fn reloads_external_keys(&self) -> bool {
+        self.external
+            .as_ref()
+            .is_some_and(|external| external.jwks_url.is_some())
+    }
+
     /// Refetches the provider's JWKS URL every `period`, so that a key the provider withdrew
     /// stops verifying tokens within one period. Returns at once when no URL is configured; a
     /// failed fetch keeps the keys of the last good one.
