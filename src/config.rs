@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+pub use crate::domain::validate::is_loopback_http;
 use crate::limits::{
     JWT_SECRET_BYTES_MIN, PRESENCE_GRACE_CEILING, PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_CEILING,
     PRESENCE_TICK_DEFAULT, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
@@ -46,8 +47,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PALAVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Secret for our HS256 tokens (unset or empty: generated once and kept in the data dir).
+    /// On the command line it shows in `ps`: prefer `--jwt-secret-file` or the environment.
     #[arg(long, env = "PALAVER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A file holding the secret for our HS256 tokens (one line; a trailing newline is ignored).
+    /// Not together with `--jwt-secret`.
+    #[arg(long, env = "PALAVER_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// Lifetime of issued tokens: seconds, or a number with s, m, h or d.
     #[arg(long, env = "PALAVER_TOKEN_TTL")]
     pub token_ttl: Option<String>,
@@ -63,9 +69,14 @@ pub struct ServeArgs {
     /// Required `iss` of external tokens.
     #[arg(long, env = "PALAVER_AUTH_ISSUER")]
     pub auth_issuer: Option<String>,
-    /// Required `aud` of external tokens.
+    /// Required `aud` of external tokens. Required with an external provider, unless
+    /// `--auth-audience-any true` says that tokens for any of its applications are accepted.
     #[arg(long, env = "PALAVER_AUTH_AUDIENCE")]
     pub auth_audience: Option<String>,
+    /// `true`: accept external tokens whatever their `aud` (any application of the provider
+    /// may then log in here). Only without `--auth-audience`.
+    #[arg(long, env = "PALAVER_AUTH_AUDIENCE_ANY")]
+    pub auth_audience_any: Option<String>,
     /// Sustained `send-message` rate per user (messages per second).
     #[arg(long, env = "PALAVER_SEND_RATE_PER_SEC")]
     pub send_rate_per_sec: Option<String>,
@@ -93,12 +104,14 @@ struct FileSettings {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     jwt_secret: Option<String>,
+    jwt_secret_file: Option<PathBuf>,
     token_ttl: Option<toml::Value>,
     cors_origins: Option<toml::Value>,
     auth_public_key: Option<String>,
     auth_jwks: Option<String>,
     auth_issuer: Option<String>,
     auth_audience: Option<String>,
+    auth_audience_any: Option<toml::Value>,
     send_rate_per_sec: Option<toml::Value>,
     send_burst: Option<toml::Value>,
     max_text_chars: Option<toml::Value>,
@@ -240,10 +253,10 @@ impl Config {
             }
             config.data_dir = dir;
         }
-        config.jwt_secret = args
-            .jwt_secret
-            .or(file.jwt_secret)
-            .filter(|s| !s.is_empty());
+        config.jwt_secret = jwt_secret(
+            args.jwt_secret.or(file.jwt_secret),
+            args.jwt_secret_file.or(file.jwt_secret_file),
+        )?;
         // RFC 7518 §3.2: an HS256 key must be at least as long as the hash output.
         if config
             .jwt_secret
@@ -286,13 +299,50 @@ impl Config {
             config.presence_tick =
                 parse_short_duration(&tick, "PALAVER_PRESENCE_TICK", PRESENCE_TICK_CEILING)?;
         }
+        let audience_any = match text(args.auth_audience_any, file.auth_audience_any) {
+            Some(any) => parse_bool(&any, "PALAVER_AUTH_AUDIENCE_ANY")?,
+            None => false,
+        };
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),
             args.auth_jwks.or(file.auth_jwks),
             args.auth_issuer.or(file.auth_issuer),
-            args.auth_audience.or(file.auth_audience),
+            Audience::from_settings(args.auth_audience.or(file.auth_audience), audience_any)?,
         )?;
         Ok(config)
+    }
+}
+
+/// The secret given directly or in a file (not both); `None` when neither gives one.
+fn jwt_secret(
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    let secret = secret.filter(|s| !s.is_empty());
+    let secret_file = secret_file.filter(|p| !p.as_os_str().is_empty());
+    match (secret, secret_file) {
+        (Some(_), Some(_)) => Err(bad(
+            "PALAVER_JWT_SECRET_FILE",
+            "give the secret either directly (PALAVER_JWT_SECRET) or in a file, not both",
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    "PALAVER_JWT_SECRET_FILE",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let secret = text.trim_end_matches(['\n', '\r']);
+            if secret.is_empty() {
+                return Err(bad(
+                    "PALAVER_JWT_SECRET_FILE",
+                    format!("{} is empty", path.display()),
+                ));
+            }
+            Ok(Some(secret.to_owned()))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -399,29 +449,34 @@ fn parse_bool(value: &str, setting: &'static str) -> Result<bool, ConfigError> {
     }
 }
 
-/// `http://127.0.0.1…`, `http://[::1]…` or `http://localhost…`: a provider on this machine (a
-/// sidecar or a test), where TLS protects nothing.
-pub fn is_loopback_http(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match host.rsplit_once(':') {
-        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    host == "localhost"
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// What the external provider's tokens must carry as `aud`.
+enum Audience {
+    /// Neither an audience nor the opt-out: refused if a provider is configured.
+    Unset,
+    Required(String),
+    /// `PALAVER_AUTH_AUDIENCE_ANY=true`.
+    Any,
+}
+
+impl Audience {
+    fn from_settings(audience: Option<String>, any: bool) -> Result<Self, ConfigError> {
+        match (audience.filter(|s| !s.is_empty()), any) {
+            (Some(_), true) => Err(bad(
+                "PALAVER_AUTH_AUDIENCE_ANY",
+                "contradicts PALAVER_AUTH_AUDIENCE: give one or the other",
+            )),
+            (Some(audience), false) => Ok(Self::Required(audience)),
+            (None, true) => Ok(Self::Any),
+            (None, false) => Ok(Self::Unset),
+        }
+    }
 }
 
 fn external_auth(
     public_key: Option<String>,
     jwks: Option<String>,
     issuer: Option<String>,
-    audience: Option<String>,
+    audience: Audience,
 ) -> Result<Option<ExternalAuth>, ConfigError> {
     let mut keys = Vec::new();
     if let Some(path) = public_key.filter(|s| !s.is_empty()) {
@@ -440,9 +495,8 @@ fn external_auth(
         }
     }
     let issuer = issuer.filter(|s| !s.is_empty());
-    let audience = audience.filter(|s| !s.is_empty());
     if keys.is_empty() {
-        if issuer.is_some() || audience.is_some() {
+        if issuer.is_some() || !matches!(audience, Audience::Unset) {
             return Err(bad(
                 "PALAVER_AUTH_ISSUER",
                 "issuer/audience are set but neither PALAVER_AUTH_PUBLIC_KEY nor PALAVER_AUTH_JWKS is",
@@ -450,6 +504,19 @@ fn external_auth(
         }
         return Ok(None);
     }
+    // Without an audience, a token the provider signed for any other application (another
+    // site using the same provider account) would log its user in here.
+    let audience = match audience {
+        Audience::Required(audience) => Some(audience),
+        Audience::Any => None,
+        Audience::Unset => {
+            return Err(bad(
+                "PALAVER_AUTH_AUDIENCE",
+                "required with an external provider (the `aud` its tokens carry for palaver); \
+                 set PALAVER_AUTH_AUDIENCE_ANY=true to accept tokens issued for any application",
+            ));
+        }
+    };
     Ok(Some(ExternalAuth {
         keys,
         issuer,
@@ -646,6 +713,83 @@ mod tests {
         assert!(parse("11m").is_err());
         assert!(parse("5h").is_err());
         assert!(parse("soon").is_err());
+    }
+
+    #[test]
+    fn an_external_provider_needs_an_audience_or_the_explicit_opt_out() {
+        let provider = || ServeArgs {
+            auth_jwks: Some("https://idp.example/jwks".into()),
+            ..Default::default()
+        };
+        let error = resolve(provider()).unwrap_err();
+        assert_eq!(error.setting, "PALAVER_AUTH_AUDIENCE", "{error}");
+
+        let with_audience = resolve(ServeArgs {
+            auth_audience: Some("palaver".into()),
+            ..provider()
+        })
+        .unwrap();
+        assert_eq!(
+            with_audience.external_auth.unwrap().audience.as_deref(),
+            Some("palaver")
+        );
+
+        let any = resolve(ServeArgs {
+            auth_audience_any: Some("true".into()),
+            ..provider()
+        })
+        .unwrap();
+        assert_eq!(any.external_auth.unwrap().audience, None);
+
+        let both = resolve(ServeArgs {
+            auth_audience: Some("palaver".into()),
+            auth_audience_any: Some("true".into()),
+            ..provider()
+        })
+        .unwrap_err();
+        assert_eq!(both.setting, "PALAVER_AUTH_AUDIENCE_ANY", "{both}");
+    }
+
+    #[test]
+    fn the_secret_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, format!("{}\n", "s".repeat(40))).unwrap();
+        let config = resolve(ServeArgs {
+            jwt_secret_file: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.jwt_secret, Some("s".repeat(40)));
+
+        let both = resolve(ServeArgs {
+            jwt_secret: Some("t".repeat(40)),
+            jwt_secret_file: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(both.setting, "PALAVER_JWT_SECRET_FILE", "{both}");
+    }
+
+    #[test]
+    fn a_secret_file_is_checked_like_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "short\n").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        for (path, setting) in [
+            (short, "PALAVER_JWT_SECRET"),
+            (empty, "PALAVER_JWT_SECRET_FILE"),
+            (dir.path().join("missing"), "PALAVER_JWT_SECRET_FILE"),
+        ] {
+            let error = resolve(ServeArgs {
+                jwt_secret_file: Some(path),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(error.setting, setting, "{error}");
+        }
     }
 
     #[test]

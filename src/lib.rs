@@ -11,6 +11,7 @@ pub mod domain;
 #[cfg(feature = "sim-faults")]
 pub mod faults;
 pub mod limits;
+pub mod logs;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -21,7 +21,7 @@ pub const PASSWORD_CHARS_MAX: usize = 128;
 pub const TEXT_CHARS_DEFAULT: usize = 4000;
 pub const TEXT_CHARS_CEILING: usize = 10_000;
 pub const CLIENT_MSG_ID_CHARS_MAX: usize = 64;
-/// Avatar URLs from an external provider are cut to this length.
+/// Longest avatar URL shown to clients (a longer one, from an external provider, is dropped).
 pub const AVATAR_CHARS_MAX: usize = 2048;
 /// An external provider's `sub` (the user's external id) longer than this is refused.
 pub const EXTERNAL_SUBJECT_CHARS_MAX: usize = 255;
@@ -33,6 +33,13 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// group-committed messages to a user with many tabs must fit; the queue is allocated as it
 /// fills, so idle sockets do not pay for the bound.
 pub const SOCKET_BUFFER_MAX: usize = 1024;
+/// Binary attachments of one Socket.IO packet. palaver's events carry none, so a packet that
+/// announces any is refused and its socket closed (socketioxide's defaults would wait up to a
+/// minute for 10,000 attachments of 10 MB in all). Should one ever be allowed, its attachments
+/// are bounded like a message and must follow their packet within a second.
+pub const BINARY_ATTACHMENTS_MAX: usize = 0;
+pub const BINARY_ATTACHMENT_BYTES_MAX: usize = BODY_BYTES_MAX;
+pub const BINARY_PACKET_COMPLETION: Duration = Duration::from_secs(1);
 /// Bytes a WebSocket reads from its connection at a time; a longer message takes more reads.
 /// Every connection holds a buffer of this size for its lifetime, idle or not: 1 KiB holds a
 /// typical chat event whole and saves 3 KiB per connection over socketioxide's 4 KiB default.
@@ -44,6 +51,12 @@ pub const PAGE_MAX: u32 = 500;
 /// `GET /api/users`.
 pub const USERS_PAGE_DEFAULT: u32 = 50;
 pub const USERS_PAGE_MAX: u32 = 200;
+/// Its `q`: a name fragment or a whole email, so no longer than an email.
+pub const USER_QUERY_CHARS_MAX: usize = EMAIL_CHARS_MAX;
+/// Searches per user: a sustained rate and a burst (a search box sends one per pause in
+/// typing). Each search may scan the whole users table.
+pub const USER_SEARCHES_PER_SEC: u32 = 2;
+pub const USER_SEARCH_BURST: u32 = 20;
 /// A user's chat list is read whole; this caps the work of one `GET /api/chats`.
 pub const CHATS_LIST_MAX: usize = 10_000;
 
@@ -117,6 +130,9 @@ pub const ONLINE_USERS_SNAPSHOT_MAX: usize = 10_000;
 pub const JWKS_REFETCH_MIN_MS: u64 = 60_000;
 pub const JWKS_BYTES_MAX: usize = 1024 * 1024;
 pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The JWKS URL is also refetched this often, so that a key the provider withdrew (revoked,
+/// rotated out) stops being trusted within this time.
+pub const JWKS_RELOAD_EVERY: Duration = Duration::from_secs(300);
 
 /// Operator settings: `PALAVER_SEND_RATE_PER_SEC` and `PALAVER_SEND_BURST` at most this, and
 /// tokens living 1 s to `TOKEN_TTL_MAX`.

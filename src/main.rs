@@ -7,16 +7,14 @@ use axum::serve::ListenerExt;
 use clap::Parser;
 use palaver::config::{Cli, Command, Config};
 use palaver::server::{Server, ServerExit};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let Cli {
         command: Command::Serve(args),
     } = Cli::parse();
+    let rust_log = std::env::var("RUST_LOG").ok();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(palaver::logs::filter(rust_log.as_deref()))
         .init();
     let config = match Config::resolve(args) {
         Ok(config) => config,

@@ -16,7 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, header};
 use axum::serve::Listener;
 use redb::Database;
-use socketioxide::SocketIo;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::sync::{Notify, oneshot};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -362,6 +362,12 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
         .ws_max_message_size(BODY_BYTES_MAX)
         .ws_max_frame_size(BODY_BYTES_MAX)
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(BINARY_ATTACHMENTS_MAX)
+                .max_incoming_binary_buf_size(BINARY_ATTACHMENT_BYTES_MAX)
+                .packet_completion_timeout(BINARY_PACKET_COMPLETION),
+        )
         .with_state(Arc::clone(&app))
         .build_layer();
     let shared = Shared {
@@ -382,13 +388,14 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     (router, io)
 }
 
+/// Tokens travel in the `Authorization` header, never in cookies, so credentialed cross-origin
+/// requests (cookies, TLS client certificates) are not allowed.
 fn cors(origins: &[String]) -> CorsLayer {
     let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .allow_credentials(true)
 }
 
 /// What ends serving, and whom to tell.
@@ -415,6 +422,10 @@ where
     for shard in committed {
         tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
     }
+    let key_reloader = app
+        .tokens()
+        .reloads_external_keys()
+        .then(|| tokio::spawn(reload_external_keys_forever(Arc::clone(&app))));
     let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), Arc::clone(&app)));
     let presence_ticker = tokio::spawn(tick_presence_forever(io.clone(), app));
     let WriterHandle {
@@ -443,6 +454,9 @@ where
         tracing::info!("shutting down: closing sockets");
         sweeper.abort();
         presence_ticker.abort();
+        if let Some(reloader) = key_reloader {
+            reloader.abort();
+        }
         io.close().await;
         still_running
     };
@@ -478,6 +492,12 @@ async fn tick_presence_forever(io: SocketIo, app: Arc<App>) {
         ticks.tick().await;
         socket::tick_presence(&io, &app).await;
     }
+}
+
+async fn reload_external_keys_forever(app: Arc<App>) {
+    app.tokens()
+        .reload_external_keys_every(JWKS_RELOAD_EVERY, || app.now_ms())
+        .await;
 }
 
 async fn sweep_presence_forever(io: SocketIo, app: Arc<App>) {

@@ -208,7 +208,14 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
     // What the contract says should happen, in the order the service checks, given the chat's
     // current state (earlier cases may have added messages).
     let cmid = command.client_msg_id.as_deref().filter(|id| !id.is_empty());
-    let trimmed = command.text.trim();
+    // The contract's text rules: control characters other than newline and tab are dropped,
+    // then the text is trimmed; white space and format characters alone are empty.
+    let kept: String = command
+        .text
+        .chars()
+        .filter(|&c| !c.is_control() || c == '\n' || c == '\t')
+        .collect();
+    let trimmed = kept.trim();
     let last_seq = server
         .store
         .chat(chat_id)
@@ -225,7 +232,10 @@ async fn send(server: &Server, ada: &UserRecord, chat_id: &str, value: &Value) {
         Err(Refusal::InvalidPayload)
     } else if command.chat_id != chat_id {
         Err(Refusal::ChatNotFound)
-    } else if trimmed.is_empty() {
+    } else if trimmed
+        .chars()
+        .all(|c| c.is_whitespace() || validate::is_format(c))
+    {
         Err(Refusal::MessageEmpty)
     } else if trimmed.chars().count() > palaver::limits::TEXT_CHARS_DEFAULT {
         Err(Refusal::MessageTooLong)

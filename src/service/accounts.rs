@@ -3,7 +3,7 @@
 
 use super::auth::{self, ExternalClaims, Identity};
 use super::views::{PublicUser, UserView};
-use super::{ApiError, App, AuthFailure, storage_failed};
+use super::{ApiError, App, AuthFailure, Refusal, storage_failed};
 use crate::domain::ids::is_valid_id;
 use crate::domain::page::clamp_limit;
 use crate::domain::validate;
@@ -154,26 +154,35 @@ impl App {
             None => validate::email(&format!("{}@external.invalid", claims.sub.to_lowercase()))
                 .map_err(|_| ApiError::BadRequest("Token has no usable email".into()))?,
         };
+        // The provider's names lose what a name may not hold (a bidi override, an emoji's
+        // joiners) rather than refusing the user, who cannot change them here.
+        let showable = |s: &str| -> String {
+            s.chars()
+                .filter(|&c| !c.is_control() && !validate::is_format(c))
+                .collect()
+        };
         let full_name = [&claims.given_name, &claims.family_name]
             .into_iter()
             .flatten()
-            .map(|s| s.trim())
+            .map(|s| showable(s).trim().to_owned())
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
         let local_part = email.split('@').next().unwrap_or_default().to_owned();
         let raw_name = claims
             .name
-            .clone()
+            .as_deref()
+            .map(showable)
             .filter(|n| !n.trim().is_empty())
             .or(Some(full_name).filter(|n| !n.is_empty()))
             .unwrap_or(local_part);
         let name = validate::name(&raw_name.chars().take(NAME_CHARS_MAX).collect::<String>())?;
         let avatar = claims
             .picture
-            .clone()
-            .filter(|p| p.len() <= AVATAR_CHARS_MAX)
-            .unwrap_or_default();
+            .as_deref()
+            .and_then(validate::avatar_url)
+            .unwrap_or_default()
+            .to_owned();
         Ok(NewUser {
             id: self.mint_id(),
             name,
@@ -185,6 +194,9 @@ impl App {
         })
     }
 
+    /// `GET /api/users`: users whose name contains `query` (case-insensitive) or whose email is
+    /// exactly `query`; everyone when it is empty. Rate limited per caller, `query` at most
+    /// `USER_QUERY_CHARS_MAX` characters; only an exact-email match shows its email.
     pub fn search_users(
         &self,
         caller: &str,
@@ -196,10 +208,32 @@ impl App {
             .map(str::trim)
             .filter(|q| !q.is_empty())
             .map(str::to_lowercase);
+        if query
+            .as_ref()
+            .is_some_and(|q| q.chars().nth(USER_QUERY_CHARS_MAX).is_some())
+        {
+            return Err(ApiError::BadRequest(format!(
+                "q must be at most {USER_QUERY_CHARS_MAX} characters"
+            )));
+        }
+        let allowed = self
+            .search_limiter
+            .lock()
+            .expect("never poisoned")
+            .try_take(caller, self.now_ms());
+        if !allowed {
+            return Err(Refusal::RateLimited.into());
+        }
         let users = self
             .store
             .search_users(caller, query.as_deref(), limit)
             .map_err(unavailable)?;
-        Ok(users.iter().map(PublicUser::from).collect())
+        Ok(users
+            .iter()
+            .map(|user| match &query {
+                Some(q) if user.email == *q => PublicUser::found_by_email(user),
+                _ => PublicUser::from(user),
+            })
+            .collect())
     }
 }

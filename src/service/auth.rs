@@ -43,6 +43,11 @@ pub struct ExternalClaims {
     pub family_name: Option<String>,
     #[serde(default)]
     pub picture: Option<String>,
+    /// `false` when the provider has not checked that the user owns `email`: such a token is
+    /// refused, since the email would name the account (absent means verified, as with
+    /// providers that only issue verified emails).
+    #[serde(default)]
+    email_verified: Option<bool>,
 }
 
 /// Who a valid token speaks for.
@@ -130,6 +135,32 @@ impl Tokens {
         match &self.external {
             Some(external) => external.refresh(now_ms).await,
             None => Ok(()),
+        }
+    }
+
+    /// Whether there is a JWKS URL to reload (see [`Self::reload_external_keys_every`]).
+    pub fn reloads_external_keys(&self) -> bool {
+        self.external
+            .as_ref()
+            .is_some_and(|external| external.jwks_url.is_some())
+    }
+
+    /// Refetches the provider's JWKS URL every `period`, so that a key the provider withdrew
+    /// stops verifying tokens within one period. Returns at once when no URL is configured; a
+    /// failed fetch keeps the keys of the last good one.
+    pub async fn reload_external_keys_every(&self, period: Duration, now_ms: impl Fn() -> u64) {
+        let Some(external) = self.external.as_ref().filter(|e| e.jwks_url.is_some()) else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate, and the keys were just loaded at start.
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if let Err(error) = external.refresh(now_ms()).await {
+                tracing::warn!(%error, "could not reload the external provider's keys; keeping the last ones");
+            }
         }
     }
 
@@ -275,7 +306,11 @@ impl External {
             .filter(|k| kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
             .find_map(|k| jsonwebtoken::decode::<ExternalClaims>(token, &k.key, &validation).ok())
             .map(|data| data.claims)
-            .filter(|claims| check_times(claims.exp, claims.nbf, now_ms) && !claims.sub.is_empty())
+            .filter(|claims| {
+                check_times(claims.exp, claims.nbf, now_ms)
+                    && !claims.sub.is_empty()
+                    && claims.email_verified != Some(false)
+            })
     }
 }
 

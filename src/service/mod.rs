@@ -160,6 +160,8 @@ pub struct App {
     /// that transitions reach every observer in the order they happened.
     presence: tokio::sync::Mutex<Presence>,
     send_limiter: Mutex<KeyedLimiter>,
+    /// `GET /api/users` per caller: each search may scan the whole users table.
+    search_limiter: Mutex<KeyedLimiter>,
     members: ClearingCache<Members>,
     profiles: ClearingCache<PublicUser>,
     login_throttle: Mutex<FailureThrottle>,
@@ -188,6 +190,13 @@ impl App {
             ids: Mutex::new(ids),
             tokens,
             send_limiter: Mutex::new(KeyedLimiter::new(policy.send, SEND_BUCKETS_MAX)),
+            search_limiter: Mutex::new(KeyedLimiter::new(
+                BucketShape {
+                    per_sec: USER_SEARCHES_PER_SEC,
+                    burst: USER_SEARCH_BURST,
+                },
+                SEND_BUCKETS_MAX,
+            )),
             members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,

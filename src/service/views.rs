@@ -2,8 +2,13 @@
 //!
 //! Plain data: what each object holds, with times already in the contract's RFC 3339 form. Their
 //! wire names (`_id`, `createdAt`, …) belong to the transport (`transport::wire`).
+//!
+//! What other users may see is decided here: a public user's `email` is empty (only the user's
+//! own `User` object, and a user search naming the exact address, show it), and an avatar that
+//! is not an `https:` URL (or `http:` on loopback) is shown as none, whatever is stored.
 
 use crate::domain::time::rfc3339_ms;
+use crate::domain::validate::avatar_url;
 use crate::storage::{ChatRecord, MessageRecord, UserRecord};
 
 /// A user as they see themselves (`/api/auth/me`, register, login).
@@ -22,8 +27,14 @@ pub struct UserView {
 pub struct PublicUser {
     pub id: String,
     pub name: String,
+    /// Empty unless the viewer already knows the address (see [`PublicUser::found_by_email`]).
     pub email: String,
     pub avatar: String,
+}
+
+/// The avatar a client may be handed: the stored one if it is a safe URL, else none.
+fn shown_avatar(stored: &str) -> String {
+    avatar_url(stored).unwrap_or_default().to_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +66,7 @@ impl From<&UserRecord> for UserView {
             id: user.id.clone(),
             name: user.name.clone(),
             email: user.email.clone(),
-            avatar: user.avatar.clone(),
+            avatar: shown_avatar(&user.avatar),
             created_at: rfc3339_ms(user.created_ms),
             updated_at: rfc3339_ms(user.updated_ms),
         }
@@ -67,13 +78,22 @@ impl From<&UserRecord> for PublicUser {
         Self {
             id: user.id.clone(),
             name: user.name.clone(),
-            email: user.email.clone(),
-            avatar: user.avatar.clone(),
+            email: String::new(),
+            avatar: shown_avatar(&user.avatar),
         }
     }
 }
 
 impl PublicUser {
+    /// The user a search found by their exact email: the searcher typed the address, so it is
+    /// shown back (that is how users find each other).
+    pub fn found_by_email(user: &UserRecord) -> Self {
+        Self {
+            email: user.email.clone(),
+            ..Self::from(user)
+        }
+    }
+
     /// Stands in for a user record that cannot be found (never expected: users are not deleted).
     pub fn unknown(id: &str) -> Self {
         Self {

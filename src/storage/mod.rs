@@ -12,6 +12,7 @@
 
 mod error;
 pub mod feed;
+mod private;
 pub mod records;
 mod tables;
 pub mod writer;
@@ -56,16 +57,10 @@ pub struct Store {
 /// Opens (or creates) the database in `dir`. Runs redb's repair if the last process died
 /// without closing it.
 pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
-    std::fs::create_dir_all(dir).map_err(StoreError::data_dir(dir))?;
+    private::create_dir(dir).map_err(StoreError::data_dir(dir))?;
     // What `Builder::create(path)` does, with the backend in our hands first.
     let path = dir.join(DB_FILE);
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(StoreError::data_dir(&path))?;
+    let file = private::open_file(&path).map_err(StoreError::data_dir(&path))?;
     let backend = redb::backends::FileBackend::new(file).map_err(redb::Error::from)?;
     let db = open_backend(backend)?;
     // A new file survives a power cut only once the directory entry naming it is durable, which
@@ -205,9 +200,10 @@ impl Store {
         Ok(found)
     }
 
-    /// Users other than `exclude` whose name or email contains `query` (already lower-case),
-    /// at most `limit`, in id order (creation order). A full scan of the users table, stopped
-    /// at `limit` matches.
+    /// Users other than `exclude` whose name contains `query` (already lower-case) or whose
+    /// email is `query`, at most `limit`, in id order (creation order). A full scan of the users
+    /// table, stopped at `limit` matches. Emails match only whole, so that a search cannot
+    /// harvest them piece by piece.
     pub fn search_users(
         &self,
         exclude: &str,
@@ -224,8 +220,8 @@ impl Store {
             }
             let user: UserRecord =
                 decode(bytes.value()).map_err(StoreError::corrupt("users", id.value()))?;
-            let matches = query
-                .is_none_or(|q| user.email.contains(q) || user.name.to_lowercase().contains(q));
+            let matches =
+                query.is_none_or(|q| user.email == q || user.name.to_lowercase().contains(q));
             if matches {
                 found.push(user);
                 if found.len() == limit {

@@ -25,7 +25,9 @@ const claims = (extra = {}) => ({
 });
 const rs256 = (extra, key = rsa.privateKey) => signJwt(claims(extra), 'RS256', key);
 
-const srv = useServer({ env: { PALAVER_AUTH_PUBLIC_KEY: pemFile, PALAVER_AUTH_ISSUER: ISS } });
+// Without PALAVER_AUTH_AUDIENCE the server refuses to start unless told to accept any audience.
+const ANY_AUDIENCE = { PALAVER_AUTH_AUDIENCE_ANY: 'true' };
+const srv = useServer({ env: { PALAVER_AUTH_PUBLIC_KEY: pemFile, PALAVER_AUTH_ISSUER: ISS, ...ANY_AUDIENCE } });
 
 test('a provider token of a user not yet created: socket refused with "User not found!"', async () => {
   const t = rs256({ sub: 'ext_not_yet' });
@@ -68,7 +70,7 @@ test('the provider token works on REST and on a socket, alongside built-in accou
   assert.deepEqual(me.body, ext);
   const local = await srv.register('Local Friend', 'local.friend@example.com');
   assert.equal((await srv.api('GET', '/api/auth/me', local.token)).status, 200, 'built-in tokens still work');
-  const users = await srv.api('GET', '/api/users?q=local.friend', t);
+  const users = await srv.api('GET', '/api/users?q=local.friend@example.com', t);
   assert.deepEqual(users.body.map((u) => u._id), [local.user._id]);
   const chat = await srv.api('POST', `/api/chats/with/${local.user._id}`, t);
   assert.equal(chat.status, 200, chat.text);
@@ -110,6 +112,15 @@ test('refused with 401 (and socket "Unauthorized"): wrong issuer, no issuer, exp
   assertError(await srv.api('POST', '/api/auth/callback', null), 401);
 });
 
+test('email_verified: false is refused; an avatar that is not https is dropped', async () => {
+  const unverified = rs256({ sub: 'ext_unverified', email: 'unverified@example.com', email_verified: false });
+  assertError(await srv.api('POST', '/api/auth/callback', unverified), 401);
+  assert.equal(await srv.connectError(unverified), 'Unauthorized');
+  const r = await srv.api('POST', '/api/auth/callback', rs256({ sub: 'ext_js', email: 'js@example.com', email_verified: true, picture: 'javascript:alert(1)' }));
+  assert.equal(r.status, 200, r.text);
+  assert.equal(r.body.avatar, '', 'a javascript: avatar never reaches a client');
+});
+
 test('callback refuses a built-in token (it is for provider tokens)', async () => {
   const local = await srv.register('Local Only', 'local.only@example.com');
   const r = await srv.api('POST', '/api/auth/callback', local.token);
@@ -121,7 +132,7 @@ test('ES256 PEM key', async () => {
   const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
   const file = path.join(keyDir, 'es256.pem');
   fs.writeFileSync(file, ec.publicKey.export({ type: 'spki', format: 'pem' }));
-  await withServer({ env: { PALAVER_AUTH_PUBLIC_KEY: file } }, async (s) => {
+  await withServer({ env: { PALAVER_AUTH_PUBLIC_KEY: file, ...ANY_AUDIENCE } }, async (s) => {
     const t = signJwt(claims({ sub: 'ext_ec', email: 'ec@example.com', iss: undefined }), 'ES256', ec.privateKey);
     const r = await s.api('POST', '/api/auth/callback', t);
     assert.equal(r.status, 200, r.text);
@@ -149,7 +160,7 @@ function jwks(kid) {
 test('PALAVER_AUTH_JWKS as a file path', async () => {
   const file = path.join(keyDir, 'jwks.json');
   fs.writeFileSync(file, JSON.stringify(jwks('e2e-kid-1')));
-  await withServer({ env: { PALAVER_AUTH_JWKS: file, PALAVER_AUTH_ISSUER: ISS } }, async (s) => {
+  await withServer({ env: { PALAVER_AUTH_JWKS: file, PALAVER_AUTH_ISSUER: ISS, ...ANY_AUDIENCE } }, async (s) => {
     const t = signJwt(claims(), 'RS256', rsa.privateKey, { kid: 'e2e-kid-1' });
     const r = await s.api('POST', '/api/auth/callback', t);
     assert.equal(r.status, 200, r.text);
@@ -168,7 +179,7 @@ test('PALAVER_AUTH_JWKS as a URL', async () => {
   await new Promise((r) => jwksServer.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${jwksServer.address().port}/.well-known/jwks.json`;
   try {
-    await withServer({ env: { PALAVER_AUTH_JWKS: url, PALAVER_AUTH_ISSUER: ISS } }, async (s) => {
+    await withServer({ env: { PALAVER_AUTH_JWKS: url, PALAVER_AUTH_ISSUER: ISS, ...ANY_AUDIENCE } }, async (s) => {
       const t = signJwt(claims(), 'RS256', rsa.privateKey, { kid: 'e2e-kid-2' });
       const r = await s.api('POST', '/api/auth/callback', t);
       assert.equal(r.status, 200, r.text);

@@ -80,6 +80,12 @@ test('register: 400 {message} on each invalid field', async () => {
   assert.equal(r.status, 201, r.text);
 });
 
+test('register: 400 on names with format characters (bidi overrides, zero-width, BOM)', async () => {
+  for (const [i, name] of ['\u202Enimda', 'Ada\u2066x\u2069', '\ufeffAda', '\u200b\u200d'].entries()) {
+    assertError(await srv.api('POST', '/api/auth/register', null, { name, email: `cf${i}@example.com`, password: 'password123' }), 400, 'Name must be 1 to 64 characters');
+  }
+});
+
 test('register: 400 on a body that is not a JSON object', async () => {
   for (const raw of ['not json', '[]', '"x"', '{"name":']) {
     const r = await srv.api('POST', '/api/auth/register', null, undefined, { raw });
@@ -201,6 +207,7 @@ test('CORS (REST): an allowed Origin is echoed in Access-Control-Allow-Origin, a
   assert.ok(methods.includes('POST') || methods === '*', `allow-methods ${methods}`);
   const hdrs = (pok.headers.get('access-control-allow-headers') || '').toLowerCase();
   assert.ok((hdrs.includes('authorization') && hdrs.includes('content-type')) || hdrs === '*', `allow-headers ${hdrs}`);
+  assert.equal(pok.headers.get('access-control-allow-credentials'), null, 'tokens are headers, never cookies: no credentials');
   const pno = await preflight(foreign);
   const pacao = pno.headers.get('access-control-allow-origin');
   assert.ok(pacao !== foreign && pacao !== '*', `foreign preflight got ACAO ${pacao}`);

@@ -4,7 +4,7 @@ import { assert, useServer, assertPublicUser, assertChat, assertError, sleep } f
 
 const srv = useServer();
 
-test('GET /api/users: everyone but the caller; q matches name or email case-insensitively; limit', async () => {
+test('GET /api/users: everyone but the caller; q matches names (substring) or a whole email, case-insensitively; limit', async () => {
   // This server's first users, so the whole population is known.
   const me = await srv.register('Searcher', 'searcher@example.com');
   const zeph = await srv.register('Alice Zephyrine', 'alice@example.com');
@@ -18,16 +18,19 @@ test('GET /api/users: everyone but the caller; q matches name or email case-inse
   const ids = all.body.map((u) => u._id).sort();
   assert.deepEqual(ids, [zeph.user._id, bob.user._id, carl.user._id].sort(), 'everyone but the caller');
   const bobView = all.body.find((u) => u._id === bob.user._id);
-  assert.deepEqual(bobView, { _id: bob.user._id, name: 'Bob Builder', email: 'bob.zephyr@example.org', avatar: '' });
+  assert.deepEqual(bobView, { _id: bob.user._id, name: 'Bob Builder', email: '', avatar: '' }, 'other users\' emails are not listed');
 
   const search = async (q, token = me.token) => {
     const r = await srv.api('GET', `/api/users?q=${encodeURIComponent(q)}`, token);
     assert.equal(r.status, 200, r.text);
     return r.body.map((u) => u._id).sort();
   };
-  assert.deepEqual(await search('ZEPHYR'), [zeph.user._id, bob.user._id].sort(), 'name of one, email of the other');
+  assert.deepEqual(await search('ZEPHYR'), [zeph.user._id], 'names only: bob\'s email holds "zephyr" too');
   assert.deepEqual(await search('zephyrine'), [zeph.user._id], 'name substring');
-  assert.deepEqual(await search('EXAMPLE.org'), [bob.user._id], 'email substring, case-insensitive');
+  assert.deepEqual(await search('EXAMPLE.org'), [], 'no email fragments');
+  assert.deepEqual(await search(' BOB.ZEPHYR@Example.org '), [bob.user._id], 'a whole email, case-insensitive');
+  const byEmail = await srv.api('GET', `/api/users?q=${encodeURIComponent('bob.zephyr@example.org')}`, me.token);
+  assert.equal(byEmail.body[0].email, 'bob.zephyr@example.org', 'the email named is shown back');
   assert.deepEqual(await search('arl'), [carl.user._id], 'inner substring');
   assert.deepEqual(await search('searcher'), [], 'the caller never appears');
   assert.deepEqual(await search('nomatch-xyz'), []);
@@ -37,8 +40,20 @@ test('GET /api/users: everyone but the caller; q matches name or email case-inse
   const one = await srv.api('GET', '/api/users?limit=1', me.token);
   assert.equal(one.status, 200);
   assert.equal(one.body.length, 1);
-  const two = await srv.api('GET', '/api/users?q=zephyr&limit=1', me.token);
+  const two = await srv.api('GET', '/api/users?q=e&limit=1', me.token);
   assert.equal(two.body.length, 1);
+});
+
+test('GET /api/users: q of more than 254 characters is a 400; searches are rate limited per user (429)', async () => {
+  const me = await srv.register('Limited Searcher', 'limited.searcher@example.com');
+  const other = await srv.register('Other Searcher', 'other.searcher@example.com');
+  assertError(await srv.api('GET', `/api/users?q=${'a'.repeat(255)}`, me.token), 400);
+  const statuses = [];
+  for (let i = 0; i < 30; i += 1) statuses.push((await srv.api('GET', '/api/users?q=searcher', me.token)).status);
+  assert.ok(statuses.slice(0, 15).every((s) => s === 200), statuses.join());
+  assert.ok(statuses.includes(429), `a burst of 30 meets the limit: ${statuses.join()}`);
+  assertError(await srv.api('GET', '/api/users?q=searcher', me.token), 429);
+  assert.equal((await srv.api('GET', '/api/users?q=searcher', other.token)).status, 200, 'per user');
 });
 
 test('GET /api/users: limit defaults to 50 and is capped at 200', async () => {
@@ -66,7 +81,7 @@ test('POST /api/chats/with/:id: creates once (idempotent), Chat shape for each s
   const r1 = await srv.api('POST', `/api/chats/with/${b.user._id}`, a.token);
   assert.equal(r1.status, 200, r1.text);
   assertChat(r1.body);
-  assert.deepEqual(r1.body.participant, { _id: b.user._id, name: 'Chat B', email: 'chat.b@example.com', avatar: '' });
+  assert.deepEqual(r1.body.participant, { _id: b.user._id, name: 'Chat B', email: '', avatar: '' }, 'no email of the other member');
   assert.deepEqual(r1.body.participants.map((p) => p._id).sort(), [a.user._id, b.user._id].sort());
   assert.equal(r1.body.lastMessage, null);
   const r2 = await srv.api('POST', `/api/chats/with/${b.user._id}`, a.token);

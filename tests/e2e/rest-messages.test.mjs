@@ -20,7 +20,8 @@ test('POST message: 201 Message shape, seq, clientMsgId, chat as a plain id, pub
   const m = r.body;
   assertMessage(m);
   assert.equal(m.chat, chat._id);
-  assert.deepEqual(m.sender, { _id: a.user._id, name: a.user.name, email: a.user.email, avatar: a.user.avatar });
+  // A public user's email is shown to nobody (docs/protocol.md, "Privacy").
+  assert.deepEqual(m.sender, { _id: a.user._id, name: a.user.name, email: '', avatar: a.user.avatar });
   assert.equal(m.text, 'hello over rest');
   assert.strictEqual(m.clientMsgId, null, 'clientMsgId is null when absent');
   assert.match(m.createdAt, TIME_RE);
@@ -39,6 +40,13 @@ test('POST message: text is stored trimmed', async () => {
   assert.equal(m.text, 'padded text');
   const inner = await srv.post(a, chat._id, '  keeps  inner   space  ');
   assert.equal(inner.text, 'keeps  inner   space');
+});
+
+test('POST message: control characters other than newline and tab are dropped; invisible-only text is empty', async () => {
+  const r = await srv.api('POST', `/api/messages/chat/${chat._id}`, a.token, { text: 'a\u0000b\u001b[2J\tc\nd' });
+  assert.equal(r.status, 201, r.text);
+  assert.equal(r.body.text, 'ab[2J\tc\nd');
+  assertError(await srv.api('POST', `/api/messages/chat/${chat._id}`, a.token, { text: '\u200b\u200d\ufeff \u0000' }), 400, 'Message is empty');
 });
 
 test('POST message: delivered over sockets exactly once to every socket of both participants', async () => {

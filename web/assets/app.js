@@ -807,7 +807,9 @@ function personItem(user) {
   const avatar = el('span', 'avatar', initial(user.name));
   avatar.setAttribute('aria-hidden', 'true');
   const text = el('span', 'chat-main');
-  text.append(el('span', 'chat-name', user.name), el('span', 'chat-last', user.email));
+  text.append(el('span', 'chat-name', user.name));
+  // Only someone found by their whole email address comes with it (docs/protocol.md).
+  if (user.email) text.append(el('span', 'chat-last', user.email));
   button.append(avatar, text);
   button.addEventListener('click', () => startChat(user._id));
   const item = el('li');
