@@ -18,7 +18,8 @@
 //! each socket holds with what was acknowledged, and prints one JSON line:
 //!
 //! - `users`, `tabs`, `sockets`, `rate` (per user), `secs`, `churn_secs`, `connect_ms` (setup of
-//!   every socket, joins included).
+//!   every socket, joins included), `settle_ms` (the wait after it until no presence packet
+//!   arrived for 750 ms, so the setup's own announcements are not counted; 30 s at most).
 //! - `sends`: messages sent (first attempts); `retries`: second attempts after a cut;
 //!   `acked`: sends acknowledged `ok`; `refused`: acknowledged `ok: false`; `unacked`: never
 //!   acknowledged (still open after 10 s, or cut again after their retry); `skipped`: send ticks
@@ -52,6 +53,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -83,6 +85,13 @@ const REQUEST_WAIT: Duration = Duration::from_secs(30);
 const VIEW_SEQS_MAX: u64 = 1 << 22;
 /// Sockets per user.
 pub const TABS_MAX: usize = 64;
+/// The sending starts once no socket has received a presence packet for this long (the
+/// announcements of the setup's own connections are not the churn's), or after `SETTLE_MAX`.
+const SETTLE_QUIET: Duration = Duration::from_millis(750);
+const SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// When (`now_us`) any socket last received a presence packet.
+static LAST_PRESENCE_US: AtomicU64 = AtomicU64::new(0);
 
 /// The scenario's settings, fixed for the run.
 struct Plan {
@@ -152,6 +161,7 @@ pub async fn run(server: Server, args: &Args, churn_secs: f64) -> Result<(), Fai
         }
     }
     let connect_ms = started.elapsed().as_millis() as u64;
+    let settle_ms = settle().await;
     start_tx.send_replace(Some(Instant::now()));
     let mut finished = Vec::with_capacity(sockets);
     for task in tasks {
@@ -174,11 +184,25 @@ pub async fn run(server: Server, args: &Args, churn_secs: f64) -> Result<(), Fai
             secs: args.secs,
             churn_secs,
             connect_ms,
+            settle_ms,
             server_rss_mb,
         },
     );
     print(&report);
     Ok(())
+}
+
+/// Waits until the presence packets the setup caused have been read; returns the time taken.
+async fn settle() -> u64 {
+    let started = Instant::now();
+    while started.elapsed() < SETTLE_MAX {
+        tokio::time::sleep(SETTLE_QUIET / 4).await;
+        let quiet_us = now_us().saturating_sub(LAST_PRESENCE_US.load(Ordering::Relaxed));
+        if quiet_us >= SETTLE_QUIET.as_micros() as u64 {
+            break;
+        }
+    }
+    started.elapsed().as_millis() as u64
 }
 
 /// One socket's life: set up, wait for the start, churn, then hand back what it holds.
@@ -657,6 +681,7 @@ impl Tab {
                 self.hold(message.seq, key, true);
             }
             "user-online" | "user-offline" | "online-users" => {
+                LAST_PRESENCE_US.store(now_us(), Ordering::Relaxed);
                 if Instant::now() < self.counting_until {
                     self.stats.presence += 1;
                 }
@@ -927,6 +952,7 @@ struct Settings {
     secs: u64,
     churn_secs: f64,
     connect_ms: u64,
+    settle_ms: u64,
     server_rss_mb: Option<f64>,
 }
 
@@ -940,6 +966,7 @@ struct ChurnReport {
     secs: u64,
     churn_secs: f64,
     connect_ms: u64,
+    settle_ms: u64,
     sends: u64,
     retries: u64,
     acked: u64,
@@ -1015,6 +1042,7 @@ fn report(tabs: &[Tab], settings: Settings) -> ChurnReport {
         secs: settings.secs,
         churn_secs: settings.churn_secs,
         connect_ms: settings.connect_ms,
+        settle_ms: settings.settle_ms,
         sends: total.sends,
         retries: total.retries,
         acked: total.acked,
