@@ -25,7 +25,9 @@
 //!   acknowledged (still open after 10 s, or cut again after their retry); `skipped`: send ticks
 //!   that found their socket offline or 256 acknowledgements outstanding.
 //! - `acked_within_1s_pct`: sends acknowledged `ok` within 1 s of their first attempt, of
-//!   `sends`; `ack_p50_ms`, `ack_p99_ms`: first attempt → acknowledgement, over `acked` (a retried
+//!   `sends`; `uncut_acked_within_1s_pct`: the same over the sends no cut caught in flight
+//!   (`sends − retries`: the server's share, since a cut send cannot be answered before its
+//!   socket is back); `ack_p50_ms`, `ack_p99_ms`: first attempt → acknowledgement, over `acked` (a retried
 //!   send counts from its first attempt).
 //! - `live_pct`: of every (acknowledged message, socket of the recipient) pair, the share where
 //!   that socket received the message as `new-message` (while connected, before any `sync`
@@ -586,6 +588,8 @@ struct Stats {
     retries: u64,
     acked: u64,
     acked_fast: u64,
+    /// Acknowledged within `ACK_FAST` on the first attempt.
+    acked_fast_first: u64,
     refused: u64,
     unacked: u64,
     skipped: u64,
@@ -749,6 +753,7 @@ impl Tab {
                 self.stats.acked += 1;
                 if waited_us <= ACK_FAST.as_micros() as u64 {
                     self.stats.acked_fast += 1;
+                    self.stats.acked_fast_first += u64::from(!sent.retried);
                 }
                 self.ack_ms.push(waited_us as f32 / 1000.0);
                 self.acked.push((message.seq, key));
@@ -974,6 +979,7 @@ struct ChurnReport {
     unacked: u64,
     skipped: u64,
     acked_within_1s_pct: f64,
+    uncut_acked_within_1s_pct: f64,
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     live_pct: f64,
@@ -1010,6 +1016,7 @@ fn report(tabs: &[Tab], settings: Settings) -> ChurnReport {
         total.retries += s.retries;
         total.acked += s.acked;
         total.acked_fast += s.acked_fast;
+        total.acked_fast_first += s.acked_fast_first;
         total.refused += s.refused;
         total.unacked += s.unacked;
         total.skipped += s.skipped;
@@ -1050,6 +1057,10 @@ fn report(tabs: &[Tab], settings: Settings) -> ChurnReport {
         unacked: total.unacked,
         skipped: total.skipped,
         acked_within_1s_pct: pct(total.acked_fast, total.sends),
+        uncut_acked_within_1s_pct: pct(
+            total.acked_fast_first,
+            total.sends.saturating_sub(total.retries),
+        ),
         ack_p50_ms: round2(percentile(&ack_ms, 0.50)),
         ack_p99_ms: round2(percentile(&ack_ms, 0.99)),
         live_pct: pct(tally.live, tally.expected),
