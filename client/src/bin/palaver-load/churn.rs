@@ -466,7 +466,8 @@ async fn reading(
             biased;
             event = live.events.recv() => match event {
                 Some(event) => tab.on_event(&event, &mut live.newest_live_seq),
-                None => return answer.await,
+                // The frame pump has ended: no answer can come any more.
+                None => return Err(ClientError::Closed),
             },
             result = &mut answer => return result,
         }
@@ -529,24 +530,26 @@ struct Sent {
 type AckFuture = Pin<Box<dyn Future<Output = Result<AckAnswer, ClientError>> + Send>>;
 
 /// A socket's outstanding acknowledgements, awaited in send order (the server answers a
-/// socket's sends in the order they came). Only the oldest has a timer running.
+/// socket's sends in the order they came). Only the oldest is polled.
 #[derive(Default)]
 struct AckQueue {
     head: Option<(Sent, AckFuture)>,
-    rest: VecDeque<(Sent, PendingAck)>,
+    /// Each with the time its answer is due by ([`ACK_WAIT`] after its emission).
+    rest: VecDeque<(Sent, Instant, PendingAck)>,
 }
 
 impl AckQueue {
     fn push(&mut self, sent: Sent, pending: PendingAck) {
-        self.rest.push_back((sent, pending));
+        let deadline = Instant::now() + ACK_WAIT;
+        self.rest.push_back((sent, deadline, pending));
         if self.head.is_none() {
             self.promote();
         }
     }
 
     fn promote(&mut self) {
-        self.head = self.rest.pop_front().map(|(sent, pending)| {
-            let future: AckFuture = Box::pin(pending.wait_until(Instant::now() + ACK_WAIT));
+        self.head = self.rest.pop_front().map(|(sent, deadline, pending)| {
+            let future: AckFuture = Box::pin(pending.wait_until(deadline));
             (sent, future)
         });
     }
@@ -576,7 +579,7 @@ impl AckQueue {
     fn take_all(&mut self) -> Vec<Sent> {
         let head = self.head.take().map(|(sent, _)| sent);
         head.into_iter()
-            .chain(self.rest.drain(..).map(|(sent, _)| sent))
+            .chain(self.rest.drain(..).map(|(sent, _, _)| sent))
             .collect()
     }
 }
