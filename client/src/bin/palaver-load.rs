@@ -8,7 +8,9 @@
 //! duplicated and refused. `--ramp` repeats that at rising rates on the same connections and
 //! prints, last, the highest step with nothing lost, no error and p99 under 50 ms. `--idle N`
 //! holds N idle sockets open instead, to measure the server's memory per connection
-//! (`--server-pid`). Everything runs in one process on a few tasks per user, so that it stays
+//! (`--server-pid`). `--churn SECS` runs the churn scenario instead: every socket (`--tabs` per
+//! user) is cut about every SECS seconds and comes back, and what was acknowledged is audited
+//! against what the recipients hold after `sync` (see the `churn` module for its report). Everything runs in one process on a few tasks per user, so that it stays
 //! cheaper than the server it measures; it works against any server of the contract (palaver,
 //! the Node peer).
 
@@ -22,6 +24,10 @@ use palaver_client::{self as client, Client, Event, PendingAck};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+
+// In a directory of its own: a file directly in src/bin/ would be taken for a binary.
+#[path = "palaver-load/churn.rs"]
+mod churn;
 
 /// Time after the last send during which deliveries and acks still count.
 const GRACE: Duration = Duration::from_secs(2);
@@ -78,6 +84,17 @@ struct Args {
     /// Bytes of padding in each message text (the send time and ids come before it).
     #[arg(long, default_value_t = 64)]
     padding: usize,
+    /// Churn scenario: cut every socket about every SECS seconds (exponential, mean SECS),
+    /// offline 0.5-2 s, then reconnect, re-join, sync and retry unacknowledged sends.
+    #[arg(long, value_name = "SECS", conflicts_with_all = ["ramp", "idle"])]
+    churn: Option<f64>,
+    /// Sockets per user in the churn scenario, each cut independently; a user's --rate is
+    /// spread over them.
+    #[arg(long, default_value_t = 1, requires = "churn")]
+    tabs: usize,
+    /// Seed of the churn scenario's cut schedule.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 /// The line printed per run (or ramp step); field order as documented in issue 4.
@@ -701,6 +718,17 @@ fn main() -> std::process::ExitCode {
         eprintln!("palaver-load: --rate and --secs must be positive and --ramp-factor above 1");
         return std::process::ExitCode::from(2);
     }
+    if args
+        .churn
+        .is_some_and(|secs| !(secs > 0.0 && secs.is_finite()))
+        || !(1..=churn::TABS_MAX).contains(&args.tabs)
+    {
+        eprintln!(
+            "palaver-load: --churn must be positive and --tabs from 1 to {}",
+            churn::TABS_MAX
+        );
+        return std::process::ExitCode::from(2);
+    }
     // reqwest is built with rustls and no default crypto provider, as in the server's main.rs.
     let _ = rustls::crypto::ring::default_provider().install_default();
     now_us();
@@ -710,9 +738,10 @@ fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     let outcome = runtime.block_on(async {
         let server = Server::new(&args.url)?;
-        match args.idle {
-            Some(sockets) => idle(&server, &args, sockets).await,
-            None => load(&server, &args).await,
+        match (args.idle, args.churn) {
+            (Some(sockets), _) => idle(&server, &args, sockets).await,
+            (None, Some(churn_secs)) => churn::run(server, &args, churn_secs).await,
+            (None, None) => load(&server, &args).await,
         }
     });
     match outcome {
