@@ -38,6 +38,9 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // reqwest (JWKS over HTTPS) needs a process-wide TLS provider; ring is the one we build.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Each connection holds a descriptor; the connection cap stays below this limit.
+    let open_files = palaver::transport::connections::raise_open_files_limit();
+    tracing::info!(?open_files, "open-files limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
