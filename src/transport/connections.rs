@@ -227,6 +227,7 @@ pub async fn serve<L>(
     let (stop_tx, stop_rx) = watch::channel(());
     let (closed_tx, closed_rx) = watch::channel(());
     let mut shutdown = pin!(shutdown);
+    let mut refusals = RefusalLog::default();
     loop {
         let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -244,7 +245,7 @@ pub async fn serve<L>(
                 tokio::spawn(connection.serve(stop_rx.clone(), closed_rx.clone()));
             }
             // Dropping `io` closes the connection.
-            Err(refused) => tracing::debug!(%peer, ?refused, "connection refused"),
+            Err(refused) => refusals.note(peer, refused),
         }
     }
     drop(listener);
@@ -252,6 +253,37 @@ pub async fn serve<L>(
     drop(stop_tx);
     drop(closed_rx);
     closed_tx.closed().await;
+}
+
+/// Refusals are logged at debug level each, and as a warning at most once a minute with their
+/// count, so an operator sees the caps being hit without a flood of log lines.
+#[derive(Default)]
+struct RefusalLog {
+    since_warning: u64,
+    last_warning: Option<tokio::time::Instant>,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn note(&mut self, peer: SocketAddr, refused: Refused) {
+        tracing::debug!(%peer, ?refused, "connection refused");
+        self.since_warning += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= Self::EVERY)
+        {
+            tracing::warn!(
+                refused = self.since_warning,
+                last_peer = %peer,
+                last_reason = ?refused,
+                "connections refused past the connection caps"
+            );
+            self.since_warning = 0;
+            self.last_warning = Some(now);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
