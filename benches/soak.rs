@@ -1101,8 +1101,12 @@ async fn never_speaking(env: Arc<Env>, record: Arc<NeverSpeaking>, kind: Speechl
             Ok(false) => return,
             Err(_) => {
                 record.held_past_bound.fetch_add(1, Ordering::Relaxed);
-                env.stats
-                    .inc(&format!("never speaking: {} HELD PAST BOUND", kind.name()));
+                let opened_at = opened.duration_since(env.start).as_secs() / 10 * 10;
+                env.stats.inc(&format!(
+                    "never speaking: {} HELD PAST BOUND (opened at t={opened_at}-{} s)",
+                    kind.name(),
+                    opened_at + 10
+                ));
             }
         }
     }

@@ -109,6 +109,8 @@ pub const CONNECTIONS_PER_ADDRESS_DEFAULT: u32 = 256;
 /// Concurrent connections in all; the server also stays `FDS_RESERVED` below its open-files
 /// limit (RLIMIT_NOFILE), whichever is lower.
 pub const CONNECTIONS_MAX_DEFAULT: u32 = 1_000_000;
+/// The listening socket's accept queue (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
 /// File descriptors kept free for everything that is not a client connection: the database,
 /// the listener, the runtime, an external provider's key fetch.
 pub const FDS_RESERVED: u64 = 64;
