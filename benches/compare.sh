@@ -41,7 +41,9 @@ P_PORT=${P_PORT:-27401}
 N_PORT=${N_PORT:-27402}
 R_PORT=${R_PORT:-27403}
 # The contract's send limits, raised so that the servers, not the limiter, are measured.
-LIMITS=(PALAVER_SEND_RATE_PER_SEC=1000000 PALAVER_SEND_BURST=1000000)
+# Every load client comes from 127.0.0.1, so the per-address limits are raised too.
+LIMITS=(PALAVER_SEND_RATE_PER_SEC=1000000 PALAVER_SEND_BURST=1000000
+  PALAVER_CONNECTIONS_PER_ADDRESS=1000000 PALAVER_REGISTRATIONS_PER_ADDRESS=1000000)
 JWT=(PALAVER_JWT_SECRET=compare-secret-compare-secret-compare-secret)
 
 mkdir -p "$WORK"

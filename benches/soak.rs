@@ -14,6 +14,10 @@
 //!   deeply nested JSON, frames over the 64 KiB limit; raw TCP junk; oversize and malformed REST
 //!   bodies; oversize and empty messages on an authenticated socket;
 //! - a flooder: one user sending `send-message` and `typing` as fast as acks come back;
+//! - connections that never speak: `--silent` that send nothing and `--slow-heads` that send a
+//!   request head one header line every 5 s, each replaced as soon as the server closes it; each
+//!   must be closed within its bound (the server's first-byte and request-head timeouts) plus
+//!   `NEVER_SPEAKING_SLACK`;
 //! - the control group: pairs of users, each sending one message a second with a clientMsgId and
 //!   timing the ack, and counting the partner's `new-message` deliveries.
 //!
@@ -21,7 +25,8 @@
 //! checks through REST history that every acknowledged control message is stored at the seq its
 //! ack named, stops the server with SIGTERM and expects a clean exit, and prints a Markdown report
 //! (also written to `--report FILE` when given). It exits non-zero if anything acknowledged was
-//! lost, the server died or answered a 5xx, or the control group lost messages.
+//! lost, the server died or answered a 5xx, the control group lost messages, or a connection
+//! that never speaks was held past its bound.
 //! Everything stays on 127.0.0.0/8; every loop stops at the deadline.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -35,7 +40,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use palaver_client::{self as client, Client, Event};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
@@ -46,6 +51,11 @@ const FD_LIMIT: u64 = 65_536;
 const SOURCE_ADDRESSES: u8 = 16;
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How late past its bound a connection that never speaks may be closed (a loaded machine's
+/// timers and this process's own scheduling).
+const NEVER_SPEAKING_SLACK: Duration = Duration::from_secs(2);
+/// A slow head sends one header line this often, well inside the request-head timeout.
+const SLOW_HEAD_LINE_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -57,6 +67,8 @@ struct Args {
     storm_every: u64,
     sample_every: u64,
     garbage_per_sec: u64,
+    silent: usize,
+    slow_heads: usize,
     report: Option<PathBuf>,
 }
 
@@ -71,6 +83,8 @@ impl Args {
             storm_every: 30,
             sample_every: 10,
             garbage_per_sec: 20,
+            silent: 500,
+            slow_heads: 500,
             report: None,
         };
         let mut it = std::env::args().skip(1);
@@ -85,6 +99,8 @@ impl Args {
                 "--storm-every" => args.storm_every = value().parse().expect("N"),
                 "--sample-every" => args.sample_every = value().parse().expect("N"),
                 "--garbage-per-sec" => args.garbage_per_sec = value().parse().expect("N"),
+                "--silent" => args.silent = value().parse().expect("--silent N"),
+                "--slow-heads" => args.slow_heads = value().parse().expect("--slow-heads N"),
                 "--report" => args.report = Some(value().into()),
                 // cargo passes `--bench` to every bench target.
                 "--bench" => {}
@@ -302,6 +318,10 @@ fn start_server(data_dir: &std::path::Path, port: u16) -> Child {
         .env("PALAVER_LISTEN", format!("127.0.0.1:{port}"))
         .env("PALAVER_DATA_DIR", data_dir.join("data"))
         .env("RUST_LOG", "warn")
+        // The crowd comes from 16 loopback addresses, ~600 connections each, and registers
+        // hundreds of users: lift the per-address limits (the connection tests cover them).
+        .env("PALAVER_CONNECTIONS_PER_ADDRESS", "1000000")
+        .env("PALAVER_REGISTRATIONS_PER_ADDRESS", "1000000")
         .env("NO_COLOR", "1")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -986,6 +1006,148 @@ struct Report {
     passed: bool,
 }
 
+// ---------------------------------------------------------------- connections that never speak
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speechless {
+    /// Sends nothing at all: closed after the first-byte timeout.
+    Silent,
+    /// Sends a request head one header line at a time: closed after the request-head timeout.
+    SlowHead,
+}
+
+impl Speechless {
+    fn bound(self) -> Duration {
+        match self {
+            Speechless::Silent => palaver::limits::FIRST_BYTE_TIMEOUT_DEFAULT,
+            Speechless::SlowHead => palaver::limits::REQUEST_HEAD_TIMEOUT_DEFAULT,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Speechless::Silent => "silent",
+            Speechless::SlowHead => "slow head",
+        }
+    }
+}
+
+/// How long the server took to close each connection that never speaks, by kind.
+#[derive(Default)]
+struct NeverSpeaking {
+    silent_closed_millis: std::sync::Mutex<Vec<u64>>,
+    slow_head_closed_millis: std::sync::Mutex<Vec<u64>>,
+    held_past_bound: AtomicU64,
+}
+
+impl NeverSpeaking {
+    fn closed(&self, kind: Speechless) -> &std::sync::Mutex<Vec<u64>> {
+        match kind {
+            Speechless::Silent => &self.silent_closed_millis,
+            Speechless::SlowHead => &self.slow_head_closed_millis,
+        }
+    }
+
+    /// Appends the table; returns how many were held past their bound.
+    fn report(&self, args: &Args, text: &mut String) -> u64 {
+        text.push_str("\n### Connections that never speak\n\n| kind | at once | bound | closed | closed after min / p50 / p99 / max | held past bound + 2 s |\n|---|---|---|---|---|---|\n");
+        let held = self.held_past_bound.load(Ordering::Relaxed);
+        for (kind, at_once) in [
+            (Speechless::Silent, args.silent),
+            (Speechless::SlowHead, args.slow_heads),
+        ] {
+            let mut millis = self.closed(kind).lock().unwrap().clone();
+            millis.sort_unstable();
+            // `percentile` divides by 1,000: milliseconds in, seconds out.
+            let secs = |q: f64| percentile(&millis, q);
+            text.push_str(&format!(
+                "| {} | {at_once} | {} s | {} | {:.1} / {:.1} / {:.1} / {:.1} s | |\n",
+                kind.name(),
+                kind.bound().as_secs(),
+                millis.len(),
+                millis.first().map_or(0.0, |&m| m as f64 / 1000.0),
+                secs(0.5),
+                secs(0.99),
+                secs(1.0),
+            ));
+        }
+        text.push_str(&format!("| all | | | | | {held} |\n"));
+        held
+    }
+}
+
+/// One connection that never speaks, again and again until the soak stops: connect, behave as
+/// `kind`, time the server's close. One held `NEVER_SPEAKING_SLACK` past its bound is counted
+/// and dropped.
+async fn never_speaking(env: Arc<Env>, record: Arc<NeverSpeaking>, kind: Speechless) {
+    while !env.stopped() {
+        let mut stream = match env.tcp().await {
+            Ok(stream) => stream,
+            Err(_) => {
+                env.stats.inc("never speaking: connect failed");
+                sleep_unless_stopped(&env, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let opened = Instant::now();
+        let limit = kind.bound() + NEVER_SPEAKING_SLACK;
+        match tokio::time::timeout(limit, until_closed(&env, &mut stream, kind)).await {
+            Ok(true) => record
+                .closed(kind)
+                .lock()
+                .unwrap()
+                .push(opened.elapsed().as_millis() as u64),
+            // The soak stopped first.
+            Ok(false) => return,
+            Err(_) => {
+                record.held_past_bound.fetch_add(1, Ordering::Relaxed);
+                let opened_at = opened.duration_since(env.start).as_secs() / 10 * 10;
+                env.stats.inc(&format!(
+                    "never speaking: {} HELD PAST BOUND (opened at t={opened_at}-{} s)",
+                    kind.name(),
+                    opened_at + 10
+                ));
+            }
+        }
+    }
+}
+
+/// Behaves as `kind` until the server closes the connection (true) or the soak stops (false).
+async fn until_closed(env: &Env, stream: &mut TcpStream, kind: Speechless) -> bool {
+    let mut buffer = [0u8; 1024];
+    let mut next_line = tokio::time::interval(SLOW_HEAD_LINE_EVERY);
+    let mut stop_check = tokio::time::interval(Duration::from_millis(200));
+    let mut lines = 0u64;
+    if kind == Speechless::SlowHead
+        && stream
+            .write_all(b"GET /health HTTP/1.1\r\nhost: soak\r\n")
+            .await
+            .is_err()
+    {
+        return true;
+    }
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            },
+            _ = next_line.tick(), if kind == Speechless::SlowHead => {
+                lines += 1;
+                let line = format!("x-slow-{lines}: 1\r\n");
+                if stream.write_all(line.as_bytes()).await.is_err() {
+                    return true;
+                }
+            }
+            _ = stop_check.tick() => {
+                if env.stopped() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let env = Arc::new(Env {
@@ -1030,7 +1192,8 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
 
     // The crowd fills the connection budget left after everyone else. Its first `flippers`
     // users get one connection each, so that storms flip their presence.
-    let others = args.control_pairs * 2 + args.slow_readers + 2 + 32;
+    let others =
+        args.control_pairs * 2 + args.slow_readers + 2 + 32 + args.silent + args.slow_heads;
     let crowd_size = args.connections.saturating_sub(others);
     let flippers = (args.crowd_users / 3).max(1);
     let crowd_tokens: Vec<Arc<str>> = (0..crowd_size)
@@ -1072,6 +1235,19 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
         flood.token.clone(),
         flood_chats[0].clone(),
     )));
+    let speechless = Arc::new(NeverSpeaking::default());
+    for (kind, count) in [
+        (Speechless::Silent, args.silent),
+        (Speechless::SlowHead, args.slow_heads),
+    ] {
+        for _ in 0..count {
+            tasks.push(tokio::spawn(never_speaking(
+                Arc::clone(&env),
+                Arc::clone(&speechless),
+                kind,
+            )));
+        }
+    }
     let everyone_connected = Arc::new(tokio::sync::Barrier::new(control_users.len()));
     for (i, user) in control_users.iter().enumerate() {
         tasks.push(tokio::spawn(control_user(
@@ -1211,6 +1387,7 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
             (max - min) as f64 / 1024.0
         ));
     }
+    let held_past_bound = speechless.report(args, &mut text);
     text.push_str("\n### Everything counted\n\n| what | count |\n|---|---|\n");
     for (key, n) in env.stats.counters.lock().unwrap().iter() {
         text.push_str(&format!("| {key} | {n} |\n"));
@@ -1224,9 +1401,14 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
         .filter(|(k, _)| k.contains("SERVER ERROR") || k.contains("ACCEPTED?"))
         .map(|(_, n)| n)
         .sum::<u64>();
-    let passed = !server_died && lost == 0 && server_errors == 0 && undelivered == 0 && failed == 0;
+    let passed = !server_died
+        && lost == 0
+        && server_errors == 0
+        && undelivered == 0
+        && failed == 0
+        && held_past_bound == 0;
     text.push_str(&format!(
-        "\nVerdict: {} (server alive: {}, acknowledged lost: {}, 5xx or wrongly accepted: {server_errors}, control failures: {failed}, undelivered: {undelivered}).\n",
+        "\nVerdict: {} (server alive: {}, acknowledged lost: {}, 5xx or wrongly accepted: {server_errors}, control failures: {failed}, undelivered: {undelivered}, never-speaking connections held past their bound: {held_past_bound}).\n",
         if passed { "PASS" } else { "FAIL" },
         !server_died,
         if lost == u64::MAX { "unknown".into() } else { lost.to_string() },

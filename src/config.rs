@@ -7,13 +7,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use crate::domain::validate::is_loopback_http;
 use crate::limits::{
-    JWT_SECRET_BYTES_MIN, PRESENCE_GRACE_CEILING, PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_CEILING,
-    PRESENCE_TICK_DEFAULT, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
-    TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX,
+    CONNECT_TIMEOUT, CONNECTION_TIMEOUT_CEILING, CONNECTIONS_MAX_DEFAULT,
+    CONNECTIONS_PER_ADDRESS_DEFAULT, FIRST_BYTE_TIMEOUT_DEFAULT, JWT_SECRET_BYTES_MIN,
+    PRESENCE_GRACE_CEILING, PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_CEILING, PRESENCE_TICK_DEFAULT,
+    REGISTRATIONS_PER_ADDRESS_CEILING, REGISTRATIONS_PER_ADDRESS_DEFAULT,
+    REQUEST_HEAD_TIMEOUT_DEFAULT, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
+    TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX, TRUSTED_PROXIES_MAX,
 };
 
 #[derive(Debug, Parser)]
@@ -95,6 +99,28 @@ pub struct ServeArgs {
     /// How often presence changes are gathered and announced (`250ms`; 0: each at once).
     #[arg(long, env = "PALAVER_PRESENCE_TICK")]
     pub presence_tick: Option<String>,
+    /// Comma-separated addresses or CIDR ranges of reverse proxies whose `X-Forwarded-For` is
+    /// believed (default: none, the TCP peer is the client).
+    #[arg(long, env = "PALAVER_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
+    /// Concurrent connections from one client address (trusted proxies are exempt).
+    #[arg(long, env = "PALAVER_CONNECTIONS_PER_ADDRESS")]
+    pub connections_per_address: Option<String>,
+    /// Concurrent connections in all (the server also stays below its open-files limit).
+    #[arg(long, env = "PALAVER_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// A connection that sends no byte within this is closed (seconds, or with s/m/h).
+    #[arg(long, env = "PALAVER_FIRST_BYTE_TIMEOUT")]
+    pub first_byte_timeout: Option<String>,
+    /// A request head must arrive within this; also how long an idle keep-alive connection is kept.
+    #[arg(long, env = "PALAVER_REQUEST_HEAD_TIMEOUT")]
+    pub request_head_timeout: Option<String>,
+    /// A Socket.IO transport that sends no CONNECT packet within this is closed.
+    #[arg(long, env = "PALAVER_SOCKET_IO_CONNECT_TIMEOUT")]
+    pub socket_io_connect_timeout: Option<String>,
+    /// Registrations per client address per hour.
+    #[arg(long, env = "PALAVER_REGISTRATIONS_PER_ADDRESS")]
+    pub registrations_per_address: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Numbers may be written as numbers or strings.
@@ -118,6 +144,13 @@ struct FileSettings {
     web: Option<toml::Value>,
     presence_grace: Option<toml::Value>,
     presence_tick: Option<toml::Value>,
+    trusted_proxies: Option<toml::Value>,
+    connections_per_address: Option<toml::Value>,
+    max_connections: Option<toml::Value>,
+    first_byte_timeout: Option<toml::Value>,
+    request_head_timeout: Option<toml::Value>,
+    socket_io_connect_timeout: Option<toml::Value>,
+    registrations_per_address: Option<toml::Value>,
 }
 
 /// Where the external identity provider's keys come from.
@@ -133,6 +166,31 @@ pub struct ExternalAuth {
     pub keys: Vec<KeySource>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+}
+
+/// How connections are bounded and whose addresses are believed (src/transport/connections.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    pub first_byte_timeout: Duration,
+    pub request_head_timeout: Duration,
+    pub socket_io_connect_timeout: Duration,
+    pub per_address: u32,
+    pub max: u32,
+    /// Peers whose `X-Forwarded-For` names the client; exempt from `per_address`.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            first_byte_timeout: FIRST_BYTE_TIMEOUT_DEFAULT,
+            request_head_timeout: REQUEST_HEAD_TIMEOUT_DEFAULT,
+            socket_io_connect_timeout: CONNECT_TIMEOUT,
+            per_address: CONNECTIONS_PER_ADDRESS_DEFAULT,
+            max: CONNECTIONS_MAX_DEFAULT,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// Validated settings.
@@ -154,6 +212,9 @@ pub struct Config {
     pub presence_grace: Duration,
     /// How often presence changes are announced; zero: each at once.
     pub presence_tick: Duration,
+    pub connections: ConnectionSettings,
+    /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
+    pub registrations_per_address: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -172,6 +233,8 @@ impl std::fmt::Debug for Config {
             .field("web", &self.web)
             .field("presence_grace", &self.presence_grace)
             .field("presence_tick", &self.presence_tick)
+            .field("connections", &self.connections)
+            .field("registrations_per_address", &self.registrations_per_address)
             .finish()
     }
 }
@@ -210,6 +273,8 @@ impl Default for Config {
             web: true,
             presence_grace: PRESENCE_GRACE_DEFAULT,
             presence_tick: PRESENCE_TICK_DEFAULT,
+            connections: ConnectionSettings::default(),
+            registrations_per_address: REGISTRATIONS_PER_ADDRESS_DEFAULT,
         }
     }
 }
@@ -303,6 +368,44 @@ impl Config {
             Some(any) => parse_bool(&any, "PALAVER_AUTH_AUDIENCE_ANY")?,
             None => false,
         };
+        if let Some(proxies) = text(args.trusted_proxies, file.trusted_proxies) {
+            config.connections.trusted_proxies = parse_trusted_proxies(&proxies)?;
+        }
+        let connections = &mut config.connections;
+        if let Some(n) = text(args.connections_per_address, file.connections_per_address) {
+            connections.per_address = parse_positive(
+                &n,
+                "PALAVER_CONNECTIONS_PER_ADDRESS",
+                CONNECTIONS_MAX_DEFAULT,
+            )?;
+        }
+        if let Some(n) = text(args.max_connections, file.max_connections) {
+            connections.max =
+                parse_positive(&n, "PALAVER_MAX_CONNECTIONS", CONNECTIONS_MAX_DEFAULT)?;
+        }
+        if let Some(t) = text(args.first_byte_timeout, file.first_byte_timeout) {
+            connections.first_byte_timeout = parse_timeout(&t, "PALAVER_FIRST_BYTE_TIMEOUT")?;
+        }
+        if let Some(t) = text(args.request_head_timeout, file.request_head_timeout) {
+            connections.request_head_timeout = parse_timeout(&t, "PALAVER_REQUEST_HEAD_TIMEOUT")?;
+        }
+        if let Some(t) = text(
+            args.socket_io_connect_timeout,
+            file.socket_io_connect_timeout,
+        ) {
+            connections.socket_io_connect_timeout =
+                parse_timeout(&t, "PALAVER_SOCKET_IO_CONNECT_TIMEOUT")?;
+        }
+        if let Some(n) = text(
+            args.registrations_per_address,
+            file.registrations_per_address,
+        ) {
+            config.registrations_per_address = parse_positive(
+                &n,
+                "PALAVER_REGISTRATIONS_PER_ADDRESS",
+                REGISTRATIONS_PER_ADDRESS_CEILING,
+            )?;
+        }
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),
             args.auth_jwks.or(file.auth_jwks),
@@ -441,6 +544,47 @@ fn parse_positive(value: &str, setting: &'static str, max: u32) -> Result<u32, C
     }
 }
 
+fn parse_timeout(value: &str, setting: &'static str) -> Result<Duration, ConfigError> {
+    let ceiling = CONNECTION_TIMEOUT_CEILING.as_secs();
+    match parse_duration(value) {
+        Ok(duration) if duration.as_secs() <= ceiling => Ok(duration),
+        _ => Err(bad(
+            setting,
+            format!("{value:?} must be a duration from 1s to {ceiling}s"),
+        )),
+    }
+}
+
+/// `10.0.0.1, 10.1.0.0/16, fd00::/8`: addresses (a single host) or CIDR ranges.
+fn parse_trusted_proxies(value: &str) -> Result<Vec<IpNet>, ConfigError> {
+    let setting = "PALAVER_TRUSTED_PROXIES";
+    let entries: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.len() > TRUSTED_PROXIES_MAX {
+        return Err(bad(
+            setting,
+            format!("at most {TRUSTED_PROXIES_MAX} entries"),
+        ));
+    }
+    entries
+        .into_iter()
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        setting,
+                        format!("{entry:?} is not an address or CIDR range like 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect()
+}
+
 fn parse_bool(value: &str, setting: &'static str) -> Result<bool, ConfigError> {
     match value.trim() {
         "true" => Ok(true),
@@ -552,6 +696,33 @@ mod tests {
             (config.presence_grace, config.presence_tick),
             (Duration::from_secs(5), Duration::from_millis(250))
         );
+        assert_eq!(config.connections, ConnectionSettings::default());
+        assert_eq!(config.connections.per_address, 256);
+        assert!(config.connections.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn connection_settings_parse() {
+        let config = resolve(ServeArgs {
+            trusted_proxies: Some("127.0.0.1, 10.0.0.0/8,fd00::/8".into()),
+            connections_per_address: Some("8".into()),
+            max_connections: Some("100".into()),
+            first_byte_timeout: Some("2".into()),
+            request_head_timeout: Some("1m".into()),
+            socket_io_connect_timeout: Some("3s".into()),
+            registrations_per_address: Some("500".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let c = &config.connections;
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert!(c.trusted_proxies[0].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        assert!(c.trusted_proxies[1].contains(&"10.9.8.7".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!((c.per_address, c.max), (8, 100));
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(2));
+        assert_eq!(c.request_head_timeout, Duration::from_secs(60));
+        assert_eq!(c.socket_io_connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.registrations_per_address, 500);
     }
 
     #[test]
@@ -640,6 +811,34 @@ mod tests {
                     ..Default::default()
                 },
                 "PALAVER_PRESENCE_TICK",
+            ),
+            (
+                ServeArgs {
+                    trusted_proxies: Some("10.0.0.0/33".into()),
+                    ..Default::default()
+                },
+                "PALAVER_TRUSTED_PROXIES",
+            ),
+            (
+                ServeArgs {
+                    connections_per_address: Some("0".into()),
+                    ..Default::default()
+                },
+                "PALAVER_CONNECTIONS_PER_ADDRESS",
+            ),
+            (
+                ServeArgs {
+                    request_head_timeout: Some("2h".into()),
+                    ..Default::default()
+                },
+                "PALAVER_REQUEST_HEAD_TIMEOUT",
+            ),
+            (
+                ServeArgs {
+                    registrations_per_address: Some("none".into()),
+                    ..Default::default()
+                },
+                "PALAVER_REGISTRATIONS_PER_ADDRESS",
             ),
         ];
         for (args, setting) in cases {

@@ -77,11 +77,9 @@ pub const SOCKET_SENDS_IN_FLIGHT_MAX: usize = 32;
 pub const COMMIT_FEED_SHARDS: usize = 4;
 pub const COMMIT_FEED_QUEUE_MAX: usize = 4096;
 
-/// Failed logins per email within `LOGIN_WINDOW_MS` before answering 429.
+/// Failed logins per (client address, account) within `LOGIN_WINDOW_MS` before answering 429.
 pub const LOGIN_FAILURES_MAX: usize = 10;
 pub const LOGIN_WINDOW_MS: u64 = 60_000;
-/// Emails tracked by the login throttle; the oldest windows are dropped past this.
-pub const LOGIN_TRACKED_EMAILS_MAX: usize = 100_000;
 /// `typing` `true` events shown per socket per second (a `false` is always shown once for a
 /// shown `true`).
 pub const TYPING_PER_SEC: usize = 5;
@@ -108,7 +106,8 @@ pub const PAGE_PREALLOCATED_MAX: usize = 1024;
 /// Engine.IO heartbeat: a ping every interval; a client silent for interval + timeout is gone.
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// A client that opens the transport but never sends its Socket.IO CONNECT is dropped after this.
+/// A client that opens the transport but never sends its Socket.IO CONNECT is dropped after this
+/// (default of the configuration's `socket_io_connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often presence is reconciled with the live sockets.
 pub const PRESENCE_SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -124,6 +123,41 @@ pub const PRESENCE_GRACE_POLL: Duration = Duration::from_millis(100);
 /// Ids in one `online-users` snapshot (sorted; beyond it a client learns of users from their
 /// transitions). One snapshot is then at most about 300 KB.
 pub const ONLINE_USERS_SNAPSHOT_MAX: usize = 10_000;
+
+/// Connections (src/transport/connections.rs); each default can be changed in the configuration.
+/// A connection that has sent no byte at all is closed after this.
+pub const FIRST_BYTE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// A request head (request line and headers) must arrive whole within this; the same timer
+/// runs while a keep-alive connection waits for its next request, so it is also the idle bound.
+pub const REQUEST_HEAD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
+/// Longest any of the connection timeouts may be configured.
+pub const CONNECTION_TIMEOUT_CEILING: Duration = Duration::from_secs(3600);
+/// Concurrent connections from one client address (an IPv6 client counts by its /64).
+pub const CONNECTIONS_PER_ADDRESS_DEFAULT: u32 = 256;
+/// Concurrent connections in all; the server also stays `FDS_RESERVED` below its open-files
+/// limit (RLIMIT_NOFILE), whichever is lower.
+pub const CONNECTIONS_MAX_DEFAULT: u32 = 1_000_000;
+/// The listening socket's accept queue (the kernel caps it at `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+/// File descriptors kept free for everything that is not a client connection: the database,
+/// the listener, the runtime, an external provider's key fetch.
+pub const FDS_RESERVED: u64 = 64;
+/// `--trusted-proxies` entries, and `X-Forwarded-For` entries read (right to left) per request.
+pub const TRUSTED_PROXIES_MAX: usize = 64;
+pub const FORWARDED_HOPS_MAX: usize = 16;
+
+/// Failed logins from one client address (all accounts together) within `LOGIN_WINDOW_MS`
+/// before answering 429: slows spraying one password across many accounts.
+pub const LOGIN_ADDRESS_FAILURES_MAX: usize = 30;
+/// Client addresses (and address-account pairs) tracked by the login throttle.
+pub const LOGIN_TRACKED_KEYS_MAX: usize = 100_000;
+/// Registrations per client address per `REGISTRATION_WINDOW_MS` (default and ceiling of
+/// `PALAVER_REGISTRATIONS_PER_ADDRESS`).
+pub const REGISTRATIONS_PER_ADDRESS_DEFAULT: u32 = 30;
+pub const REGISTRATIONS_PER_ADDRESS_CEILING: u32 = 1_000_000;
+pub const REGISTRATION_WINDOW_MS: u64 = 3_600_000;
+/// Client addresses whose registration window is remembered.
+pub const REGISTRATION_TRACKED_ADDRESSES_MAX: usize = 100_000;
 
 /// The external provider's JWKS: refetched at most this often (an unknown `kid` asks for it),
 /// at most this large, and given up after this long.
@@ -155,3 +189,9 @@ const _: () = assert!(SOCKET_EVENTS_QUEUED_MAX >= TYPING_PER_SEC);
 const _: () = assert!(SOCKET_SENDS_IN_FLIGHT_MAX >= 1);
 const _: () = assert!(PAGE_DEFAULT <= PAGE_MAX && USERS_PAGE_DEFAULT <= USERS_PAGE_MAX);
 const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);
+const _: () = assert!(LOGIN_FAILURES_MAX <= LOGIN_ADDRESS_FAILURES_MAX);
+const _: () = assert!(
+    FIRST_BYTE_TIMEOUT_DEFAULT.as_secs() <= REQUEST_HEAD_TIMEOUT_DEFAULT.as_secs()
+        && REQUEST_HEAD_TIMEOUT_DEFAULT.as_secs() <= CONNECTION_TIMEOUT_CEILING.as_secs()
+);
+const _: () = assert!(CONNECTIONS_PER_ADDRESS_DEFAULT <= CONNECTIONS_MAX_DEFAULT);

@@ -36,12 +36,14 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // reqwest (JWKS over HTTPS) needs a process-wide TLS provider; ring is the one we build.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Each connection holds a descriptor; the connection cap stays below this limit.
+    let open_files = palaver::transport::connections::raise_open_files_limit();
+    tracing::info!(?open_files, "open-files limit");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let exit = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
+        let listener = listen(config.listen)
             .map_err(|e| format!("cannot listen on {} (PALAVER_LISTEN): {e}", config.listen))?;
         tracing::info!(address = %listener.local_addr()?, data_dir = %config.data_dir.display(), "palaver listening");
         // Without TCP_NODELAY, Nagle's algorithm holds back a small frame (an ack, a
@@ -83,6 +85,21 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 /// `mallopt`. jemalloc returns freed pages to the system on its own (docs/soak.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A listening socket with a backlog of `LISTEN_BACKLOG` (tokio's `bind` uses 1,024): a burst
+/// of connects beyond the backlog overflows the kernel's accept queue, and a connection that
+/// completed its handshake on the client's side waits there for a retransmission, so from the
+/// client's side the server's first-byte bound runs seconds late.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(palaver::limits::LISTEN_BACKLOG)
+}
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -3,7 +3,8 @@
 //! [`Server::builder`] takes the settings and, optionally, the parts a caller wants to choose
 //! (the database and its disk, durability, clock, id seed, where the writer runs), and either
 //! [`start`](ServerBuilder::start)s serving HTTP and Socket.IO on any `axum::serve::Listener`
-//! (a TCP socket for the binary and the tests, the simulated network for the simulation) or
+//! (a TCP socket for the binary and the tests, the simulated network for the simulation;
+//! `transport::connections` serves it and closes connections that never speak) or
 //! [`build`](ServerBuilder::build)s the service alone (fuzzing, benchmarks, the crash test).
 //! Adding a table, a background task or a start-up step therefore touches this file only.
 //! Nothing here reads the wall clock or the OS's randomness unless the caller leaves the clock
@@ -30,7 +31,7 @@ use crate::storage::{
     self, CommitFeed, CommitSubscriber, Durability, Store, StoreError, StoreWriter, WriterExit,
     WriterTask,
 };
-use crate::transport::{Shared, deliver, request_head, rest, socket, web};
+use crate::transport::{Shared, connections, deliver, request_head, rest, socket, web};
 
 /// Meta key of the generated token secret.
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -145,7 +146,7 @@ impl ServerBuilder {
     pub async fn start<L>(mut self, listener: L) -> Result<Running, StartError>
     where
         L: Listener,
-        L::Addr: std::fmt::Debug,
+        L::Addr: Into<std::net::SocketAddr>,
     {
         let config = self.config.clone();
         let on_shutdown = self.on_shutdown.take();
@@ -356,7 +357,7 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
         .req_path("/socket.io")
         .ping_interval(PING_INTERVAL)
         .ping_timeout(PING_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(config.connections.socket_io_connect_timeout)
         .max_buffer_size(SOCKET_BUFFER_MAX)
         .max_payload(BODY_BYTES_MAX as u64)
         .ws_max_message_size(BODY_BYTES_MAX)
@@ -373,6 +374,7 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     let shared = Shared {
         app,
         io: io.clone(),
+        trusted_proxies: config.connections.trusted_proxies.clone().into(),
     };
     socket::register(&io);
     let router = rest::routes()
@@ -416,7 +418,7 @@ async fn serve<L>(
 ) -> ServerExit
 where
     L: Listener,
-    L::Addr: std::fmt::Debug,
+    L::Addr: Into<std::net::SocketAddr>,
 {
     let (router, io) = router(Arc::clone(&app), &config);
     for shard in committed {
@@ -465,17 +467,14 @@ where
         let writer_exit = closing.await;
         let _ = writer_exit_tx.send(writer_exit);
     };
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(closing)
-        .await;
+    connections::serve(listener, router, &config.connections, closing).await;
     let _ = stop_writer.send(());
     if let Ok(Some(writer_exit)) = writer_exit_rx.await {
         let _ = writer_exit.await;
     }
-    match (failed.await, served) {
-        (Ok(error), _) => ServerExit::StorageFailed(error),
-        (Err(_), Err(error)) => ServerExit::Io(error),
-        (Err(_), Ok(())) => ServerExit::Stopped,
+    match failed.await {
+        Ok(error) => ServerExit::StorageFailed(error),
+        Err(_) => ServerExit::Stopped,
     }
 }
 

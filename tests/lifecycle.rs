@@ -265,3 +265,99 @@ fn a_data_directory_from_a_newer_format_is_refused() {
     assert!(!status.success());
     assert!(stderr.contains("newer palaver"), "{stderr}");
 }
+
+/// Started with an open-files limit of 200, the binary logs it, caps connections
+/// `FDS_RESERVED` (64) below it, closes the connections past the cap at once instead of running
+/// out of descriptors, and serves again as soon as connections close.
+#[test]
+fn connections_stay_below_the_open_files_limit() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PALAVER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PALAVER_DATA_DIR", data.path())
+        .env("PALAVER_FIRST_BYTE_TIMEOUT", "60")
+        .env("PALAVER_CONNECTIONS_PER_ADDRESS", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 200,
+                rlim_max: 200,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("spawn palaver");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&format!("{base}/health")).is_none_or(|(status, _)| status != 200) {
+        assert!(Instant::now() < deadline, "palaver did not answer /health");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut held: Vec<std::net::TcpStream> = (0..150)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = held
+        .iter_mut()
+        .filter(|stream| {
+            let mut stream: &std::net::TcpStream = stream;
+            stream.set_nonblocking(true).unwrap();
+            // Refused connections were closed by the server: EOF (or a reset). Held ones
+            // would block.
+            !matches!(stream.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert!(
+        (150 - 136..=150 - 136 + 4).contains(&closed),
+        "{closed} of 150 closed; the cap is 200 - 64 = 136"
+    );
+    assert_eq!(child.try_wait().unwrap(), None, "palaver is still running");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&format!("{base}/health")).is_none_or(|(status, _)| status != 200) {
+        assert!(Instant::now() < deadline, "palaver did not serve again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let mut log = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let log = without_colours(&log);
+    assert!(
+        log.contains("max_connections=136") && log.contains("open_files_limit=Some(200)"),
+        "{log}"
+    );
+}
+
+/// The log's text without its ANSI colour sequences.
+fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut in_escape = false;
+    for c in log.chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (false, c) => plain.push(c),
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+        }
+    }
+    plain
+}

@@ -144,6 +144,13 @@ impl Model {
     }
 }
 
+/// Each case's user logs in and registers from an address of its own, so the per-address
+/// login and registration limits count exactly what the model's per-user counts do.
+fn client(case: u64, slot: u8) -> std::net::IpAddr {
+    let case = (case as u32) & 0x00ff_ffff;
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from((case << 8) | u32::from(slot)))
+}
+
 fn email(case: u64, slot: u8) -> String {
     format!("user{slot}-{case}@example.com")
 }
@@ -216,7 +223,9 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
                 3 => password = "short".into(),
                 _ => {}
             }
-            let result = app.register(&name, &email, &password).await;
+            let result = app
+                .register(client(model.case, slot), &name, &email, &password)
+                .await;
             match (variant % 4, result) {
                 (2 | 3, Err(ApiError::BadRequest(_))) => {}
                 (0 | 1, Err(ApiError::EmailTaken)) => assert!(model.users.contains_key(&slot)),
@@ -246,7 +255,11 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
                 "wrong-password".into()
             };
             let result = app
-                .login(&email(model.case, slot).to_uppercase(), &attempt)
+                .login(
+                    client(model.case, slot),
+                    &email(model.case, slot).to_uppercase(),
+                    &attempt,
+                )
                 .await;
             let failures = model.failed_logins.get(&slot).copied().unwrap_or(0);
             match result {
@@ -262,7 +275,11 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
                 Err(other) => panic!("login: {other:?}"),
             }
             if right_password && model.users.contains_key(&slot) && failures < LOGIN_FAILURES_MAX {
-                assert!(app.login(&email(model.case, slot), &attempt).await.is_ok());
+                assert!(
+                    app.login(client(model.case, slot), &email(model.case, slot), &attempt)
+                        .await
+                        .is_ok()
+                );
             }
         }
         Op::CreateChat { caller, other } => {

@@ -51,7 +51,12 @@ impl Fixture {
         let bob = server.user("bob0000000000000000000002", "Bob").await.id;
         server
             .app
-            .register("Cy", "cy@example.com", "password123")
+            .register(
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                "Cy",
+                "cy@example.com",
+                "password123",
+            )
             .await
             .expect("register fixture");
         let cy = server
@@ -124,7 +129,12 @@ async fn case(fixture: &Fixture, route: u8, auth: u8, target: u8, content_type: 
         3 => format!("/api/chats/with/{segment}"),
         _ => format!("/api/messages/chat/{segment}"),
     };
-    let mut request = Request::builder().method("POST").uri(&path);
+    // The connection loop records each connection's peer; the router alone needs it given.
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40_000));
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(&path)
+        .extension(axum::extract::ConnectInfo(peer));
     let now = server.clock_now();
     request = match auth {
         0 => request,

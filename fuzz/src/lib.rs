@@ -72,6 +72,8 @@ pub fn config() -> Config {
     Config {
         jwt_secret: Some("fuzz-secret-fuzz-secret-fuzz-sec".into()),
         token_ttl: Duration::from_secs(30 * 86_400),
+        // Targets register from one address far more often than a person would.
+        registrations_per_address: palaver::limits::REGISTRATIONS_PER_ADDRESS_CEILING,
         ..Config::default()
     }
 }

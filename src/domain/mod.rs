@@ -3,6 +3,7 @@
 //! Everything here takes the current time and any randomness as arguments, so it can be unit
 //! tested, property tested, fuzzed and run inside the deterministic simulation unchanged.
 
+pub mod address;
 pub mod ids;
 pub mod page;
 pub mod presence;

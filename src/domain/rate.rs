@@ -179,9 +179,10 @@ impl SlidingWindow {
     }
 }
 
-/// Failed logins per email: after `max_failures` within the window, further attempts are
-/// refused until the window slides. Bounded by `max_emails`; idle windows are dropped first,
-/// then the map is cleared (a flood of distinct emails must not grow memory).
+/// Failed logins per key (see `domain::address::LoginThrottle`): after `max_failures` within
+/// the window, further attempts are refused until the window slides. Bounded by `max_emails`
+/// keys; idle windows are dropped first, then the map is cleared (a flood of distinct keys must
+/// not grow memory).
 #[derive(Debug)]
 pub struct FailureThrottle {
     windows: HashMap<String, SlidingWindow>,

@@ -1,6 +1,8 @@
 //! Accounts: registration, login, tokens to users, the external provider's first login, and
 //! the user search.
 
+use std::net::IpAddr;
+
 use super::auth::{self, ExternalClaims, Identity};
 use super::views::{PublicUser, UserView};
 use super::{ApiError, App, AuthFailure, Refusal, storage_failed};
@@ -16,8 +18,11 @@ fn unavailable(error: StoreError) -> ApiError {
 }
 
 impl App {
+    /// Registers a user; `client` is the client's address (at most
+    /// `Policy::registrations_per_address` registrations per address and window).
     pub async fn register(
         &self,
+        client: IpAddr,
         name: &str,
         email: &str,
         password: &str,
@@ -32,6 +37,15 @@ impl App {
             .is_some()
         {
             return Err(ApiError::EmailTaken);
+        }
+        // Counted before hashing, so a flood of registrations costs no argon2 time either.
+        if !self
+            .registrations
+            .lock()
+            .expect("never poisoned")
+            .try_record(client, self.now_ms())
+        {
+            return Err(ApiError::TooManyRegistrations);
         }
         let salt: [u8; 16] = self.ids.lock().expect("never poisoned").bytes();
         let password = password.to_owned();
@@ -58,14 +72,21 @@ impl App {
         }
     }
 
-    pub async fn login(&self, email: &str, password: &str) -> Result<(String, UserView), ApiError> {
+    /// Logs in; failures are counted per (`client` address, account) and per `client` address,
+    /// so an attacker elsewhere cannot lock the user out.
+    pub async fn login(
+        &self,
+        client: IpAddr,
+        email: &str,
+        password: &str,
+    ) -> Result<(String, UserView), ApiError> {
         let key = email.trim().to_lowercase();
         let now = self.now_ms();
         if self
             .login_throttle
             .lock()
             .expect("never poisoned")
-            .is_blocked(&key, now)
+            .is_blocked(client, &key, now)
         {
             return Err(ApiError::TooManyAttempts);
         }
@@ -92,7 +113,7 @@ impl App {
                 self.login_throttle
                     .lock()
                     .expect("never poisoned")
-                    .record_failure(&key, now);
+                    .record_failure(client, &key, now);
                 Err(ApiError::InvalidCredentials)
             }
         }

@@ -20,9 +20,10 @@ use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::address::{AddressWindows, LoginBounds, LoginThrottle};
 use crate::domain::ids::IdMinter;
 use crate::domain::presence::Presence;
-use crate::domain::rate::{BucketShape, FailureThrottle, KeyedLimiter};
+use crate::domain::rate::{BucketShape, KeyedLimiter};
 use crate::domain::validate::{FieldError, MessageError};
 use crate::limits::*;
 use crate::storage::{Store, StoreError, StoreWriter};
@@ -44,6 +45,8 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("Too many attempts, try again later")]
     TooManyAttempts,
+    #[error("Too many registrations from this address, try again later")]
+    TooManyRegistrations,
     #[error("Email already registered")]
     EmailTaken,
     #[error("{0}")]
@@ -131,6 +134,8 @@ pub struct Policy {
     pub max_text_chars: usize,
     pub send: BucketShape,
     pub presence: PresenceRules,
+    /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
+    pub registrations_per_address: u32,
 }
 
 impl From<&Config> for Policy {
@@ -145,6 +150,7 @@ impl From<&Config> for Policy {
                 grace: config.presence_grace,
                 tick: config.presence_tick,
             },
+            registrations_per_address: config.registrations_per_address,
         }
     }
 }
@@ -164,7 +170,8 @@ pub struct App {
     search_limiter: Mutex<KeyedLimiter>,
     members: ClearingCache<Members>,
     profiles: ClearingCache<PublicUser>,
-    login_throttle: Mutex<FailureThrottle>,
+    login_throttle: Mutex<LoginThrottle>,
+    registrations: Mutex<AddressWindows>,
     /// Bounds concurrent argon2 runs (memory and CPU).
     hashing: Semaphore,
     /// Verified against when a login names an unknown email, so that the answer takes as long as
@@ -183,6 +190,11 @@ impl App {
     ) -> Self {
         let decoy_hash = auth::hash_password("decoy password", &ids.bytes());
         let grace_ms = u64::try_from(policy.presence.grace.as_millis()).unwrap_or(u64::MAX);
+        let registrations = AddressWindows::new(
+            policy.registrations_per_address,
+            REGISTRATION_WINDOW_MS,
+            REGISTRATION_TRACKED_ADDRESSES_MAX,
+        );
         Self {
             store,
             writer,
@@ -201,11 +213,13 @@ impl App {
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,
             presence: tokio::sync::Mutex::new(Presence::new(grace_ms)),
-            login_throttle: Mutex::new(FailureThrottle::new(
-                LOGIN_FAILURES_MAX,
-                LOGIN_WINDOW_MS,
-                LOGIN_TRACKED_EMAILS_MAX,
-            )),
+            login_throttle: Mutex::new(LoginThrottle::new(LoginBounds {
+                failures_per_account: LOGIN_FAILURES_MAX,
+                failures_per_address: LOGIN_ADDRESS_FAILURES_MAX,
+                window_ms: LOGIN_WINDOW_MS,
+                tracked_keys: LOGIN_TRACKED_KEYS_MAX,
+            })),
+            registrations: Mutex::new(registrations),
             hashing: Semaphore::new(PASSWORD_HASHES_CONCURRENT),
             decoy_hash,
         }

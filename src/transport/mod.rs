@@ -6,6 +6,8 @@
 //! writer's commit feed: a REST POST and a socket `send-message` alike only append and answer.
 //! `web` serves the embedded web client.
 
+pub mod client_addr;
+pub mod connections;
 pub mod payload;
 pub mod request_head;
 pub mod rest;
@@ -25,6 +27,8 @@ use crate::storage::CommitSubscriber;
 pub struct Shared {
     pub app: Arc<App>,
     pub io: SocketIo,
+    /// Peers whose `X-Forwarded-For` names the client (`client_addr`).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// The room of every socket of one user.

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::client_addr::ClientAddr;
 use super::{Shared, payload};
 use crate::domain::page::Anchor;
 use crate::service::{ApiError, AuthFailure, Refusal};
@@ -47,6 +48,12 @@ fn error(status: StatusCode, message: &str) -> Response {
 /// The error of a REST call, with its status.
 pub struct RestError(StatusCode, String);
 
+impl RestError {
+    pub fn new(status: StatusCode, message: &str) -> Self {
+        Self(status, message.into())
+    }
+}
+
 impl IntoResponse for RestError {
     fn into_response(self) -> Response {
         error(self.0, &self.1)
@@ -58,7 +65,9 @@ impl From<ApiError> for RestError {
         let status = match &e {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
-            ApiError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyAttempts | ApiError::TooManyRegistrations => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Refused(refusal) => refusal_status(*refusal),
@@ -190,6 +199,7 @@ struct RegisterBody {
 
 async fn register(
     State(shared): State<Shared>,
+    ClientAddr(client): ClientAddr,
     Body(body): Body<RegisterBody>,
 ) -> Result<Response, RestError> {
     let (name, email, password) = (
@@ -197,7 +207,10 @@ async fn register(
         body.email.unwrap_or_default(),
         body.password.unwrap_or_default(),
     );
-    let (token, user) = shared.app.register(&name, &email, &password).await?;
+    let (token, user) = shared
+        .app
+        .register(client, &name, &email, &password)
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "token": token, "user": user })),
@@ -213,11 +226,13 @@ struct LoginBody {
 
 async fn login(
     State(shared): State<Shared>,
+    ClientAddr(client): ClientAddr,
     Body(body): Body<LoginBody>,
 ) -> Result<Response, RestError> {
     let (token, user) = shared
         .app
         .login(
+            client,
             &body.email.unwrap_or_default(),
             &body.password.unwrap_or_default(),
         )

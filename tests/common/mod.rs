@@ -28,11 +28,12 @@ fn install_tls_provider() {
     });
 }
 
-/// Send limits high enough that only the rate-limit tests meet them.
+/// Send and registration limits high enough that only the tests of those limits meet them.
 pub fn relaxed_config() -> Config {
     Config {
         send_rate_per_sec: 100_000,
         send_burst: 100_000,
+        registrations_per_address: 100_000,
         ..Config::default()
     }
 }

@@ -19,8 +19,16 @@ export { assert };
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
-/** Limits that make every test except the rate-limit tests immune to send throttling. */
-export const RAISED_LIMITS = { PALAVER_SEND_RATE_PER_SEC: '100000', PALAVER_SEND_BURST: '100000' };
+/**
+ * Limits that make every test except the rate-limit tests immune to send throttling, and to the
+ * per-address limits (every test client comes from 127.0.0.1).
+ */
+export const RAISED_LIMITS = {
+  PALAVER_SEND_RATE_PER_SEC: '100000',
+  PALAVER_SEND_BURST: '100000',
+  PALAVER_REGISTRATIONS_PER_ADDRESS: '100000',
+  PALAVER_CONNECTIONS_PER_ADDRESS: '100000',
+};
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
