@@ -41,6 +41,23 @@ pub const WS_READ_BUFFER_BYTES: usize = 1024;
 /// History pages (`limit` query) and `sync`.
 pub const PAGE_DEFAULT: u32 = 100;
 pub const PAGE_MAX: u32 = 500;
+/// A `sync` ack or a history page as serialised JSON, escapes included (a control character
+/// escapes to 6 bytes, so 4,000 of them make a 24 KB text): a reply stops adding messages at
+/// this bound (`sync` then says `hasMore`), but always holds at least one, so a client makes
+/// progress. 500 ordinary messages (~300 bytes each) fit.
+pub const REPLY_BYTES_MAX: usize = 256 * 1024;
+/// `sync` events and history reads (`GET /api/messages/chat/:id`) per user: a token bucket
+/// shared by both. A client catching up after a reconnect syncs each chat it shows, page by page;
+/// the burst covers that, the rate keeps a flood to REPLY_BYTES_MAX × 20 a second per user.
+pub const READS_PER_SEC: u32 = 20;
+pub const READS_BURST: u32 = 100;
+/// Reply bytes (`sync` acks) one socket may have sent beyond what a client reading at
+/// `SOCKET_READ_BYTES_PER_SEC_MIN` would have read; a reply past it disconnects the socket.
+/// socketioxide counts a socket's outgoing queue in packets and says nothing of what was flushed,
+/// so this leaky bucket is what bounds the bytes a socket that stops reading can pin
+/// (docs/security-notes-flood.md). A client that reads catches up below the drain rate.
+pub const SOCKET_UNREAD_BYTES_MAX: u32 = 8 * 1024 * 1024;
+pub const SOCKET_READ_BYTES_PER_SEC_MIN: u32 = 512 * 1024;
 /// `GET /api/users`.
 pub const USERS_PAGE_DEFAULT: u32 = 50;
 pub const USERS_PAGE_MAX: u32 = 200;
@@ -123,3 +140,7 @@ const _: () = assert!(COMMIT_FEED_SHARDS >= 1 && COMMIT_FEED_QUEUE_MAX >= WRITE_
 const _: () = assert!(SOCKET_EVENTS_QUEUED_MAX >= TYPING_PER_SEC);
 const _: () = assert!(PAGE_DEFAULT <= PAGE_MAX && USERS_PAGE_DEFAULT <= USERS_PAGE_MAX);
 const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);
+// One message of the longest text, every character escaped to 6 bytes, fits in a reply, and a
+// socket's budget holds many replies.
+const _: () = assert!(TEXT_CHARS_CEILING * 6 + 2048 <= REPLY_BYTES_MAX);
+const _: () = assert!(REPLY_BYTES_MAX * 8 <= SOCKET_UNREAD_BYTES_MAX as usize);

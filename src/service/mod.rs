@@ -93,6 +93,9 @@ pub enum Refusal {
     /// The socket has more events waiting to be handled than it may queue.
     #[error("Server busy")]
     Busy,
+    /// The user reads (`sync`, history) faster than `READS_PER_SEC`.
+    #[error("Too many requests")]
+    TooManyRequests,
 }
 
 impl From<MessageError> for Refusal {
@@ -155,6 +158,8 @@ pub struct App {
     /// that transitions reach every observer in the order they happened.
     presence: tokio::sync::Mutex<Presence>,
     send_limiter: Mutex<KeyedLimiter>,
+    /// `sync` and history reads per user.
+    read_limiter: Mutex<KeyedLimiter>,
     members: ClearingCache<Members>,
     profiles: ClearingCache<PublicUser>,
     login_throttle: Mutex<FailureThrottle>,
@@ -182,6 +187,13 @@ impl App {
             ids: Mutex::new(ids),
             tokens,
             send_limiter: Mutex::new(KeyedLimiter::new(policy.send, SEND_BUCKETS_MAX)),
+            read_limiter: Mutex::new(KeyedLimiter::new(
+                BucketShape {
+                    per_sec: READS_PER_SEC,
+                    burst: READS_BURST,
+                },
+                SEND_BUCKETS_MAX,
+            )),
             members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,

@@ -15,8 +15,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::wire::{self, Keep};
 use super::{Shared, payload};
 use crate::domain::page::Anchor;
+use crate::limits::REPLY_BYTES_MAX;
 use crate::service::{ApiError, AuthFailure, Refusal};
 use crate::storage::UserRecord;
 
@@ -77,7 +79,7 @@ impl From<Refusal> for RestError {
 fn refusal_status(refusal: Refusal) -> StatusCode {
     match refusal {
         Refusal::ChatNotFound => StatusCode::NOT_FOUND,
-        Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::RateLimited | Refusal::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         Refusal::SendFailed | Refusal::Unavailable | Refusal::Busy => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -275,7 +277,14 @@ async fn history(
         (None, None) => Anchor::Newest,
     };
     let limit = number(&query, "limit")?;
-    Ok(Json(shared.app.history(&user.id, &chat_id, anchor, limit)?).into_response())
+    let mut page = shared.app.history(&user.id, &chat_id, anchor, limit)?;
+    // A shorter page, never `hasMore`: the client pages on from the seqs it got.
+    let keep = match anchor {
+        Anchor::After(_) => Keep::Lowest,
+        Anchor::Before(_) | Anchor::Newest => Keep::Highest,
+    };
+    wire::fit_to_bytes(&mut page, REPLY_BYTES_MAX, keep);
+    Ok(Json(page).into_response())
 }
 
 #[derive(Deserialize)]

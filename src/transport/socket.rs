@@ -22,9 +22,14 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::Socket;
 use tokio::sync::{Notify, mpsc};
 
+use super::wire::{self, Keep};
 use super::{PRESENCE_ROOM, chat_room, payload, user_room};
+use crate::domain::rate::{BucketShape, TokenBucket};
 use crate::domain::typing::Typing;
-use crate::limits::{SOCKET_EVENTS_QUEUED_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC, TYPING_STALE_MS};
+use crate::limits::{
+    REPLY_BYTES_MAX, SOCKET_EVENTS_QUEUED_MAX, SOCKET_READ_BYTES_PER_SEC_MIN,
+    SOCKET_UNREAD_BYTES_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC, TYPING_STALE_MS,
+};
 use crate::service::views::MessageView;
 use crate::service::{App, AuthFailure, Refusal, Transition};
 use crate::storage::UserRecord;
@@ -107,6 +112,8 @@ async fn authenticate(
         app: Arc::clone(&app),
         user: Arc::clone(&user),
         typing: Typing::new(TYPING_PER_SEC, TYPING_STALE_MS, TYPING_CHATS_MAX),
+        unread: TokenBucket::full(UNREAD_SHAPE, app.now_ms()),
+        dropped: false,
     };
     tokio::spawn(handler.run(events, closed));
     socket.on("join-chat", queued::<JoinChat>);
@@ -259,6 +266,13 @@ impl<E: QueuedEvent> FromMessageParts<LocalAdapter> for Queued<E> {
 
 async fn queued<E: QueuedEvent>(_: Queued<E>) {}
 
+/// The reply bytes a socket may have unread (see `SOCKET_UNREAD_BYTES_MAX`): a bucket of bytes
+/// that refills as fast as the slowest client we serve reads.
+const UNREAD_SHAPE: BucketShape = BucketShape {
+    per_sec: SOCKET_READ_BYTES_PER_SEC_MIN,
+    burst: SOCKET_UNREAD_BYTES_MAX,
+};
+
 /// Handles one socket's events, one at a time, until the socket closes.
 struct Handler {
     socket: SocketRef,
@@ -266,6 +280,10 @@ struct Handler {
     app: Arc<App>,
     user: Arc<UserRecord>,
     typing: Typing,
+    /// What is left of the socket's budget of reply bytes not yet read.
+    unread: TokenBucket,
+    /// Set when the socket overran its budget and was disconnected: its events are not handled.
+    dropped: bool,
 }
 
 impl Handler {
@@ -285,7 +303,12 @@ impl Handler {
                 biased;
                 () = closed.notified() => break,
                 event = events.recv() => match event {
-                    Some(event) => self.handle(event).await,
+                    Some(event) => {
+                        self.handle(event).await;
+                        if self.dropped {
+                            break;
+                        }
+                    }
                     None => break,
                 },
                 () = wait_stale => {
@@ -322,10 +345,11 @@ impl Handler {
             }
             EventKind::SendMessage => self.send_message(&value, ack).await,
             EventKind::Typing => self.typing(&value).await,
-            EventKind::Sync => {
-                let result = self.sync(&value);
-                answer(&self.socket, ack, result);
-            }
+            EventKind::Sync => match self.sync(&value) {
+                Ok(reply) if !self.within_unread_budget(reply.bytes) => self.drop_socket(),
+                Ok(reply) => answer(&self.socket, ack, Ok(reply.ack)),
+                Err(refusal) => refuse(&self.socket, ack, refusal),
+            },
         }
     }
 
@@ -425,15 +449,43 @@ impl Handler {
             .await;
     }
 
-    fn sync(&self, value: &Value) -> Result<SyncAck, Refusal> {
+    /// The `sync` ack, cut to `REPLY_BYTES_MAX` (a cut page says `hasMore`), with its size.
+    fn sync(&self, value: &Value) -> Result<SyncReply, Refusal> {
         let command = payload::sync(value)?;
-        let (messages, has_more) = self.app.sync(
+        let (mut messages, has_more) = self.app.sync(
             &self.user.id,
             command.chat_id,
             command.after_seq,
             command.limit,
         )?;
-        Ok(SyncAck { messages, has_more })
+        // Room for the ack's envelope and the packet's framing around the array.
+        let fitted = wire::fit_to_bytes(&mut messages, REPLY_BYTES_MAX - 256, Keep::Lowest);
+        Ok(SyncReply {
+            ack: SyncAck {
+                messages,
+                has_more: has_more || fitted.cut,
+            },
+            bytes: fitted.bytes + 256,
+        })
+    }
+
+    /// Spends `bytes` of the socket's budget of unread reply bytes, if it has them.
+    fn within_unread_budget(&mut self, bytes: usize) -> bool {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.unread
+            .try_take_many(UNREAD_SHAPE, bytes, self.app.now_ms())
+    }
+
+    /// Disconnects a socket that asked for more than it reads (past `SOCKET_UNREAD_BYTES_MAX`)
+    /// and stops handling its events. socketioxide refuses to queue the DISCONNECT packet to a
+    /// socket whose queue is full; it is then left out of every room, so nothing more is queued
+    /// for it, and Engine.IO closes it when its heartbeat fails.
+    fn drop_socket(&mut self) {
+        tracing::warn!(user = %self.user.id, "socket disconnected: it does not read its replies");
+        self.dropped = true;
+        if self.socket.clone().disconnect().is_err() {
+            self.socket.leave_all();
+        }
     }
 }
 
@@ -481,6 +533,12 @@ struct NoFields {}
 #[derive(Serialize)]
 struct SentAck<'a> {
     message: &'a MessageView,
+}
+
+/// A `sync` ack with its size in bytes as sent.
+struct SyncReply {
+    ack: SyncAck,
+    bytes: usize,
 }
 
 #[derive(Serialize)]

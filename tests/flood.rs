@@ -1,0 +1,122 @@
+//! Floods and exhaustion over real sockets (issue 16): `sync` and history reads rate-limited per
+//! user and bounded in bytes, a socket that asks for more than it reads disconnected, the
+//! password-hashing queue answering `Server busy` rather than stalling, token revocation and
+//! expiry, and the per-user caps on sockets and typing events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, relaxed_config, start};
+use futures_util::future::join_all;
+use palaver::limits::{READS_BURST, REPLY_BYTES_MAX};
+use serde_json::{Value, json};
+
+/// A text whose every character JSON escapes (`"` → `\"`): 4,000 characters, 8,000 bytes.
+fn escaping_text(i: usize) -> String {
+    format!("{i}{}", "\"".repeat(3999 - i.to_string().len()))
+}
+
+/// Ada and Bob with a chat of `n` messages of escaping text, sent by Ada.
+async fn chat_of_escaping_messages(n: usize) -> (TestServer, String, String, String) {
+    let server = start(relaxed_config()).await;
+    let (ada, _) = server.register("ada").await;
+    let (bob, bob_id) = server.register("bob").await;
+    let chat = server.open_chat(&ada, &bob_id).await;
+    for i in 0..n {
+        let path = format!("/api/messages/chat/{chat}");
+        let (status, body) = server
+            .post(&path, Some(&ada), json!({ "text": escaping_text(i) }))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    (server, ada, bob, chat)
+}
+
+fn seqs(messages: &Value) -> Vec<u64> {
+    messages
+        .as_array()
+        .expect("an array of messages")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_bounded_in_bytes_of_json_with_escapes() {
+    let (server, ada, bob, chat) = chat_of_escaping_messages(40).await;
+    let socket = server.connect(&bob).await;
+
+    let ack = socket
+        .ack("sync", json!({ "chatId": chat, "afterSeq": 0, "limit": 500 }))
+        .await;
+    assert_eq!(ack["ok"], true, "{}", ack["error"]);
+    let synced = seqs(&ack["messages"]);
+    assert!(synced.len() < 40, "cut short: {} messages", synced.len());
+    assert_eq!(synced, (1..=synced.len() as u64).collect::<Vec<_>>());
+    assert_eq!(ack["hasMore"], true, "a cut page has more");
+    let bytes = serde_json::to_vec(&ack["messages"]).unwrap().len();
+    assert!(bytes <= REPLY_BYTES_MAX, "{bytes} bytes");
+    let after = synced.len();
+    let rest = socket
+        .ack("sync", json!({ "chatId": chat, "afterSeq": after, "limit": 500 }))
+        .await;
+    assert_eq!(seqs(&rest["messages"]), ((after as u64 + 1)..=40).collect::<Vec<_>>());
+    assert_eq!(rest["hasMore"], false);
+
+    let (status, newest) = server
+        .get(&format!("/api/messages/chat/{chat}?limit=500"), Some(&ada))
+        .await;
+    assert_eq!(status, 200);
+    let newest = seqs(&newest);
+    assert!(newest.len() < 40 && newest.last() == Some(&40), "{newest:?}");
+    let (_, oldest) = server
+        .get(&format!("/api/messages/chat/{chat}?after=0&limit=500"), Some(&ada))
+        .await;
+    let oldest = seqs(&oldest);
+    assert!(oldest.len() < 40 && oldest.first() == Some(&1), "{oldest:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_history_are_rate_limited_per_user() {
+    let (server, ada, _bob, chat) = chat_of_escaping_messages(1).await;
+    let socket = server.connect(&ada).await;
+    let sync = json!({ "chatId": chat, "afterSeq": 0 });
+    let acks = join_all((0..READS_BURST + 20).map(|_| socket.ack("sync", sync.clone()))).await;
+    let refused: Vec<_> = acks.iter().filter(|a| a["ok"] == false).collect();
+    assert!(!refused.is_empty(), "a flood of sync is limited");
+    assert!(refused.iter().all(|a| a["error"] == "Too many requests"), "{refused:?}");
+
+    // The same user's history reads share the limit: a second socket or REST does not help.
+    let (status, body) = server
+        .get(&format!("/api/messages/chat/{chat}"), Some(&ada))
+        .await;
+    assert_eq!((status, &body["message"]), (429, &json!("Too many requests")));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_asking_for_more_than_it_reads_is_disconnected() {
+    let (server, _ada, bob, chat) = chat_of_escaping_messages(40).await;
+    let socket = server.connect(&bob).await;
+    let sync = json!({ "chatId": chat, "afterSeq": 0, "limit": 500 });
+    let mut answered = 0;
+    for _ in 0..READS_BURST {
+        match socket.client.emit_with_ack("sync", &sync, Duration::from_secs(2)).await {
+            Ok(ack) if ack["ok"] == true => answered += 1,
+            Ok(ack) => panic!("refused: {ack}"),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        answered < READS_BURST as usize,
+        "a socket pulling replies faster than it can have read them is dropped"
+    );
+    assert!(answered >= 8, "it got its budget first: {answered} replies");
+    // The user is not locked out: a new socket is served.
+    let fresh = server.connect(&bob).await;
+    let one = json!({ "chatId": chat, "afterSeq": 39 });
+    assert_eq!(fresh.ack("sync", one).await["ok"], true);
+    server.stop().await;
+}
