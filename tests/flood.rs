@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{TestServer, relaxed_config, start};
 use futures_util::future::join_all;
-use palaver::limits::{READS_BURST, REPLY_BYTES_MAX};
+use palaver::limits::{PASSWORD_HASH_WAIT, READS_BURST, REPLY_BYTES_MAX};
 use serde_json::{Value, json};
 
 /// A text whose every character JSON escapes (`"` → `\"`): 4,000 characters, 8,000 bytes.
@@ -118,5 +118,37 @@ async fn a_socket_asking_for_more_than_it_reads_is_disconnected() {
     let fresh = server.connect(&bob).await;
     let one = json!({ "chatId": chat, "afterSeq": 39 });
     assert_eq!(fresh.ack("sync", one).await["ok"], true);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_beyond_the_hashing_queue_are_answered_busy_at_once() {
+    let server = start(relaxed_config()).await;
+    server.register("ada").await;
+    let login = json!({ "email": "ada@example.com", "password": "password123" });
+    let started = Instant::now();
+    let answers = join_all((0..200).map(|_| async {
+        let (status, body) = server.post("/api/auth/login", None, login.clone()).await;
+        (status, body, started.elapsed())
+    }))
+    .await;
+    let busy: Vec<_> = answers.iter().filter(|(s, ..)| *s == 503).collect();
+    let ok: Vec<_> = answers.iter().filter(|(s, ..)| *s == 200).collect();
+    let slowest = answers.iter().map(|(.., t)| *t).max().unwrap();
+    let first_busy = busy.iter().map(|(.., t)| *t).min();
+    eprintln!(
+        "200 concurrent logins: {} ok, {} busy (first after {first_busy:?}), all answered within {slowest:?}",
+        ok.len(),
+        busy.len()
+    );
+    assert_eq!(ok.len() + busy.len(), 200, "only 200 and 503");
+    assert!(!busy.is_empty(), "the queue for hashing is bounded");
+    assert!(busy.iter().all(|(_, body, _)| body["message"] == "Server busy"));
+    assert!(ok.len() >= 4, "the logins that got a slot succeed");
+    // The client's 200 connections arrive over a second or two on a loaded machine; a refusal
+    // comes at once, or when the wait for a slot runs out.
+    let latest_busy = busy.iter().map(|(.., t)| *t).max().unwrap();
+    assert!(latest_busy < PASSWORD_HASH_WAIT + Duration::from_secs(3), "{latest_busy:?}");
+    assert!(slowest < PASSWORD_HASH_WAIT + Duration::from_secs(5), "none hangs");
     server.stop().await;
 }

@@ -37,7 +37,7 @@ impl App {
         let password = password.to_owned();
         let hash = self
             .cpu(move || auth::hash_password(&password, &salt))
-            .await;
+            .await?;
         let now = self.now_ms();
         let new = NewUser {
             id: self.mint_id(),
@@ -83,7 +83,7 @@ impl App {
             .collect::<String>();
         let matches = self
             .cpu(move || auth::verify_password(&attempt, &phc))
-            .await;
+            .await?;
         match user {
             Some(user) if matches && user.password_hash.is_some() => {
                 Ok((self.tokens.issue(&user.id, now), UserView::from(&user)))

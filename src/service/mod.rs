@@ -53,6 +53,10 @@ pub enum ApiError {
     /// Storage failed (I/O or a corrupt record); the request may succeed later.
     #[error("Storage unavailable")]
     Unavailable,
+    /// Every password-hashing slot is taken and the queue for them is full, or the wait for one
+    /// ran out.
+    #[error("Server busy")]
+    Busy,
 }
 
 impl From<FieldError> for ApiError {
@@ -165,6 +169,8 @@ pub struct App {
     login_throttle: Mutex<FailureThrottle>,
     /// Bounds concurrent argon2 runs (memory and CPU).
     hashing: Semaphore,
+    /// Bounds the requests running or waiting for `hashing`.
+    hashing_queue: Semaphore,
     /// Verified against when a login names an unknown email, so that the answer takes as long as
     /// for a known one and does not reveal which emails exist.
     decoy_hash: String,
@@ -204,6 +210,7 @@ impl App {
                 LOGIN_TRACKED_EMAILS_MAX,
             )),
             hashing: Semaphore::new(PASSWORD_HASHES_CONCURRENT),
+            hashing_queue: Semaphore::new(PASSWORD_HASHES_CONCURRENT + PASSWORD_HASH_WAITERS_MAX),
             decoy_hash,
         }
     }
@@ -224,17 +231,21 @@ impl App {
 
     /// Runs CPU-heavy work (argon2) off the async workers on a multi-threaded runtime; inline on
     /// a current-thread runtime (the simulation), where `spawn_blocking` would stall its clock.
-    async fn cpu<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> R {
-        let _permit = self
-            .hashing
-            .acquire()
+    /// `Busy` when the queue for a hashing slot is full or the wait for one runs out.
+    async fn cpu<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let _queued = self.hashing_queue.try_acquire().map_err(|_| ApiError::Busy)?;
+        let _permit = tokio::time::timeout(PASSWORD_HASH_WAIT, self.hashing.acquire())
             .await
+            .map_err(|_| ApiError::Busy)?
             .expect("semaphore never closed");
-        match tokio::runtime::Handle::current().runtime_flavor() {
+        Ok(match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => work(),
             _ => tokio::task::spawn_blocking(work)
                 .await
                 .expect("password hashing does not panic"),
-        }
+        })
     }
 }

@@ -64,7 +64,7 @@ impl From<ApiError> for RestError {
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Refused(refusal) => refusal_status(*refusal),
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
         RestError(status, e.to_string())
     }
