@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::limits::{
-    JWT_SECRET_BYTES_MIN, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
-    TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX,
+    JWT_SECRET_BYTES_MIN, SEND_BURST_CEILING, SEND_RATE_CEILING, SOCKETS_PER_USER_CEILING,
+    SOCKETS_PER_USER_DEFAULT, TEXT_CHARS_CEILING, TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT,
+    TOKEN_TTL_MAX,
 };
 
 #[derive(Debug, Parser)]
@@ -77,6 +78,9 @@ pub struct ServeArgs {
     /// Serve the web client at `/` (`true` or `false`; `false`: API only, `/` answers 404).
     #[arg(long, env = "PALAVER_WEB")]
     pub web: Option<String>,
+    /// Sockets one user may have open at once; one more is refused at the handshake.
+    #[arg(long, env = "PALAVER_MAX_SOCKETS_PER_USER")]
+    pub max_sockets_per_user: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Numbers may be written as numbers or strings.
@@ -96,6 +100,7 @@ struct FileSettings {
     send_burst: Option<toml::Value>,
     max_text_chars: Option<toml::Value>,
     web: Option<toml::Value>,
+    max_sockets_per_user: Option<toml::Value>,
 }
 
 /// Where the external identity provider's keys come from.
@@ -128,6 +133,7 @@ pub struct Config {
     pub max_text_chars: usize,
     /// Whether `/` serves the embedded web client.
     pub web: bool,
+    pub max_sockets_per_user: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -144,6 +150,7 @@ impl std::fmt::Debug for Config {
             .field("send_burst", &self.send_burst)
             .field("max_text_chars", &self.max_text_chars)
             .field("web", &self.web)
+            .field("max_sockets_per_user", &self.max_sockets_per_user)
             .finish()
     }
 }
@@ -180,6 +187,7 @@ impl Default for Config {
             send_burst: 30,
             max_text_chars: TEXT_CHARS_DEFAULT,
             web: true,
+            max_sockets_per_user: SOCKETS_PER_USER_DEFAULT,
         }
     }
 }
@@ -260,6 +268,10 @@ impl Config {
         }
         if let Some(web) = text(args.web, file.web) {
             config.web = parse_bool(&web, "PALAVER_WEB")?;
+        }
+        if let Some(max) = text(args.max_sockets_per_user, file.max_sockets_per_user) {
+            config.max_sockets_per_user =
+                parse_positive(&max, "PALAVER_MAX_SOCKETS_PER_USER", SOCKETS_PER_USER_CEILING)?;
         }
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),

@@ -83,6 +83,13 @@ pub const LOGIN_FAILURES_MAX: usize = 10;
 pub const LOGIN_WINDOW_MS: u64 = 60_000;
 /// Emails tracked by the login throttle; the oldest windows are dropped past this.
 pub const LOGIN_TRACKED_EMAILS_MAX: usize = 100_000;
+/// Sockets one user may have open at once (`PALAVER_MAX_SOCKETS_PER_USER`): a user's tabs and
+/// devices, far below what would let one account pin the server's memory.
+pub const SOCKETS_PER_USER_DEFAULT: u32 = 32;
+pub const SOCKETS_PER_USER_CEILING: u32 = 10_000;
+/// `typing` `true` events shown per user per second, over all of the user's sockets (each
+/// socket also has `TYPING_PER_SEC`), so that many tabs do not multiply what the others see.
+pub const TYPING_PER_USER_PER_SEC: u32 = 10;
 /// `typing` `true` events shown per socket per second (a `false` is always shown once for a
 /// shown `true`).
 pub const TYPING_PER_SEC: usize = 5;
@@ -144,6 +151,8 @@ const _: () = assert!(CHAT_MEMBERS_MAX >= 2);
 const _: () = assert!(TOKEN_TTL_DEFAULT.as_secs() <= TOKEN_TTL_MAX.as_secs());
 const _: () = assert!(COMMIT_FEED_SHARDS >= 1 && COMMIT_FEED_QUEUE_MAX >= WRITE_BATCH_MAX);
 const _: () = assert!(SOCKET_EVENTS_QUEUED_MAX >= TYPING_PER_SEC);
+const _: () = assert!(SOCKETS_PER_USER_DEFAULT <= SOCKETS_PER_USER_CEILING);
+const _: () = assert!(TYPING_PER_USER_PER_SEC as usize >= TYPING_PER_SEC);
 const _: () = assert!(PAGE_DEFAULT <= PAGE_MAX && USERS_PAGE_DEFAULT <= USERS_PAGE_MAX);
 const _: () = assert!(WRITE_BATCH_MAX <= WRITE_QUEUE_MAX);
 // One message of the longest text, every character escaped to 6 bytes, fits in a reply, and a

@@ -152,3 +152,63 @@ async fn concurrent_logins_beyond_the_hashing_queue_are_answered_busy_at_once() 
     assert!(slowest < PASSWORD_HASH_WAIT + Duration::from_secs(5), "none hangs");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_past_the_per_user_cap_is_refused_at_the_handshake() {
+    let server = start(palaver::config::Config {
+        max_sockets_per_user: 3,
+        ..relaxed_config()
+    })
+    .await;
+    let (ada, _) = server.register("ada").await;
+    let (bob, _) = server.register("bob").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(server.connect(&ada).await);
+    }
+    assert_eq!(server.connect_refused(&ada).await, "Too many connections");
+    let _others_unaffected = server.connect(&bob).await;
+
+    // A closed socket makes room again.
+    open.pop().unwrap().client.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        match palaver_client::connect(stream, &server.addr.to_string(), &ada).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no room after a close: {e}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_limited_per_user_over_all_sockets_and_every_shown_true_ends() {
+    let server = start(relaxed_config()).await;
+    let (ada, _) = server.register("ada").await;
+    let (bob, bob_id) = server.register("bob").await;
+    let chat = server.open_chat(&ada, &bob_id).await;
+    let mut watcher = server.connect(&bob).await;
+    let tabs = join_all((0..20).map(|_| server.connect(&ada))).await;
+
+    let start_typing = json!({ "chatId": chat, "isTyping": true });
+    join_all(tabs.iter().map(|tab| tab.client.emit("typing", &start_typing))).await;
+    let shown = watcher.drain("typing", Duration::from_millis(500)).await;
+    assert!(shown.iter().all(|t| t["isTyping"] == true));
+    let limit = palaver::limits::TYPING_PER_USER_PER_SEC as usize;
+    assert!(
+        (1..=limit + 2).contains(&shown.len()),
+        "20 tabs showed {} trues",
+        shown.len()
+    );
+
+    let stop_typing = json!({ "chatId": chat, "isTyping": false });
+    join_all(tabs.iter().map(|tab| tab.client.emit("typing", &stop_typing))).await;
+    let ended = watcher.drain("typing", Duration::from_millis(500)).await;
+    assert!(ended.iter().all(|t| t["isTyping"] == false));
+    assert_eq!(ended.len(), shown.len(), "every shown true ends, no other false is sent");
+    server.stop().await;
+}

@@ -121,6 +121,9 @@ pub enum AuthFailure {
     UserNotFound,
     #[error("Storage unavailable")]
     Unavailable,
+    /// The user has `max_sockets_per_user` sockets open already.
+    #[error("Too many connections")]
+    TooManySockets,
 }
 
 /// Logs a storage failure (its table and key when a record is corrupt) and answers `answer`:
@@ -137,6 +140,7 @@ pub(crate) fn storage_failed<E>(answer: E) -> impl FnOnce(StoreError) -> E {
 pub struct Policy {
     pub max_text_chars: usize,
     pub send: BucketShape,
+    pub max_sockets_per_user: u32,
 }
 
 impl From<&Config> for Policy {
@@ -147,6 +151,7 @@ impl From<&Config> for Policy {
                 per_sec: config.send_rate_per_sec,
                 burst: config.send_burst,
             },
+            max_sockets_per_user: config.max_sockets_per_user,
         }
     }
 }
@@ -164,6 +169,8 @@ pub struct App {
     send_limiter: Mutex<KeyedLimiter>,
     /// `sync` and history reads per user.
     read_limiter: Mutex<KeyedLimiter>,
+    /// `typing` `true`s shown per user, over all of their sockets.
+    typing_limiter: Mutex<KeyedLimiter>,
     members: ClearingCache<Members>,
     profiles: ClearingCache<PublicUser>,
     login_throttle: Mutex<FailureThrottle>,
@@ -200,6 +207,13 @@ impl App {
                 },
                 SEND_BUCKETS_MAX,
             )),
+            typing_limiter: Mutex::new(KeyedLimiter::new(
+                BucketShape {
+                    per_sec: TYPING_PER_USER_PER_SEC,
+                    burst: TYPING_PER_USER_PER_SEC,
+                },
+                SEND_BUCKETS_MAX,
+            )),
             members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,
@@ -222,6 +236,13 @@ impl App {
     /// The token issuer and verifier (tests and tools issue tokens for existing users).
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// Takes one of `user`'s tokens for showing a `typing` `true`.
+    pub fn take_typing(&self, user: &str) -> bool {
+        let now = self.now_ms();
+        let mut limiter = self.typing_limiter.lock().expect("never poisoned");
+        limiter.try_take(user, now)
     }
 
     fn mint_id(&self) -> String {

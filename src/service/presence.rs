@@ -22,6 +22,7 @@ pub enum Transition {
 /// Exclusive use of the presence count, held while transitions are announced.
 pub struct PresenceDesk<'a> {
     presence: MutexGuard<'a, Presence>,
+    sockets_per_user: u32,
 }
 
 impl App {
@@ -29,6 +30,7 @@ impl App {
     pub async fn presence(&self) -> PresenceDesk<'_> {
         PresenceDesk {
             presence: self.presence.lock().await,
+            sockets_per_user: self.policy.max_sockets_per_user,
         }
     }
 
@@ -41,6 +43,11 @@ impl App {
 }
 
 impl PresenceDesk<'_> {
+    /// Whether `user` has as many connections as one user may have (`max_sockets_per_user`).
+    pub fn is_full(&self, user: &str) -> bool {
+        self.presence.connections_of(user) >= self.sockets_per_user
+    }
+
     /// Counts connection `conn` of `user`; `Online` when it is the user's first.
     pub fn connect(&mut self, conn: &str, user: &str) -> Option<Transition> {
         self.presence

@@ -98,6 +98,12 @@ async fn authenticate(
 ) -> Result<(), AuthFailure> {
     let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
     let user = Arc::new(app.authenticate(&token).await?);
+    // Held until the socket is counted, so that concurrent handshakes cannot pass the cap on
+    // sockets per user together.
+    let mut presence = app.presence().await;
+    if presence.is_full(&user.id) {
+        return Err(AuthFailure::TooManySockets);
+    }
     socket.join(user_room(&user.id));
     let (inbox, events) = mpsc::channel(SOCKET_EVENTS_QUEUED_MAX);
     let closed = Arc::new(Notify::new());
@@ -124,7 +130,6 @@ async fn authenticate(
     socket.on_disconnect(on_disconnect);
     // Counted before the client learns it is connected, so that a tab closed right after
     // another one opened never sees its user flicker offline.
-    let mut presence = app.presence().await;
     if let Some(transition) = presence.connect(&socket.id.to_string(), &user.id) {
         // Not yet in the presence room: the newcomer is not told about itself.
         announce(&io, transition).await;
@@ -415,7 +420,9 @@ impl Handler {
             return;
         }
         let show = if is_typing {
-            self.typing.start(chat_id, self.app.now_ms())
+            let (app, user) = (&self.app, &self.user.id);
+            self.typing
+                .start_if(chat_id, app.now_ms(), || app.take_typing(user))
         } else {
             self.typing.stop(chat_id)
         };
