@@ -29,6 +29,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/auth/login", post(login))
         .route("/api/auth/callback", post(external_callback))
         .route("/api/auth/me", get(me))
+        .route("/api/auth/logout", post(logout))
         .route("/api/users", get(users))
         .route("/api/chats", get(chats))
         .route("/api/chats/with/{participant_id}", post(open_chat))
@@ -233,6 +234,16 @@ async fn external_callback(
 ) -> Result<Response, RestError> {
     let token = bearer(&parts).ok_or_else(|| RestError::from(ApiError::Unauthorized))?;
     Ok(Json(shared.app.external_callback(token).await?).into_response())
+}
+
+/// Ends every session of the caller: all their tokens are refused from now on and their
+/// sockets are closed.
+async fn logout(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+) -> Result<StatusCode, RestError> {
+    super::revoke_sessions(&shared.app, &shared.io, &user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn me(Caller(user): Caller) -> Response {

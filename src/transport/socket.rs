@@ -97,7 +97,8 @@ async fn authenticate(
     State(app): State<Arc<App>>,
 ) -> Result<(), AuthFailure> {
     let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
-    let user = Arc::new(app.authenticate(&token).await?);
+    let (user, expires_ms) = app.authenticate_until(&token).await?;
+    let user = Arc::new(user);
     // Held until the socket is counted, so that concurrent handshakes cannot pass the cap on
     // sockets per user together.
     let mut presence = app.presence().await;
@@ -105,6 +106,12 @@ async fn authenticate(
         return Err(AuthFailure::TooManySockets);
     }
     socket.join(user_room(&user.id));
+    // A logout between the check above and the join would have missed this socket: checked
+    // again now that `revoke_sessions` finds it in the room.
+    if let Err(failure) = app.authenticate(&token).await {
+        socket.leave_all();
+        return Err(failure);
+    }
     let (inbox, events) = mpsc::channel(SOCKET_EVENTS_QUEUED_MAX);
     let closed = Arc::new(Notify::new());
     socket.extensions.insert(Session {
@@ -119,6 +126,7 @@ async fn authenticate(
         user: Arc::clone(&user),
         typing: Typing::new(TYPING_PER_SEC, TYPING_STALE_MS, TYPING_CHATS_MAX),
         unread: TokenBucket::full(UNREAD_SHAPE, app.now_ms()),
+        expires_ms,
         dropped: false,
     };
     tokio::spawn(handler.run(events, closed));
@@ -172,6 +180,19 @@ async fn on_disconnect(
         session.closed.notify_one();
     }
     retire(&socket, &app).await;
+}
+
+/// Disconnects a socket and stops its inbox, so none of its events is handled any more.
+/// socketioxide refuses to queue the DISCONNECT packet to a socket whose outgoing queue is full
+/// (and then leaves it connected); such a socket is taken out of every room instead, so nothing
+/// more is queued for it, and Engine.IO closes it when its heartbeat fails.
+pub(super) fn force_close(socket: &SocketRef) {
+    if let Some(session) = socket.extensions.get::<Session>() {
+        session.closed.notify_one();
+    }
+    if socket.clone().disconnect().is_err() {
+        socket.leave_all();
+    }
 }
 
 /// Uncounts a closed socket; announces `user-offline` when it was its user's last.
@@ -287,6 +308,9 @@ struct Handler {
     typing: Typing,
     /// What is left of the socket's budget of reply bytes not yet read.
     unread: TokenBucket,
+    /// When the token the socket authenticated with expires (ms): the socket is closed then,
+    /// and its client reconnects with a fresh token.
+    expires_ms: u64,
     /// Set when the socket overran its budget and was disconnected: its events are not handled.
     dropped: bool,
 }
@@ -304,9 +328,16 @@ impl Handler {
                     None => std::future::pending().await,
                 }
             };
+            let expired = tokio::time::sleep(std::time::Duration::from_millis(
+                self.expires_ms.saturating_sub(self.app.now_ms()),
+            ));
             tokio::select! {
                 biased;
                 () = closed.notified() => break,
+                () = expired => {
+                    force_close(&self.socket);
+                    break;
+                }
                 event = events.recv() => match event {
                     Some(event) => {
                         self.handle(event).await;
@@ -484,15 +515,11 @@ impl Handler {
     }
 
     /// Disconnects a socket that asked for more than it reads (past `SOCKET_UNREAD_BYTES_MAX`)
-    /// and stops handling its events. socketioxide refuses to queue the DISCONNECT packet to a
-    /// socket whose queue is full; it is then left out of every room, so nothing more is queued
-    /// for it, and Engine.IO closes it when its heartbeat fails.
+    /// and stops handling its events.
     fn drop_socket(&mut self) {
         tracing::warn!(user = %self.user.id, "socket disconnected: it does not read its replies");
         self.dropped = true;
-        if self.socket.clone().disconnect().is_err() {
-            self.socket.leave_all();
-        }
+        force_close(&self.socket);
     }
 }
 
