@@ -270,8 +270,11 @@ impl Config {
             config.web = parse_bool(&web, "PALAVER_WEB")?;
         }
         if let Some(max) = text(args.max_sockets_per_user, file.max_sockets_per_user) {
-            config.max_sockets_per_user =
-                parse_positive(&max, "PALAVER_MAX_SOCKETS_PER_USER", SOCKETS_PER_USER_CEILING)?;
+            config.max_sockets_per_user = parse_positive(
+                &max,
+                "PALAVER_MAX_SOCKETS_PER_USER",
+                SOCKETS_PER_USER_CEILING,
+            )?;
         }
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),

@@ -48,7 +48,10 @@ async fn replies_are_bounded_in_bytes_of_json_with_escapes() {
     let socket = server.connect(&bob).await;
 
     let ack = socket
-        .ack("sync", json!({ "chatId": chat, "afterSeq": 0, "limit": 500 }))
+        .ack(
+            "sync",
+            json!({ "chatId": chat, "afterSeq": 0, "limit": 500 }),
+        )
         .await;
     assert_eq!(ack["ok"], true, "{}", ack["error"]);
     let synced = seqs(&ack["messages"]);
@@ -59,9 +62,15 @@ async fn replies_are_bounded_in_bytes_of_json_with_escapes() {
     assert!(bytes <= REPLY_BYTES_MAX, "{bytes} bytes");
     let after = synced.len();
     let rest = socket
-        .ack("sync", json!({ "chatId": chat, "afterSeq": after, "limit": 500 }))
+        .ack(
+            "sync",
+            json!({ "chatId": chat, "afterSeq": after, "limit": 500 }),
+        )
         .await;
-    assert_eq!(seqs(&rest["messages"]), ((after as u64 + 1)..=40).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&rest["messages"]),
+        ((after as u64 + 1)..=40).collect::<Vec<_>>()
+    );
     assert_eq!(rest["hasMore"], false);
 
     let (status, newest) = server
@@ -69,12 +78,21 @@ async fn replies_are_bounded_in_bytes_of_json_with_escapes() {
         .await;
     assert_eq!(status, 200);
     let newest = seqs(&newest);
-    assert!(newest.len() < 40 && newest.last() == Some(&40), "{newest:?}");
+    assert!(
+        newest.len() < 40 && newest.last() == Some(&40),
+        "{newest:?}"
+    );
     let (_, oldest) = server
-        .get(&format!("/api/messages/chat/{chat}?after=0&limit=500"), Some(&ada))
+        .get(
+            &format!("/api/messages/chat/{chat}?after=0&limit=500"),
+            Some(&ada),
+        )
         .await;
     let oldest = seqs(&oldest);
-    assert!(oldest.len() < 40 && oldest.first() == Some(&1), "{oldest:?}");
+    assert!(
+        oldest.len() < 40 && oldest.first() == Some(&1),
+        "{oldest:?}"
+    );
     server.stop().await;
 }
 
@@ -86,13 +104,19 @@ async fn sync_and_history_are_rate_limited_per_user() {
     let acks = join_all((0..READS_BURST + 20).map(|_| socket.ack("sync", sync.clone()))).await;
     let refused: Vec<_> = acks.iter().filter(|a| a["ok"] == false).collect();
     assert!(!refused.is_empty(), "a flood of sync is limited");
-    assert!(refused.iter().all(|a| a["error"] == "Too many requests"), "{refused:?}");
+    assert!(
+        refused.iter().all(|a| a["error"] == "Too many requests"),
+        "{refused:?}"
+    );
 
     // The same user's history reads share the limit: a second socket or REST does not help.
     let (status, body) = server
         .get(&format!("/api/messages/chat/{chat}"), Some(&ada))
         .await;
-    assert_eq!((status, &body["message"]), (429, &json!("Too many requests")));
+    assert_eq!(
+        (status, &body["message"]),
+        (429, &json!("Too many requests"))
+    );
     server.stop().await;
 }
 
@@ -103,7 +127,11 @@ async fn a_socket_asking_for_more_than_it_reads_is_disconnected() {
     let sync = json!({ "chatId": chat, "afterSeq": 0, "limit": 500 });
     let mut answered = 0;
     for _ in 0..READS_BURST {
-        match socket.client.emit_with_ack("sync", &sync, Duration::from_secs(2)).await {
+        match socket
+            .client
+            .emit_with_ack("sync", &sync, Duration::from_secs(2))
+            .await
+        {
             Ok(ack) if ack["ok"] == true => answered += 1,
             Ok(ack) => panic!("refused: {ack}"),
             Err(_) => break,
@@ -143,12 +171,21 @@ async fn concurrent_logins_beyond_the_hashing_queue_are_answered_busy_at_once() 
     );
     assert_eq!(ok.len() + busy.len(), 200, "only 200 and 503");
     assert!(!busy.is_empty(), "the queue for hashing is bounded");
-    assert!(busy.iter().all(|(_, body, _)| body["message"] == "Server busy"));
+    assert!(
+        busy.iter()
+            .all(|(_, body, _)| body["message"] == "Server busy")
+    );
     assert!(ok.len() >= 4, "the logins that got a slot succeed");
     // Each login's own time: a refusal comes at once, or when the wait for a slot runs out.
     let latest_busy = busy.iter().map(|(.., t)| *t).max().unwrap();
-    assert!(latest_busy < PASSWORD_HASH_WAIT + Duration::from_secs(3), "{latest_busy:?}");
-    assert!(slowest < PASSWORD_HASH_WAIT + Duration::from_secs(5), "none hangs");
+    assert!(
+        latest_busy < PASSWORD_HASH_WAIT + Duration::from_secs(3),
+        "{latest_busy:?}"
+    );
+    assert!(
+        slowest < PASSWORD_HASH_WAIT + Duration::from_secs(5),
+        "none hangs"
+    );
     server.stop().await;
 }
 
@@ -194,7 +231,11 @@ async fn typing_is_limited_per_user_over_all_sockets_and_every_shown_true_ends()
     let tabs = join_all((0..20).map(|_| server.connect(&ada))).await;
 
     let start_typing = json!({ "chatId": chat, "isTyping": true });
-    join_all(tabs.iter().map(|tab| tab.client.emit("typing", &start_typing))).await;
+    join_all(
+        tabs.iter()
+            .map(|tab| tab.client.emit("typing", &start_typing)),
+    )
+    .await;
     let shown = watcher.drain("typing", Duration::from_millis(500)).await;
     assert!(shown.iter().all(|t| t["isTyping"] == true));
     let limit = palaver::limits::TYPING_PER_USER_PER_SEC as usize;
@@ -205,10 +246,18 @@ async fn typing_is_limited_per_user_over_all_sockets_and_every_shown_true_ends()
     );
 
     let stop_typing = json!({ "chatId": chat, "isTyping": false });
-    join_all(tabs.iter().map(|tab| tab.client.emit("typing", &stop_typing))).await;
+    join_all(
+        tabs.iter()
+            .map(|tab| tab.client.emit("typing", &stop_typing)),
+    )
+    .await;
     let ended = watcher.drain("typing", Duration::from_millis(500)).await;
     assert!(ended.iter().all(|t| t["isTyping"] == false));
-    assert_eq!(ended.len(), shown.len(), "every shown true ends, no other false is sent");
+    assert_eq!(
+        ended.len(),
+        shown.len(),
+        "every shown true ends, no other false is sent"
+    );
     server.stop().await;
 }
 
@@ -234,17 +283,27 @@ async fn logout_refuses_every_earlier_token_and_closes_every_socket_durably() {
     let mut tab = server.connect(&registered).await;
     let bobs_tab = server.connect(&bob).await;
 
-    let (status, _) = server.post("/api/auth/logout", Some(&logged_in), json!({})).await;
+    let (status, _) = server
+        .post("/api/auth/logout", Some(&logged_in), json!({}))
+        .await;
     assert_eq!(status, 204);
-    assert!(closed_within(&mut tab, Duration::from_secs(2)).await, "socket closed");
+    assert!(
+        closed_within(&mut tab, Duration::from_secs(2)).await,
+        "socket closed"
+    );
     for token in [&registered, &logged_in] {
         let (status, body) = server.get("/api/auth/me", Some(token)).await;
         assert_eq!((status, &body["message"]), (401, &json!("Unauthorized")));
         assert_eq!(server.connect_refused(token).await, "Unauthorized");
     }
-    let (status, _) = server.post("/api/auth/logout", Some(&logged_in), json!({})).await;
+    let (status, _) = server
+        .post("/api/auth/logout", Some(&logged_in), json!({}))
+        .await;
     assert_eq!(status, 401, "a revoked token cannot log out either");
-    assert!(!bobs_tab.client.is_closed(), "other users keep their sessions");
+    assert!(
+        !bobs_tab.client.is_closed(),
+        "other users keep their sessions"
+    );
     assert_eq!(server.get("/api/auth/me", Some(&bob)).await.0, 200);
 
     let fresh = login(&server, "ada").await;
@@ -275,9 +334,16 @@ async fn a_socket_is_closed_when_its_token_expires() {
     let (ada, _) = server.register("ada").await;
     let mut socket = server.connect(&ada).await;
     let opened = Instant::now();
-    assert!(closed_within(&mut socket, Duration::from_secs(4)).await, "closed at exp");
+    assert!(
+        closed_within(&mut socket, Duration::from_secs(4)).await,
+        "closed at exp"
+    );
     // `exp` counts whole seconds from `iat`, so the token lived between one and two seconds.
-    assert!(opened.elapsed() >= Duration::from_millis(900), "{:?}", opened.elapsed());
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        opened.elapsed()
+    );
     assert_eq!(server.connect_refused(&ada).await, "Unauthorized");
     server.stop().await;
 }

@@ -40,7 +40,12 @@ impl Typing {
     /// [`start`](Self::start) under a second limit (the user's, over all of their sockets):
     /// `user_allows` is asked only for a `true` this socket would show, and a refusal counts
     /// like this socket's own rate.
-    pub fn start_if(&mut self, chat: &str, now_ms: u64, user_allows: impl FnOnce() -> bool) -> bool {
+    pub fn start_if(
+        &mut self,
+        chat: &str,
+        now_ms: u64,
+        user_allows: impl FnOnce() -> bool,
+    ) -> bool {
         let already = self.shown.contains_key(chat);
         if !already && self.shown.len() >= self.max_chats {
             return false;
@@ -131,7 +136,10 @@ mod tests {
         assert!(!typing.start_if("c", 0, || false));
         assert!(!typing.stop("c"), "nothing shown, nothing to end");
         assert!(typing.start_if("c", 10, || true));
-        assert!(!typing.start_if("c", 20, || false), "confirms the shown true");
+        assert!(
+            !typing.start_if("c", 20, || false),
+            "confirms the shown true"
+        );
         assert_eq!(typing.next_stale_at(), Some(5_020));
         assert!(typing.stop("c"), "the shown true still ends");
         let mut ended = typing.stop_all();

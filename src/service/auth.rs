@@ -204,7 +204,8 @@ impl Tokens {
                     generation: Some(claims.generation),
                     issued_ms: Some(claims.iat.saturating_mul(1000)),
                 };
-                check_times(claims.exp, None, now_ms).then_some((Identity::Local(claims.sub), facts))
+                check_times(claims.exp, None, now_ms)
+                    .then_some((Identity::Local(claims.sub), facts))
             }
             Algorithm::RS256 | Algorithm::ES256 => {
                 let external = self.external.as_ref()?;

@@ -257,7 +257,10 @@ impl App {
         &self,
         work: impl FnOnce() -> R + Send + 'static,
     ) -> Result<R, ApiError> {
-        let _queued = self.hashing_queue.try_acquire().map_err(|_| ApiError::Busy)?;
+        let _queued = self
+            .hashing_queue
+            .try_acquire()
+            .map_err(|_| ApiError::Busy)?;
         let _permit = tokio::time::timeout(PASSWORD_HASH_WAIT, self.hashing.acquire())
             .await
             .map_err(|_| ApiError::Busy)?

@@ -420,7 +420,10 @@ impl<'tx> Tables<'tx> {
     }
 
     fn revoke_tokens(&mut self, user: &str, now_ms: u64) -> Result<u64, StoreError> {
-        let current = self.revocations.get(user)?.map_or(0, |entry| entry.value().0);
+        let current = self
+            .revocations
+            .get(user)?
+            .map_or(0, |entry| entry.value().0);
         let next = current + 1;
         self.revocations.insert(user, (next, now_ms))?;
         Ok(next)

@@ -158,7 +158,13 @@ mod tests {
         let mut page: Vec<_> = (1..=3).map(|seq| message(seq, &controls)).collect();
         let fitted = fit_to_bytes(&mut page, 2 * one + 3, Keep::Lowest);
         assert_eq!(seqs(&page), [1, 2]);
-        assert_eq!(fitted, Fitted { cut: true, bytes: 2 * one + 3 });
+        assert_eq!(
+            fitted,
+            Fitted {
+                cut: true,
+                bytes: 2 * one + 3
+            }
+        );
         assert_eq!(fitted.bytes, serde_json::to_vec(&page).unwrap().len());
     }
 
