@@ -706,9 +706,11 @@ async fn escape_heavy_chat(env: &Env, a: &User, b: &User) -> String {
     let chat = open_chat(env, a, b).await;
     for i in 0..40 {
         let text = format!("{i}{}", "\"".repeat(3990));
+        // Half from each member: both stay within their send burst.
+        let sender = if i % 2 == 0 { a } else { b };
         env.post(
             &format!("/api/messages/chat/{chat}"),
-            Some(&a.token),
+            Some(&sender.token),
             json!({ "text": text }),
         )
         .await
@@ -739,6 +741,20 @@ async fn sync_flooder(env: Arc<Env>, token: String, chat: String) {
             .await
             .is_err()
         {
+            continue;
+        }
+        // The CONNECT answer is the last thing this socket reads.
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            while let Some(Ok(message)) = ws.next().await {
+                if let Message::Text(text) = message {
+                    return text.starts_with("40");
+                }
+            }
+            false
+        });
+        if !connected.await.unwrap_or(false) {
+            env.stats.inc("sync flooders: connect refused");
+            sleep_unless_stopped(&env, Duration::from_secs(1)).await;
             continue;
         }
         env.stats.inc("sync flooders: connected");
