@@ -347,3 +347,59 @@ async fn a_socket_is_closed_when_its_token_expires() {
     assert_eq!(server.connect_refused(&ada).await, "Unauthorized");
     server.stop().await;
 }
+
+/// A raw WebSocket through Socket.IO's CONNECT with `token`; the CONNECT answer's text.
+async fn raw_connect(
+    server: &TestServer,
+    token: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    String,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let _open = ws.next().await;
+    let auth = format!("40{}", json!({ "token": token }));
+    ws.send(Message::text(auth)).await.unwrap();
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return (ws, text.to_string()),
+            Some(Ok(_)) => continue,
+            other => panic!("no CONNECT answer: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_reads_while_it_floods_sync_lets_its_user_reconnect() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (server, _ada, bob, chat) = chat_of_escaping_messages(40).await;
+    for round in 0..2 {
+        let (mut ws, answer) = raw_connect(&server, &bob).await;
+        assert!(answer.starts_with("40"), "round {round}: {answer}");
+        let sync = json!(["sync", { "chatId": chat, "afterSeq": 0, "limit": 500 }]);
+        let flood_until = Instant::now() + Duration::from_secs(3);
+        let mut id = 0;
+        while Instant::now() < flood_until {
+            id += 1;
+            if ws
+                .send(Message::text(format!("42{id}{sync}")))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(ws);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fresh = server.connect(&bob).await;
+    let one = json!({ "chatId": chat, "afterSeq": 39 });
+    assert_eq!(fresh.ack("sync", one).await["ok"], true);
+    server.stop().await;
+}
