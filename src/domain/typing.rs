@@ -128,6 +128,9 @@ mod tests {
         assert!(typing.start("a", 0));
         assert!(typing.start("b", 0));
         assert!(!typing.start("c", 0), "a third chat is past the bound");
+        let mut ended = typing.stop_all();
+        ended.sort();
+        assert_eq!(ended, vec!["a".to_string(), "b".to_string()]);
     }
 
     #[test]
@@ -142,8 +145,5 @@ mod tests {
         );
         assert_eq!(typing.next_stale_at(), Some(5_020));
         assert!(typing.stop("c"), "the shown true still ends");
-        let mut ended = typing.stop_all();
-        ended.sort();
-        assert_eq!(ended, vec!["a".to_string(), "b".to_string()]);
     }
 }
