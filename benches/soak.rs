@@ -747,13 +747,15 @@ async fn sync_flooder(env: Arc<Env>, token: String, chat: String) {
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
             while let Some(Ok(message)) = ws.next().await {
                 if let Message::Text(text) = message {
-                    return text.starts_with("40");
+                    return text.chars().take(60).collect::<String>();
                 }
             }
-            false
+            "connection closed".to_owned()
         });
-        if !connected.await.unwrap_or(false) {
-            env.stats.inc("sync flooders: connect refused");
+        let answer = connected.await.unwrap_or_else(|_| "timed out".to_owned());
+        if !answer.starts_with("40") {
+            env.stats
+                .inc(&format!("sync flooders: connect refused: {answer}"));
             sleep_unless_stopped(&env, Duration::from_secs(1)).await;
             continue;
         }
