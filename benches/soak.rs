@@ -18,6 +18,9 @@
 //!   request head one header line every 5 s, each replaced as soon as the server closes it; each
 //!   must be closed within its bound (the server's first-byte and request-head timeouts) plus
 //!   `NEVER_SPEAKING_SLACK`;
+//! - sync flooders: sockets of one user that never read and ask `sync` for a chat of
+//!   escape-heavy messages (each answer ~256 KiB) 50 times a second, reconnecting when dropped;
+//! - a socket hoarder: one user opening sockets until 300 are asked for, past the per-user cap;
 //! - the control group: pairs of users, each sending one message a second with a clientMsgId and
 //!   timing the ack, and counting the partner's `new-message` deliveries.
 //!
@@ -712,6 +715,115 @@ async fn closed_within(
     }
 }
 
+/// Sync flooders run at once (one user), each holding one socket that never reads.
+const SYNC_FLOODERS: usize = 4;
+/// Sockets the hoarder asks for, well past the per-user cap (32 by default).
+const HOARDER_SOCKETS: usize = 300;
+
+/// A chat whose 40 messages each escape to 8,000 bytes of JSON, so that every `sync` answer is
+/// as large as the server lets it be.
+async fn escape_heavy_chat(env: &Env, a: &User, b: &User) -> String {
+    let chat = open_chat(env, a, b).await;
+    for i in 0..40 {
+        let text = format!("{i}{}", "\"".repeat(3990));
+        // Half from each member: both stay within their send burst.
+        let sender = if i % 2 == 0 { a } else { b };
+        env.post(
+            &format!("/api/messages/chat/{chat}"),
+            Some(&sender.token),
+            json!({ "text": text }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("escape-heavy message: {e}"));
+    }
+    chat
+}
+
+/// A socket that never reads and asks for `sync` 50 times a second. The server must drop it
+/// (its unread budget, its heartbeat) and keep its RSS bounded; it reconnects when the server
+/// closed the connection or after a minute.
+async fn sync_flooder(env: Arc<Env>, token: String, chat: String) {
+    let sync = |id: u64| {
+        format!(
+            "42{id}{}",
+            json!(["sync", { "chatId": chat, "afterSeq": 0, "limit": 500 }])
+        )
+    };
+    let mut id = 0;
+    while !env.stopped() {
+        let Ok(mut ws) = raw_socket(&env).await else {
+            env.stats.inc("sync flooders: connect failed");
+            sleep_unless_stopped(&env, Duration::from_secs(1)).await;
+            continue;
+        };
+        if ws
+            .send(Message::text(format!("40{}", json!({ "token": token }))))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        // The CONNECT answer is the last thing this socket reads.
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            while let Some(Ok(message)) = ws.next().await {
+                if let Message::Text(text) = message {
+                    return text.chars().take(60).collect::<String>();
+                }
+            }
+            "connection closed".to_owned()
+        });
+        let answer = connected.await.unwrap_or_else(|_| "timed out".to_owned());
+        if !answer.starts_with("40") {
+            env.stats
+                .inc(&format!("sync flooders: connect refused: {answer}"));
+            sleep_unless_stopped(&env, Duration::from_secs(1)).await;
+            continue;
+        }
+        env.stats.inc("sync flooders: connected");
+        let since = Instant::now();
+        while !env.stopped() && since.elapsed() < Duration::from_secs(60) {
+            id += 1;
+            if ws.send(Message::text(sync(id))).await.is_err() {
+                env.stats.inc("sync flooders: closed by server");
+                break;
+            }
+            env.stats.inc("sync flooders: syncs asked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One user opening sockets until `HOARDER_SOCKETS` were asked for, holding the ones accepted:
+/// more than the cap accepted is a failure of the run.
+async fn socket_hoarder(env: Arc<Env>, token: String) {
+    let mut held = Vec::new();
+    for _ in 0..HOARDER_SOCKETS {
+        if env.stopped() {
+            return;
+        }
+        match env.connect(&token).await {
+            Ok((client, events)) => {
+                env.stats.inc("socket hoarder: accepted");
+                held.push((client, drain(events)));
+            }
+            Err(e) if e.contains("Too many connections") => {
+                env.stats
+                    .inc("socket hoarder: refused (Too many connections)");
+            }
+            Err(_) => env.stats.inc("socket hoarder: other failures"),
+        }
+    }
+    if held.len() > 32 {
+        env.stats.add(
+            "socket hoarder: ACCEPTED? past the cap of 32",
+            held.len() as u64 - 32,
+        );
+    }
+    while !env.stopped() {
+        sleep_unless_stopped(&env, Duration::from_secs(1)).await;
+    }
+}
+
 /// One user sending as fast as the acks come back (64 in flight), plus typing, to chats whose
 /// other members are the slow readers.
 async fn flooder(env: Arc<Env>, token: String, chats: Vec<String>) {
@@ -1176,6 +1288,9 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
     let crowd_users = register_all(&env, "crowd", args.crowd_users).await;
     let slow_users = register_all(&env, "slow", args.slow_readers.max(1)).await;
     let flood = register(&env, "flooder").await;
+    let syncer = register(&env, "syncer").await;
+    let hoarder = register(&env, "hoarder").await;
+    let sync_chat = escape_heavy_chat(&env, &syncer, &flood).await;
     let mut token_of_chat = HashMap::new();
     let mut control_chats = Vec::new();
     for pair in control_users.chunks(2) {
@@ -1192,8 +1307,14 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
 
     // The crowd fills the connection budget left after everyone else. Its first `flippers`
     // users get one connection each, so that storms flip their presence.
-    let others =
-        args.control_pairs * 2 + args.slow_readers + 2 + 32 + args.silent + args.slow_heads;
+    let others = args.control_pairs * 2
+        + args.slow_readers
+        + 2
+        + 32
+        + args.silent
+        + args.slow_heads
+        + SYNC_FLOODERS
+        + 32;
     let crowd_size = args.connections.saturating_sub(others);
     let flippers = (args.crowd_users / 3).max(1);
     let crowd_tokens: Vec<Arc<str>> = (0..crowd_size)
@@ -1228,6 +1349,17 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
         Arc::clone(&env),
         flood.token.clone(),
         flood_chats.clone(),
+    )));
+    for _ in 0..SYNC_FLOODERS {
+        tasks.push(tokio::spawn(sync_flooder(
+            Arc::clone(&env),
+            syncer.token.clone(),
+            sync_chat.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(socket_hoarder(
+        Arc::clone(&env),
+        hoarder.token.clone(),
     )));
     tasks.push(tokio::spawn(garbage(
         Arc::clone(&env),
@@ -1322,7 +1454,7 @@ async fn soak(args: &Args, port: u16, pid: u32, fd_limit: u64) -> Report {
         "## Soak: {} s, {} connections\n\nSetup {setup_secs:.1} s (registration of {} users); load from t={:.0} s. Open-file limit {fd_limit}.\n\n",
         args.secs,
         args.connections,
-        control_users.len() + crowd_users.len() + slow_users.len() + 1,
+        control_users.len() + crowd_users.len() + slow_users.len() + 3,
         started.as_secs_f64()
     ));
     text.push_str("### Control group\n\n| | |\n|---|---|\n");

@@ -16,8 +16,9 @@ use crate::limits::{
     CONNECTIONS_PER_ADDRESS_DEFAULT, FIRST_BYTE_TIMEOUT_DEFAULT, JWT_SECRET_BYTES_MIN,
     PRESENCE_GRACE_CEILING, PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_CEILING, PRESENCE_TICK_DEFAULT,
     REGISTRATIONS_PER_ADDRESS_CEILING, REGISTRATIONS_PER_ADDRESS_DEFAULT,
-    REQUEST_HEAD_TIMEOUT_DEFAULT, SEND_BURST_CEILING, SEND_RATE_CEILING, TEXT_CHARS_CEILING,
-    TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT, TOKEN_TTL_MAX, TRUSTED_PROXIES_MAX,
+    REQUEST_HEAD_TIMEOUT_DEFAULT, SEND_BURST_CEILING, SEND_RATE_CEILING, SOCKETS_PER_USER_CEILING,
+    SOCKETS_PER_USER_DEFAULT, TEXT_CHARS_CEILING, TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT,
+    TOKEN_TTL_MAX, TRUSTED_PROXIES_MAX,
 };
 
 #[derive(Debug, Parser)]
@@ -121,6 +122,9 @@ pub struct ServeArgs {
     /// Registrations per client address per hour.
     #[arg(long, env = "PALAVER_REGISTRATIONS_PER_ADDRESS")]
     pub registrations_per_address: Option<String>,
+    /// Sockets one user may have open at once; one more is refused at the handshake.
+    #[arg(long, env = "PALAVER_MAX_SOCKETS_PER_USER")]
+    pub max_sockets_per_user: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Numbers may be written as numbers or strings.
@@ -151,6 +155,7 @@ struct FileSettings {
     request_head_timeout: Option<toml::Value>,
     socket_io_connect_timeout: Option<toml::Value>,
     registrations_per_address: Option<toml::Value>,
+    max_sockets_per_user: Option<toml::Value>,
 }
 
 /// Where the external identity provider's keys come from.
@@ -215,6 +220,7 @@ pub struct Config {
     pub connections: ConnectionSettings,
     /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
     pub registrations_per_address: u32,
+    pub max_sockets_per_user: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -235,6 +241,7 @@ impl std::fmt::Debug for Config {
             .field("presence_tick", &self.presence_tick)
             .field("connections", &self.connections)
             .field("registrations_per_address", &self.registrations_per_address)
+            .field("max_sockets_per_user", &self.max_sockets_per_user)
             .finish()
     }
 }
@@ -275,6 +282,7 @@ impl Default for Config {
             presence_tick: PRESENCE_TICK_DEFAULT,
             connections: ConnectionSettings::default(),
             registrations_per_address: REGISTRATIONS_PER_ADDRESS_DEFAULT,
+            max_sockets_per_user: SOCKETS_PER_USER_DEFAULT,
         }
     }
 }
@@ -404,6 +412,13 @@ impl Config {
                 &n,
                 "PALAVER_REGISTRATIONS_PER_ADDRESS",
                 REGISTRATIONS_PER_ADDRESS_CEILING,
+            )?;
+        }
+        if let Some(max) = text(args.max_sockets_per_user, file.max_sockets_per_user) {
+            config.max_sockets_per_user = parse_positive(
+                &max,
+                "PALAVER_MAX_SOCKETS_PER_USER",
+                SOCKETS_PER_USER_CEILING,
             )?;
         }
         config.external_auth = external_auth(

@@ -48,6 +48,23 @@ pub const WS_READ_BUFFER_BYTES: usize = 1024;
 /// History pages (`limit` query) and `sync`.
 pub const PAGE_DEFAULT: u32 = 100;
 pub const PAGE_MAX: u32 = 500;
+/// A `sync` ack or a history page as serialised JSON, escapes included (a control character
+/// escapes to 6 bytes, so 4,000 of them make a 24 KB text): a reply stops adding messages at
+/// this bound (`sync` then says `hasMore`), but always holds at least one, so a client makes
+/// progress. 500 ordinary messages (~300 bytes each) fit.
+pub const REPLY_BYTES_MAX: usize = 256 * 1024;
+/// `sync` events and history reads (`GET /api/messages/chat/:id`) per user: a token bucket
+/// shared by both. A client catching up after a reconnect syncs each chat it shows, page by page;
+/// the burst covers that, the rate keeps a flood to REPLY_BYTES_MAX × 20 a second per user.
+pub const READS_PER_SEC: u32 = 20;
+pub const READS_BURST: u32 = 100;
+/// Reply bytes (`sync` acks) one socket may have sent beyond what a client reading at
+/// `SOCKET_READ_BYTES_PER_SEC_MIN` would have read; a reply past it disconnects the socket.
+/// socketioxide counts a socket's outgoing queue in packets and says nothing of what was flushed,
+/// so this leaky bucket is what bounds the bytes a socket that stops reading can pin
+/// (docs/security-notes-flood.md). A client that reads catches up below the drain rate.
+pub const SOCKET_UNREAD_BYTES_MAX: u32 = 8 * 1024 * 1024;
+pub const SOCKET_READ_BYTES_PER_SEC_MIN: u32 = 512 * 1024;
 /// `GET /api/users`.
 pub const USERS_PAGE_DEFAULT: u32 = 50;
 pub const USERS_PAGE_MAX: u32 = 200;
@@ -80,6 +97,13 @@ pub const COMMIT_FEED_QUEUE_MAX: usize = 4096;
 /// Failed logins per (client address, account) within `LOGIN_WINDOW_MS` before answering 429.
 pub const LOGIN_FAILURES_MAX: usize = 10;
 pub const LOGIN_WINDOW_MS: u64 = 60_000;
+/// Sockets one user may have open at once (`PALAVER_MAX_SOCKETS_PER_USER`): a user's tabs and
+/// devices, far below what would let one account pin the server's memory.
+pub const SOCKETS_PER_USER_DEFAULT: u32 = 32;
+pub const SOCKETS_PER_USER_CEILING: u32 = 10_000;
+/// `typing` `true` events shown per user per second, over all of the user's sockets (each
+/// socket also has `TYPING_PER_SEC`), so that many tabs do not multiply what the others see.
+pub const TYPING_PER_USER_PER_SEC: u32 = 10;
 /// `typing` `true` events shown per socket per second (a `false` is always shown once for a
 /// shown `true`).
 pub const TYPING_PER_SEC: usize = 5;
@@ -97,6 +121,12 @@ pub const MEMBERSHIP_CACHED_CHATS_MAX: usize = 65_536;
 pub const PROFILES_CACHED_MAX: usize = 65_536;
 /// Concurrent argon2 computations (each takes ~19 MiB and tens of milliseconds of CPU).
 pub const PASSWORD_HASHES_CONCURRENT: usize = 4;
+/// Logins and registrations waiting for a hashing slot, and how long one waits: beyond either,
+/// the answer is 503 `Server busy` at once rather than a queue that grows while every login
+/// stalls. Four slots hash about 70 passwords a second on two idle cores, so 32 waiters clear
+/// in about half a second, and within the wait on a loaded machine.
+pub const PASSWORD_HASH_WAITERS_MAX: usize = 32;
+pub const PASSWORD_HASH_WAIT: Duration = Duration::from_secs(1);
 
 /// Users in one chat (the contract is 1:1).
 pub const CHAT_MEMBERS_MAX: usize = 2;
@@ -195,3 +225,9 @@ const _: () = assert!(
         && REQUEST_HEAD_TIMEOUT_DEFAULT.as_secs() <= CONNECTION_TIMEOUT_CEILING.as_secs()
 );
 const _: () = assert!(CONNECTIONS_PER_ADDRESS_DEFAULT <= CONNECTIONS_MAX_DEFAULT);
+const _: () = assert!(SOCKETS_PER_USER_DEFAULT <= SOCKETS_PER_USER_CEILING);
+const _: () = assert!(TYPING_PER_USER_PER_SEC as usize >= TYPING_PER_SEC);
+// One message of the longest text, every character escaped to 6 bytes, fits in a reply, and a
+// socket's budget holds many replies.
+const _: () = assert!(TEXT_CHARS_CEILING * 6 + 2048 <= REPLY_BYTES_MAX);
+const _: () = assert!(REPLY_BYTES_MAX * 8 <= SOCKET_UNREAD_BYTES_MAX as usize);

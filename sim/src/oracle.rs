@@ -403,6 +403,8 @@ pub fn on_join_answer(model: &Model, tab: usize, chat: &str, member: bool, answe
 pub fn on_sync_answer(model: &Model, tab: usize, chat: &str, member: bool, answer: &Value) {
     let label = model.chat_label(chat);
     match (member, answer["ok"] == json!(true)) {
+        // A member may be asked to slow down (the per-user read limit), nothing else.
+        (true, false) if answer["error"] == json!("Too many requests") => {}
         (true, false) => model.record_violation(
             Invariant::Contract,
             format!("t{tab} sync of {label} refused: {answer}"),

@@ -165,7 +165,6 @@ impl Presence {
         self.announced.contains(user)
     }
 
-    #[cfg(any(test, feature = "testing"))]
     pub fn connections_of(&self, user: &str) -> u32 {
         self.connections.get(user).copied().unwrap_or(0)
     }

@@ -56,6 +56,18 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `n` tokens if there are that many (a budget of bytes: `n` is a size).
+    pub fn try_take_many(&mut self, shape: BucketShape, n: u64, now_ms: u64) -> bool {
+        self.refill(shape, now_ms);
+        let cost = n.saturating_mul(1000);
+        if self.milli_tokens >= cost {
+            self.milli_tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Returns one token taken for something that turned out to cost nothing, up to the burst.
     pub fn give_back(&mut self, shape: BucketShape) {
         self.milli_tokens = (self.milli_tokens + 1000).min(shape.capacity());
@@ -229,6 +241,16 @@ mod tests {
         per_sec: 10,
         burst: 30,
     };
+
+    #[test]
+    fn a_budget_of_many_tokens_refills_at_its_rate() {
+        let mut bucket = TokenBucket::full(SHAPE, 0);
+        assert!(bucket.try_take_many(SHAPE, 20, 0));
+        assert!(!bucket.try_take_many(SHAPE, 11, 0), "10 left");
+        assert!(bucket.try_take_many(SHAPE, 10, 0));
+        assert!(!bucket.try_take_many(SHAPE, 5, 400), "4 refilled");
+        assert!(bucket.try_take_many(SHAPE, 5, 500));
+    }
 
     #[test]
     fn burst_then_steady_rate() {

@@ -34,16 +34,29 @@ impl Typing {
     /// A `true` for `chat`: whether to show it. One over the rate still confirms a `true`
     /// already shown (the user is still typing), without sending anything.
     pub fn start(&mut self, chat: &str, now_ms: u64) -> bool {
+        self.start_if(chat, now_ms, || true)
+    }
+
+    /// [`start`](Self::start) under a second limit (the user's, over all of their sockets):
+    /// `user_allows` is asked only for a `true` this socket would show, and a refusal counts
+    /// like this socket's own rate.
+    pub fn start_if(
+        &mut self,
+        chat: &str,
+        now_ms: u64,
+        user_allows: impl FnOnce() -> bool,
+    ) -> bool {
         let already = self.shown.contains_key(chat);
         if !already && self.shown.len() >= self.max_chats {
             return false;
         }
-        if !self.trues.try_record(now_ms) {
+        if !(self.trues.allows(now_ms) && user_allows()) {
             if let Some(confirmed) = self.shown.get_mut(chat) {
                 *confirmed = now_ms;
             }
             return false;
         }
+        self.trues.record(now_ms);
         self.shown.insert(chat.to_owned(), now_ms);
         true
     }
@@ -118,5 +131,19 @@ mod tests {
         let mut ended = typing.stop_all();
         ended.sort();
         assert_eq!(ended, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn a_true_the_user_limit_refuses_is_not_shown_and_needs_no_false() {
+        let mut typing = Typing::new(5, 5_000, 2);
+        assert!(!typing.start_if("c", 0, || false));
+        assert!(!typing.stop("c"), "nothing shown, nothing to end");
+        assert!(typing.start_if("c", 10, || true));
+        assert!(
+            !typing.start_if("c", 20, || false),
+            "confirms the shown true"
+        );
+        assert_eq!(typing.next_stale_at(), Some(5_020));
+        assert!(typing.stop("c"), "the shown true still ends");
     }
 }

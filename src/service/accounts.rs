@@ -51,7 +51,7 @@ impl App {
         let password = password.to_owned();
         let hash = self
             .cpu(move || auth::hash_password(&password, &salt))
-            .await;
+            .await?;
         let now = self.now_ms();
         let new = NewUser {
             id: self.mint_id(),
@@ -104,10 +104,12 @@ impl App {
             .collect::<String>();
         let matches = self
             .cpu(move || auth::verify_password(&attempt, &phc))
-            .await;
+            .await?;
         match user {
             Some(user) if matches && user.password_hash.is_some() => {
-                Ok((self.tokens.issue(&user.id, now), UserView::from(&user)))
+                let (generation, _) = self.store.token_revocation(&user.id).map_err(unavailable)?;
+                let token = self.tokens.issue_at(&user.id, generation, now);
+                Ok((token, UserView::from(&user)))
             }
             _ => {
                 self.login_throttle
@@ -121,9 +123,17 @@ impl App {
 
     /// The user a token speaks for.
     pub async fn authenticate(&self, token: &str) -> Result<UserRecord, AuthFailure> {
-        let identity = self
+        self.authenticate_until(token)
+            .await
+            .map(|(user, _expires_ms)| user)
+    }
+
+    /// The user a token speaks for, and when the token expires (ms). A token the user revoked
+    /// (`revoke_tokens`) is `Unauthorized`.
+    pub async fn authenticate_until(&self, token: &str) -> Result<(UserRecord, u64), AuthFailure> {
+        let (identity, facts) = self
             .tokens
-            .verify(token, self.now_ms())
+            .verify_with_facts(token, self.now_ms())
             .await
             .ok_or(AuthFailure::Unauthorized)?;
         let id = match identity {
@@ -140,7 +150,25 @@ impl App {
                 .map_err(storage_failed(AuthFailure::Unavailable))?,
             _ => None,
         };
-        user.ok_or(AuthFailure::UserNotFound)
+        let user = user.ok_or(AuthFailure::UserNotFound)?;
+        let (generation, revoked_ms) = self
+            .store
+            .token_revocation(&user.id)
+            .map_err(storage_failed(AuthFailure::Unavailable))?;
+        if !facts.survives(generation, revoked_ms) {
+            return Err(AuthFailure::Unauthorized);
+        }
+        Ok((user, facts.expires_ms))
+    }
+
+    /// Refuses every token of `user` issued so far, durably, before it returns (the sockets
+    /// that authenticated with them are the transport's to close: `transport::revoke_sessions`).
+    pub async fn revoke_tokens(&self, user: &str) -> Result<(), ApiError> {
+        self.writer
+            .revoke_tokens(user, self.now_ms())
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     /// `POST /api/auth/callback`: the external provider's user, created on first call.

@@ -18,12 +18,15 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ExternalAuth, KeySource};
 use crate::limits::{JWKS_BYTES_MAX, JWKS_FETCH_TIMEOUT, JWKS_REFETCH_MIN_MS};
 
-/// The claims of our own tokens.
+/// The claims of our own tokens. `gen` is the user's token generation when it was issued; a
+/// token without it is of generation 0.
 #[derive(Debug, Serialize, Deserialize)]
 struct OwnClaims {
     sub: String,
     iat: u64,
     exp: u64,
+    #[serde(rename = "gen", default)]
+    generation: u64,
 }
 
 /// The claims we read from the external provider's tokens (Clerk-compatible).
@@ -31,6 +34,8 @@ struct OwnClaims {
 pub struct ExternalClaims {
     pub sub: String,
     exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     nbf: Option<u64>,
     #[serde(default)]
@@ -48,6 +53,29 @@ pub struct ExternalClaims {
     /// providers that only issue verified emails).
     #[serde(default)]
     email_verified: Option<bool>,
+}
+
+/// What a valid token says beyond who it speaks for: when it expires, and what it must be
+/// checked against the user's revocations with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenFacts {
+    pub expires_ms: u64,
+    /// Our tokens: their `gen` claim; provider tokens: none.
+    pub generation: Option<u64>,
+    /// When it was issued (ms), if it says (`iat`).
+    pub issued_ms: Option<u64>,
+}
+
+impl TokenFacts {
+    /// Whether a user whose tokens are at `generation`, last revoked at `revoked_ms`, still
+    /// accepts this token: ours must be of the current generation; a provider's must be issued
+    /// after the revocation (one without `iat` only while nothing was ever revoked).
+    pub fn survives(&self, generation: u64, revoked_ms: u64) -> bool {
+        match self.generation {
+            Some(token_generation) => token_generation == generation,
+            None => generation == 0 || self.issued_ms.is_some_and(|iat| iat > revoked_ms),
+        }
+    }
 }
 
 /// Who a valid token speaks for.
@@ -164,12 +192,19 @@ impl Tokens {
         }
     }
 
+    /// A token of generation 0 (a new user's, and tests').
     pub fn issue(&self, user_id: &str, now_ms: u64) -> String {
+        self.issue_at(user_id, 0, now_ms)
+    }
+
+    /// A token of the user's current token `generation`.
+    pub fn issue_at(&self, user_id: &str, generation: u64, now_ms: u64) -> String {
         let iat = now_ms / 1000;
         let claims = OwnClaims {
             sub: user_id.to_owned(),
             iat,
             exp: iat + self.ttl_secs,
+            generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with a secret key cannot fail")
@@ -177,21 +212,43 @@ impl Tokens {
 
     /// The identity a token speaks for, or `None` if it is not valid now.
     pub async fn verify(&self, token: &str, now_ms: u64) -> Option<Identity> {
+        self.verify_with_facts(token, now_ms)
+            .await
+            .map(|(identity, _)| identity)
+    }
+
+    /// [`verify`](Self::verify), with the token's expiry, generation and issue time.
+    pub async fn verify_with_facts(
+        &self,
+        token: &str,
+        now_ms: u64,
+    ) -> Option<(Identity, TokenFacts)> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         match header.alg {
             Algorithm::HS256 => {
-                let data =
+                let claims =
                     jsonwebtoken::decode::<OwnClaims>(token, &self.decoding, &own_validation())
-                        .ok()?;
-                check_times(data.claims.exp, None, now_ms)
-                    .then_some(Identity::Local(data.claims.sub))
+                        .ok()?
+                        .claims;
+                let facts = TokenFacts {
+                    expires_ms: claims.exp.saturating_mul(1000),
+                    generation: Some(claims.generation),
+                    issued_ms: Some(claims.iat.saturating_mul(1000)),
+                };
+                check_times(claims.exp, None, now_ms)
+                    .then_some((Identity::Local(claims.sub), facts))
             }
             Algorithm::RS256 | Algorithm::ES256 => {
                 let external = self.external.as_ref()?;
-                external
+                let claims = external
                     .verify(token, header.alg, header.kid.as_deref(), now_ms)
-                    .await
-                    .map(Identity::External)
+                    .await?;
+                let facts = TokenFacts {
+                    expires_ms: claims.exp.saturating_mul(1000),
+                    generation: None,
+                    issued_ms: claims.iat.map(|iat| iat.saturating_mul(1000)),
+                };
+                Some((Identity::External(claims), facts))
             }
             _ => None,
         }

@@ -101,6 +101,16 @@ impl App {
             .collect()
     }
 
+    /// Takes one of the user's read tokens (`sync`, history).
+    fn take_read(&self, caller: &str) -> Result<(), Refusal> {
+        let now = self.now_ms();
+        let mut limiter = self.read_limiter.lock().expect("never poisoned");
+        match limiter.try_take(caller, now) {
+            true => Ok(()),
+            false => Err(Refusal::TooManyRequests),
+        }
+    }
+
     /// A history page, ascending by seq.
     pub fn history(
         &self,
@@ -109,6 +119,7 @@ impl App {
         anchor: Anchor,
         limit: Option<u64>,
     ) -> Result<Vec<MessageView>, ApiError> {
+        self.take_read(caller)?;
         let chat = self
             .member_chat(caller, chat_id)
             .map_err(|refusal| match refusal {
@@ -134,6 +145,7 @@ impl App {
         after_seq: u64,
         limit: Option<u64>,
     ) -> Result<(Vec<MessageView>, bool), Refusal> {
+        self.take_read(caller)?;
         let chat = self.member_chat(caller, chat_id)?;
         let limit = clamp_limit(limit, PAGE_DEFAULT, PAGE_MAX);
         let range = seq_range(Anchor::After(after_seq), limit, chat.last_seq);

@@ -56,6 +56,10 @@ pub enum ApiError {
     /// Storage failed (I/O or a corrupt record); the request may succeed later.
     #[error("Storage unavailable")]
     Unavailable,
+    /// Every password-hashing slot is taken and the queue for them is full, or the wait for one
+    /// ran out.
+    #[error("Server busy")]
+    Busy,
 }
 
 impl From<FieldError> for ApiError {
@@ -96,6 +100,9 @@ pub enum Refusal {
     /// The socket has more events waiting to be handled than it may queue.
     #[error("Server busy")]
     Busy,
+    /// The user reads (`sync`, history) faster than `READS_PER_SEC`.
+    #[error("Too many requests")]
+    TooManyRequests,
 }
 
 impl From<MessageError> for Refusal {
@@ -117,6 +124,9 @@ pub enum AuthFailure {
     UserNotFound,
     #[error("Storage unavailable")]
     Unavailable,
+    /// The user has `max_sockets_per_user` sockets open already.
+    #[error("Too many connections")]
+    TooManySockets,
 }
 
 /// Logs a storage failure (its table and key when a record is corrupt) and answers `answer`:
@@ -136,6 +146,7 @@ pub struct Policy {
     pub presence: PresenceRules,
     /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
     pub registrations_per_address: u32,
+    pub max_sockets_per_user: u32,
 }
 
 impl From<&Config> for Policy {
@@ -151,6 +162,7 @@ impl From<&Config> for Policy {
                 tick: config.presence_tick,
             },
             registrations_per_address: config.registrations_per_address,
+            max_sockets_per_user: config.max_sockets_per_user,
         }
     }
 }
@@ -168,12 +180,18 @@ pub struct App {
     send_limiter: Mutex<KeyedLimiter>,
     /// `GET /api/users` per caller: each search may scan the whole users table.
     search_limiter: Mutex<KeyedLimiter>,
+    /// `sync` and history reads per user.
+    read_limiter: Mutex<KeyedLimiter>,
+    /// `typing` `true`s shown per user, over all of their sockets.
+    typing_limiter: Mutex<KeyedLimiter>,
     members: ClearingCache<Members>,
     profiles: ClearingCache<PublicUser>,
     login_throttle: Mutex<LoginThrottle>,
     registrations: Mutex<AddressWindows>,
     /// Bounds concurrent argon2 runs (memory and CPU).
     hashing: Semaphore,
+    /// Bounds the requests running or waiting for `hashing`.
+    hashing_queue: Semaphore,
     /// Verified against when a login names an unknown email, so that the answer takes as long as
     /// for a known one and does not reveal which emails exist.
     decoy_hash: String,
@@ -209,6 +227,20 @@ impl App {
                 },
                 SEND_BUCKETS_MAX,
             )),
+            read_limiter: Mutex::new(KeyedLimiter::new(
+                BucketShape {
+                    per_sec: READS_PER_SEC,
+                    burst: READS_BURST,
+                },
+                SEND_BUCKETS_MAX,
+            )),
+            typing_limiter: Mutex::new(KeyedLimiter::new(
+                BucketShape {
+                    per_sec: TYPING_PER_USER_PER_SEC,
+                    burst: TYPING_PER_USER_PER_SEC,
+                },
+                SEND_BUCKETS_MAX,
+            )),
             members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,
@@ -221,6 +253,7 @@ impl App {
             })),
             registrations: Mutex::new(registrations),
             hashing: Semaphore::new(PASSWORD_HASHES_CONCURRENT),
+            hashing_queue: Semaphore::new(PASSWORD_HASHES_CONCURRENT + PASSWORD_HASH_WAITERS_MAX),
             decoy_hash,
         }
     }
@@ -234,6 +267,13 @@ impl App {
         &self.tokens
     }
 
+    /// Takes one of `user`'s tokens for showing a `typing` `true`.
+    pub fn take_typing(&self, user: &str) -> bool {
+        let now = self.now_ms();
+        let mut limiter = self.typing_limiter.lock().expect("never poisoned");
+        limiter.try_take(user, now)
+    }
+
     fn mint_id(&self) -> String {
         let now = self.now_ms();
         self.ids.lock().expect("id minter never poisoned").mint(now)
@@ -241,17 +281,24 @@ impl App {
 
     /// Runs CPU-heavy work (argon2) off the async workers on a multi-threaded runtime; inline on
     /// a current-thread runtime (the simulation), where `spawn_blocking` would stall its clock.
-    async fn cpu<R: Send + 'static>(&self, work: impl FnOnce() -> R + Send + 'static) -> R {
-        let _permit = self
-            .hashing
-            .acquire()
+    /// `Busy` when the queue for a hashing slot is full or the wait for one runs out.
+    async fn cpu<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let _queued = self
+            .hashing_queue
+            .try_acquire()
+            .map_err(|_| ApiError::Busy)?;
+        let _permit = tokio::time::timeout(PASSWORD_HASH_WAIT, self.hashing.acquire())
             .await
+            .map_err(|_| ApiError::Busy)?
             .expect("semaphore never closed");
-        match tokio::runtime::Handle::current().runtime_flavor() {
+        Ok(match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => work(),
             _ => tokio::task::spawn_blocking(work)
                 .await
                 .expect("password hashing does not panic"),
-        }
+        })
     }
 }

@@ -56,6 +56,7 @@ pub struct PresenceDesk<'a> {
     presence: MutexGuard<'a, Presence>,
     now_ms: u64,
     at_once: bool,
+    sockets_per_user: u32,
 }
 
 impl App {
@@ -66,6 +67,7 @@ impl App {
             presence,
             now_ms: self.now_ms(),
             at_once: self.policy.presence.tick.is_zero(),
+            sockets_per_user: self.policy.max_sockets_per_user,
         }
     }
 
@@ -83,6 +85,11 @@ impl App {
 }
 
 impl PresenceDesk<'_> {
+    /// Whether `user` has as many connections as one user may have (`max_sockets_per_user`).
+    pub fn is_full(&self, user: &str) -> bool {
+        self.presence.connections_of(user) >= self.sockets_per_user
+    }
+
     /// Counts connection `conn` of `user`. Announced at once only without a tick.
     pub fn connect(&mut self, conn: &str, user: &str) -> Vec<Transition> {
         self.presence.connect(conn, user);

@@ -182,6 +182,15 @@ impl Store {
             .transpose()
     }
 
+    /// The user's token generation and when it was last raised (ms); `(0, 0)` for a user whose
+    /// tokens were never revoked.
+    pub fn token_revocation(&self, user: &str) -> Result<(u64, u64), StoreError> {
+        let tx = self.db.begin_read()?;
+        let revocations = tx.open_table(TOKEN_REVOCATIONS)?;
+        let found = revocations.get(user)?;
+        Ok(found.map_or((0, 0), |entry| entry.value()))
+    }
+
     pub fn user_id_by_email(&self, email: &str) -> Result<Option<String>, StoreError> {
         let tx = self.db.begin_read()?;
         let found = tx

@@ -32,6 +32,13 @@ pub const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("
 /// (chat id, sender id, clientMsgId) → seq: idempotent sends
 pub const CLIENT_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("client_ids");
 
+/// user id → (token generation, when it was last raised in ms): a user's tokens of an earlier
+/// generation, and provider tokens issued before that time, are refused. A table of its own, so
+/// the user records keep their layout and older databases open unchanged; a user without an
+/// entry is at generation 0.
+pub const TOKEN_REVOCATIONS: TableDefinition<&str, (u64, u64)> =
+    TableDefinition::new("token_revocations");
+
 /// Sorts after every valid id (ids are `[0-9A-Za-z_-]`, all below `~`), closing prefix ranges.
 pub const ID_UPPER_BOUND: &str = "~";
 
@@ -64,6 +71,7 @@ pub fn prepare(db: &Database) -> Result<(), StoreError> {
         tx.open_table(USER_CHATS)?;
         tx.open_table(MESSAGES)?;
         tx.open_table(CLIENT_IDS)?;
+        tx.open_table(TOKEN_REVOCATIONS)?;
     }
     tx.commit().map_err(redb::Error::from)?;
     Ok(())

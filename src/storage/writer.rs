@@ -73,6 +73,11 @@ enum Request {
         value: Vec<u8>,
         reply: Reply<Vec<u8>>,
     },
+    RevokeTokens {
+        user: String,
+        now_ms: u64,
+        reply: Reply<u64>,
+    },
 }
 
 /// A request applied inside the open transaction, waiting for the commit to be answered.
@@ -81,6 +86,7 @@ enum Applied {
     Chat(Reply<ChatRecord>, ChatRecord),
     Message(Reply<AppendOutcome>, AppendOutcome),
     Meta(Reply<Vec<u8>>, Vec<u8>),
+    Revoked(Reply<u64>, u64),
 }
 
 impl Request {
@@ -91,6 +97,7 @@ impl Request {
             Request::GetOrCreateChat { reply, .. } => reply.send(Err(error)).is_ok(),
             Request::Append(_, reply) => reply.send(Err(error)).is_ok(),
             Request::InitMeta { reply, .. } => reply.send(Err(error)).is_ok(),
+            Request::RevokeTokens { reply, .. } => reply.send(Err(error)).is_ok(),
         };
     }
 }
@@ -110,6 +117,7 @@ impl Applied {
             Applied::Chat(reply, value) => reply.send(result.map(|()| value)).is_ok(),
             Applied::Message(reply, value) => reply.send(result.map(|()| value)).is_ok(),
             Applied::Meta(reply, value) => reply.send(result.map(|()| value)).is_ok(),
+            Applied::Revoked(reply, value) => reply.send(result.map(|()| value)).is_ok(),
         };
     }
 }
@@ -215,6 +223,17 @@ impl StoreWriter {
         message: NewMessage,
     ) -> Result<Filed<AppendOutcome>, StoreError> {
         self.file(|reply| Request::Append(message, reply)).await
+    }
+
+    /// Raises `user`'s token generation (durably, like every write); the new generation.
+    pub async fn revoke_tokens(&self, user: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let user = user.to_owned();
+        self.call(|reply| Request::RevokeTokens {
+            user,
+            now_ms,
+            reply,
+        })
+        .await
     }
 
     /// The stored value of `key`, storing `value` first if there is none.
@@ -378,6 +397,7 @@ struct Tables<'tx> {
     messages: Table<'tx, (&'static str, u64), &'static [u8]>,
     client_ids: Table<'tx, (&'static str, &'static str, &'static str), u64>,
     meta: Table<'tx, &'static str, &'static [u8]>,
+    revocations: Table<'tx, &'static str, (u64, u64)>,
 }
 
 impl<'tx> Tables<'tx> {
@@ -392,6 +412,7 @@ impl<'tx> Tables<'tx> {
             messages: tx.open_table(MESSAGES)?,
             client_ids: tx.open_table(CLIENT_IDS)?,
             meta: tx.open_table(META)?,
+            revocations: tx.open_table(TOKEN_REVOCATIONS)?,
         })
     }
 
@@ -420,7 +441,22 @@ impl<'tx> Tables<'tx> {
             Request::InitMeta { key, value, reply } => {
                 settle(self.init_meta(&key, value), reply, Applied::Meta)
             }
+            Request::RevokeTokens {
+                user,
+                now_ms,
+                reply,
+            } => settle(self.revoke_tokens(&user, now_ms), reply, Applied::Revoked),
         }
+    }
+
+    fn revoke_tokens(&mut self, user: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let current = self
+            .revocations
+            .get(user)?
+            .map_or(0, |entry| entry.value().0);
+        let next = current + 1;
+        self.revocations.insert(user, (next, now_ms))?;
+        Ok(next)
     }
 
     fn init_meta(&mut self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {

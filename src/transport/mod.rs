@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use socketioxide::SocketIo;
 
-use crate::service::{App, Delivery};
+use crate::service::{ApiError, App, Delivery};
 use crate::storage::CommitSubscriber;
 
 /// What every handler needs: the service and the Socket.IO handle (to fan out from REST too).
@@ -39,6 +39,18 @@ pub fn user_room(user_id: &str) -> String {
 /// The room of the sockets that joined one chat.
 pub fn chat_room(chat_id: &str) -> String {
     format!("chat:{chat_id}")
+}
+
+/// Revokes every token of `user` issued so far (durably, before it returns) and closes every
+/// socket of the user: `POST /api/auth/logout`, and whatever disables an account. A handshake
+/// racing with it checks its token again once it is in the user's room (`socket::authenticate`),
+/// so it is either refused or closed here.
+pub async fn revoke_sessions(app: &App, io: &SocketIo, user: &str) -> Result<(), ApiError> {
+    app.revoke_tokens(user).await?;
+    for socket in io.to(user_room(user)).sockets() {
+        socket::force_close(&socket);
+    }
+    Ok(())
 }
 
 /// Every authenticated socket, for presence broadcasts.

@@ -16,8 +16,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::client_addr::ClientAddr;
+use super::wire::{self, Keep};
 use super::{Shared, payload};
 use crate::domain::page::Anchor;
+use crate::limits::REPLY_BYTES_MAX;
 use crate::service::{ApiError, AuthFailure, Refusal};
 use crate::storage::UserRecord;
 
@@ -28,6 +30,7 @@ pub fn routes() -> Router<Shared> {
         .route("/api/auth/login", post(login))
         .route("/api/auth/callback", post(external_callback))
         .route("/api/auth/me", get(me))
+        .route("/api/auth/logout", post(logout))
         .route("/api/users", get(users))
         .route("/api/chats", get(chats))
         .route("/api/chats/with/{participant_id}", post(open_chat))
@@ -71,7 +74,7 @@ impl From<ApiError> for RestError {
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Refused(refusal) => refusal_status(*refusal),
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
         RestError(status, e.to_string())
     }
@@ -86,7 +89,7 @@ impl From<Refusal> for RestError {
 fn refusal_status(refusal: Refusal) -> StatusCode {
     match refusal {
         Refusal::ChatNotFound => StatusCode::NOT_FOUND,
-        Refusal::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::RateLimited | Refusal::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         Refusal::SendFailed | Refusal::Unavailable | Refusal::Busy => {
             StatusCode::SERVICE_UNAVAILABLE
         }
@@ -248,6 +251,16 @@ async fn external_callback(
     Ok(Json(shared.app.external_callback(token).await?).into_response())
 }
 
+/// Ends every session of the caller: all their tokens are refused from now on and their
+/// sockets are closed.
+async fn logout(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+) -> Result<StatusCode, RestError> {
+    super::revoke_sessions(&shared.app, &shared.io, &user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn me(Caller(user): Caller) -> Response {
     Json(crate::service::views::UserView::from(&user)).into_response()
 }
@@ -290,7 +303,14 @@ async fn history(
         (None, None) => Anchor::Newest,
     };
     let limit = number(&query, "limit")?;
-    Ok(Json(shared.app.history(&user.id, &chat_id, anchor, limit)?).into_response())
+    let mut page = shared.app.history(&user.id, &chat_id, anchor, limit)?;
+    // A shorter page, never `hasMore`: the client pages on from the seqs it got.
+    let keep = match anchor {
+        Anchor::After(_) => Keep::Lowest,
+        Anchor::Before(_) | Anchor::Newest => Keep::Highest,
+    };
+    wire::fit_to_bytes(&mut page, REPLY_BYTES_MAX, keep);
+    Ok(Json(page).into_response())
 }
 
 #[derive(Deserialize)]

@@ -25,10 +25,13 @@ use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::socket::Socket;
 use tokio::sync::{Notify, mpsc};
 
+use super::wire::{self, Keep};
 use super::{PRESENCE_ROOM, chat_room, payload, user_room};
+use crate::domain::rate::{BucketShape, TokenBucket};
 use crate::domain::typing::Typing;
 use crate::limits::{
-    SOCKET_EVENTS_QUEUED_MAX, SOCKET_SENDS_IN_FLIGHT_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC,
+    REPLY_BYTES_MAX, SOCKET_EVENTS_QUEUED_MAX, SOCKET_READ_BYTES_PER_SEC_MIN,
+    SOCKET_SENDS_IN_FLIGHT_MAX, SOCKET_UNREAD_BYTES_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC,
     TYPING_STALE_MS,
 };
 use crate::service::views::MessageView;
@@ -98,8 +101,21 @@ async fn authenticate(
     State(app): State<Arc<App>>,
 ) -> Result<(), AuthFailure> {
     let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
-    let user = Arc::new(app.authenticate(&token).await?);
+    let (user, expires_ms) = app.authenticate_until(&token).await?;
+    let user = Arc::new(user);
+    // Held until the socket is counted, so that concurrent handshakes cannot pass the cap on
+    // sockets per user together.
+    let mut presence = app.presence().await;
+    if presence.is_full(&user.id) {
+        return Err(AuthFailure::TooManySockets);
+    }
     socket.join(user_room(&user.id));
+    // A logout between the check above and the join would have missed this socket: checked
+    // again now that `revoke_sessions` finds it in the room.
+    if let Err(failure) = app.authenticate(&token).await {
+        socket.leave_all();
+        return Err(failure);
+    }
     let (inbox, events) = mpsc::channel(SOCKET_EVENTS_QUEUED_MAX);
     let closed = Arc::new(Notify::new());
     socket.extensions.insert(Session {
@@ -113,6 +129,9 @@ async fn authenticate(
         app: Arc::clone(&app),
         user: Arc::clone(&user),
         typing: Typing::new(TYPING_PER_SEC, TYPING_STALE_MS, TYPING_CHATS_MAX),
+        unread: TokenBucket::full(UNREAD_SHAPE, app.now_ms()),
+        expires_ms,
+        dropped: false,
     };
     tokio::spawn(handler.run(events, closed));
     socket.on("join-chat", queued::<JoinChat>);
@@ -123,7 +142,6 @@ async fn authenticate(
     socket.on_disconnect(on_disconnect);
     // Counted before the client learns it is connected, so that a tab closed right after
     // another one opened never sees its user flicker offline.
-    let mut presence = app.presence().await;
     let transitions = presence.connect(&socket.id.to_string(), &user.id);
     announce(&io, transitions).await;
     Ok(())
@@ -166,6 +184,19 @@ async fn on_disconnect(
         session.closed.notify_one();
     }
     retire(&socket, &io, &app).await;
+}
+
+/// Disconnects a socket and stops its inbox, so none of its events is handled any more.
+/// socketioxide refuses to queue the DISCONNECT packet to a socket whose outgoing queue is full
+/// (and then leaves it connected); such a socket is taken out of every room instead, so nothing
+/// more is queued for it, and Engine.IO closes it when its heartbeat fails.
+pub(super) fn force_close(socket: &SocketRef) {
+    if let Some(session) = socket.extensions.get::<Session>() {
+        session.closed.notify_one();
+    }
+    if socket.clone().disconnect().is_err() {
+        socket.leave_all();
+    }
 }
 
 /// Uncounts a closed socket (its user's grace period begins when it was their last).
@@ -280,6 +311,13 @@ async fn queued<E: QueuedEvent>(_: Queued<E>) {}
 /// A send filed with the writer, on its way to its ack.
 type SendInFlight = BoxFuture<'static, (AckSender, Result<Sent, Refusal>)>;
 
+/// The reply bytes a socket may have unread (see `SOCKET_UNREAD_BYTES_MAX`): a bucket of bytes
+/// that refills as fast as the slowest client we serve reads.
+const UNREAD_SHAPE: BucketShape = BucketShape {
+    per_sec: SOCKET_READ_BYTES_PER_SEC_MIN,
+    burst: SOCKET_UNREAD_BYTES_MAX,
+};
+
 /// Handles one socket's events in arrival order until the socket closes. Consecutive sends
 /// pipeline: each is filed with the writer as it comes (so seqs follow arrival order) and
 /// acked in the same order when its commit answers. Any other event first waits for the sends
@@ -290,6 +328,13 @@ struct Handler {
     app: Arc<App>,
     user: Arc<UserRecord>,
     typing: Typing,
+    /// What is left of the socket's budget of reply bytes not yet read.
+    unread: TokenBucket,
+    /// When the token the socket authenticated with expires (ms): the socket is closed then,
+    /// and its client reconnects with a fresh token.
+    expires_ms: u64,
+    /// Set when the socket overran its budget and was disconnected: its events are not handled.
+    dropped: bool,
 }
 
 /// The socket's sends in flight, oldest first. Kept out of [`Handler`], which must stay `Sync`
@@ -310,13 +355,25 @@ impl Handler {
                     None => std::future::pending().await,
                 }
             };
+            let expired = tokio::time::sleep(std::time::Duration::from_millis(
+                self.expires_ms.saturating_sub(self.app.now_ms()),
+            ));
             let room_for_sends = sends.len() < SOCKET_SENDS_IN_FLIGHT_MAX;
             tokio::select! {
                 biased;
                 () = closed.notified() => break,
+                () = expired => {
+                    force_close(&self.socket);
+                    break;
+                }
                 Some((ack, result)) = sends.next() => self.ack_send(ack, result),
                 event = events.recv(), if room_for_sends => match event {
-                    Some(event) => self.handle(event, &mut sends).await,
+                    Some(event) => {
+                        self.handle(event, &mut sends).await;
+                        if self.dropped {
+                            break;
+                        }
+                    }
                     None => break,
                 },
                 () = wait_stale => {
@@ -357,10 +414,11 @@ impl Handler {
             }
             EventKind::SendMessage => unreachable!("sends are filed above"),
             EventKind::Typing => self.typing(&value).await,
-            EventKind::Sync => {
-                let result = self.sync(&value);
-                answer(&self.socket, ack, result);
-            }
+            EventKind::Sync => match self.sync(&value) {
+                Ok(reply) if !self.within_unread_budget(reply.bytes) => self.drop_socket(),
+                Ok(reply) => answer(&self.socket, ack, Ok(reply.ack)),
+                Err(refusal) => refuse(&self.socket, ack, refusal),
+            },
         }
     }
 
@@ -448,7 +506,9 @@ impl Handler {
             return;
         }
         let show = if is_typing {
-            self.typing.start(chat_id, self.app.now_ms())
+            let (app, user) = (&self.app, &self.user.id);
+            self.typing
+                .start_if(chat_id, app.now_ms(), || app.take_typing(user))
         } else {
             self.typing.stop(chat_id)
         };
@@ -482,15 +542,39 @@ impl Handler {
             .await;
     }
 
-    fn sync(&self, value: &Value) -> Result<SyncAck, Refusal> {
+    /// The `sync` ack, cut to `REPLY_BYTES_MAX` (a cut page says `hasMore`), with its size.
+    fn sync(&self, value: &Value) -> Result<SyncReply, Refusal> {
         let command = payload::sync(value)?;
-        let (messages, has_more) = self.app.sync(
+        let (mut messages, has_more) = self.app.sync(
             &self.user.id,
             command.chat_id,
             command.after_seq,
             command.limit,
         )?;
-        Ok(SyncAck { messages, has_more })
+        // Room for the ack's envelope and the packet's framing around the array.
+        let fitted = wire::fit_to_bytes(&mut messages, REPLY_BYTES_MAX - 256, Keep::Lowest);
+        Ok(SyncReply {
+            ack: SyncAck {
+                messages,
+                has_more: has_more || fitted.cut,
+            },
+            bytes: fitted.bytes + 256,
+        })
+    }
+
+    /// Spends `bytes` of the socket's budget of unread reply bytes, if it has them.
+    fn within_unread_budget(&mut self, bytes: usize) -> bool {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.unread
+            .try_take_many(UNREAD_SHAPE, bytes, self.app.now_ms())
+    }
+
+    /// Disconnects a socket that asked for more than it reads (past `SOCKET_UNREAD_BYTES_MAX`)
+    /// and stops handling its events.
+    fn drop_socket(&mut self) {
+        tracing::warn!(user = %self.user.id, "socket disconnected: it does not read its replies");
+        self.dropped = true;
+        force_close(&self.socket);
     }
 }
 
@@ -538,6 +622,12 @@ struct NoFields {}
 #[derive(Serialize)]
 struct SentAck<'a> {
     message: &'a MessageView,
+}
+
+/// A `sync` ack with its size in bytes as sent.
+struct SyncReply {
+    ack: SyncAck,
+    bytes: usize,
 }
 
 #[derive(Serialize)]

@@ -208,14 +208,18 @@ test('typing: 10 true then false within 100 ms, the other side sees false last',
 });
 
 test('typing: a true/false pair from each of 40 sockets, every recipient sees false last', async () => {
-  const { users: [a, ...others], chats } = await fresh('pair', 41);
-  const senders = await Promise.all(chats.map(() => srv.connect(a.token)));
-  const recipients = await Promise.all(others.map((u) => srv.connect(u.token)));
+  // 40 senders, one socket each: one user may not type from 40 sockets at once (32 sockets and
+  // 10 typing trues a second per user).
+  const users = await srv.users(80, 'pair');
+  const pairs = Array.from({ length: 40 }, (_, i) => [users[2 * i], users[2 * i + 1]]);
+  const chats = await Promise.all(pairs.map(([a, b]) => srv.chat(a, b)));
+  const senders = await Promise.all(pairs.map(([a]) => srv.connect(a.token)));
+  const recipients = await Promise.all(pairs.map(([, b]) => srv.connect(b.token)));
   senders.forEach((s, i) => {
     s.emit('typing', { chatId: chats[i]._id, isTyping: true });
     s.emit('typing', { chatId: chats[i]._id, isTyping: false });
   });
-  const seen = () => recipients.map((s, i) => typingOf(s, a.user._id, chats[i]._id));
+  const seen = () => recipients.map((s, i) => typingOf(s, pairs[i][0].user._id, chats[i]._id));
   await eventually(() => seen().every((events) => events.length >= 2), CLEAR_MS, 'both events everywhere');
   await quiet();
   const wrong = seen().map((events, i) => ({ i, events })).filter(({ events }) => events.join() !== 'true,false');

@@ -188,6 +188,14 @@ impl Tab {
                 )
                 .await?;
             oracle::on_sync_answer(&self.model, self.index, chat, true, &answer);
+            if answer["error"] == json!("Too many requests") {
+                // The user's read limit: the contract's answer to a flood; try again later.
+                self.trace(format!(
+                    "sync {label} after {after}: too many requests; waiting"
+                ));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
             if answer["ok"] != json!(true) {
                 return Ok(());
             }
