@@ -223,12 +223,21 @@ export class Server {
     return r.body;
   }
 
-  /** The whole history of a chat, paginated with `after=` (ascending seq). */
+  /**
+   * The whole history of a chat, paginated with `after=` (ascending seq). Reads are rate limited
+   * per user (bursts of 100, then 20 a second): a 429 is waited out, as a client would.
+   */
   async history(token, chatId, pageSize = 500) {
     const all = [];
     let after = 0;
+    let limited = 0;
     for (;;) {
       const r = await this.api('GET', `/api/messages/chat/${chatId}?after=${after}&limit=${pageSize}`, token);
+      if (r.status === 429 && limited < 100) {
+        limited += 1;
+        await sleep(100);
+        continue;
+      }
       assert.equal(r.status, 200, `history: ${r.status} ${r.text}`);
       if (r.body.length === 0) break;
       all.push(...r.body);
