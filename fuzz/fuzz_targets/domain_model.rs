@@ -422,7 +422,7 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
             let conn = format!("conn{}", model.next_connection);
             model.next_connection += 1;
             let was_online = model.connections.values().any(|&s| s == slot);
-            let came_online = app.presence().await.connect(&conn, &user_id).is_some();
+            let came_online = !app.presence().await.connect(&conn, &user_id).is_empty();
             assert_eq!(
                 came_online, !was_online,
                 "user-online must mark the first connection"
@@ -440,10 +440,13 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
             let went_offline = presence.disconnect(&conn);
             let retired = counted - presence.state().connection_count();
             match model.connections.remove(&conn) {
-                None => assert_eq!((retired, went_offline), (0, None)),
+                None => assert_eq!((retired, went_offline), (0, vec![])),
                 Some(slot) => {
                     let still = model.connections.values().any(|&s| s == slot);
-                    let offline = (!still).then(|| Transition::Offline(model.users[&slot].clone()));
+                    let offline: Vec<Transition> = (!still)
+                        .then(|| Transition::Offline(model.users[&slot].clone()))
+                        .into_iter()
+                        .collect();
                     assert_eq!((retired, went_offline), (1, offline));
                 }
             }
