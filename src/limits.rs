@@ -172,6 +172,9 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// File descriptors kept free for everything that is not a client connection: the database,
 /// the listener, the runtime, an external provider's key fetch.
 pub const FDS_RESERVED: u64 = 64;
+/// Connections told to close at once to make room on a full server (each still holds its
+/// descriptor until its task sees the signal): half the descriptors' reserve.
+pub const EVICTIONS_IN_FLIGHT_MAX: usize = FDS_RESERVED as usize / 2;
 /// `--trusted-proxies` entries, and `X-Forwarded-For` entries read (right to left) per request.
 pub const TRUSTED_PROXIES_MAX: usize = 64;
 pub const FORWARDED_HOPS_MAX: usize = 16;

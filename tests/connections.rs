@@ -1,7 +1,8 @@
 //! Connections that never speak and connection caps, over real sockets on 127.0.0.1 with short
 //! bounds: a silent connection, a slow request head and an idle keep-alive connection are
 //! closed within their bounds; a Socket.IO transport that never sends CONNECT is closed; past
-//! the per-address and global caps a connection is closed at once; a trusted proxy is exempt
+//! the per-address and global caps a connection is closed at once, except that a full server
+//! first closes its oldest connection that never sent a request head; a trusted proxy is exempt
 //! from the per-address cap; and the login throttle and the registration limit count per
 //! client address, taken from `X-Forwarded-For` only behind a trusted proxy.
 
@@ -200,6 +201,37 @@ async fn past_the_global_cap_a_connection_is_closed_at_once() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     held_connections(&server, 4).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_server_closes_a_connection_that_never_spoke_to_admit_a_client() {
+    let server = start(with_connections(ConnectionSettings {
+        max: 4,
+        ..bounds(30_000, 30_000)
+    }))
+    .await;
+    let mut talker = held_connections(&server, 1).await.remove(0);
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(server.addr).await.unwrap());
+        // Admitted in this order: the first is the oldest.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = TcpStream::connect(server.addr).await.unwrap();
+    assert!(health_over(&mut client).await.starts_with("HTTP/1.1 200"));
+    let (after, read) = until_closed(&mut silent[0], Duration::from_secs(2)).await;
+    assert!(
+        read.is_empty() && after < Duration::from_millis(500),
+        "closed after {after:?}"
+    );
+    // The others, and the connection that spoke, keep their places.
+    assert!(health_over(&mut talker).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        health_over(&mut silent[1])
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     server.stop().await;
 }
 

@@ -325,6 +325,13 @@ fn connections_stay_below_the_open_files_limit() {
         "{closed} of 150 closed; the cap is 200 - 64 = 136"
     );
     assert_eq!(child.try_wait().unwrap(), None, "palaver is still running");
+    // Full of connections that never spoke, it closes the oldest of them for a client.
+    let answered = get(&format!("{base}/health"));
+    assert_eq!(
+        answered.map(|(status, _)| status),
+        Some(200),
+        "served while full"
+    );
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(&format!("{base}/health")).is_none_or(|(status, _)| status != 200) {

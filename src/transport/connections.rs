@@ -12,6 +12,14 @@
 //! flood; if it does all the same (descriptors used elsewhere), the `Listener` backs off (axum's
 //! TCP listener sleeps a second on such errors) instead of spinning.
 //!
+//! A full server does not turn everyone away while connections that never spoke hold its
+//! places: when the global cap is reached, the oldest connection that has not yet sent a whole
+//! request head is closed to make room (at most `EVICTIONS_IN_FLIGHT_MAX` closing at once, so
+//! descriptors stay within the reserve), and only when there is none is the newcomer refused.
+//! Such connections cost an attacker nothing to open but are no user's session, so thousands
+//! of them from many addresses delay a real client by nothing instead of by the first-byte
+//! bound.
+//!
 //! At accept time only the TCP peer is known. A peer in the trusted proxies is exempt from the
 //! per-address cap (every client behind it shares its address); the clients behind it are
 //! told apart per request (`client_addr`), which is what the login throttle and the
@@ -22,7 +30,7 @@
 //! requests finish, wait for their connections to close; upgraded WebSockets are closed by the
 //! Socket.IO layer itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -40,12 +48,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
 use crate::config::ConnectionSettings;
 use crate::domain::address::address_key;
-use crate::limits::FDS_RESERVED;
+use crate::limits::{EVICTIONS_IN_FLIGHT_MAX, FDS_RESERVED};
 
 /// Counts open connections, in all and per client address, and admits new ones within the caps.
 pub struct ConnectionGate {
@@ -59,6 +67,28 @@ pub struct ConnectionGate {
 struct OpenConnections {
     total: usize,
     by_address: HashMap<IpAddr, u32>,
+    /// Connections that have not sent a whole request head yet, oldest first (ids are handed
+    /// out in admission order), each with the signal that closes it.
+    unproven: BTreeMap<u64, Arc<Notify>>,
+    /// Connections told to close to make room, until they have.
+    evicted: HashSet<u64>,
+    next_id: u64,
+}
+
+impl OpenConnections {
+    /// Tells the oldest connection that never sent a request head to close; false if there is
+    /// none, or too many are closing already.
+    fn evict_oldest_unproven(&mut self) -> bool {
+        if self.evicted.len() >= EVICTIONS_IN_FLIGHT_MAX {
+            return false;
+        }
+        let Some((id, close)) = self.unproven.pop_first() else {
+            return false;
+        };
+        close.notify_one();
+        self.evicted.insert(id);
+        true
+    }
 }
 
 /// Why a connection was refused.
@@ -75,6 +105,11 @@ pub struct Admission {
     gate: Arc<ConnectionGate>,
     /// The address it counts against; `None` for a trusted proxy.
     address: Option<IpAddr>,
+    id: u64,
+    /// Fires when the connection must close to make room (it never sent a request head).
+    evict: Arc<Notify>,
+    /// Set once it sent a whole request head: then it is never evicted.
+    proven: AtomicBool,
 }
 
 impl ConnectionGate {
@@ -90,21 +125,30 @@ impl ConnectionGate {
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admission, Refused> {
         let trusted = is_trusted(&self.trusted_proxies, peer);
         let mut open = self.open.lock().expect("never poisoned");
-        if open.total >= self.max {
+        let address = (!trusted).then(|| address_key(peer));
+        if let Some(address) = address
+            && open.by_address.get(&address).copied().unwrap_or(0) >= self.per_address
+        {
+            return Err(Refused::AddressFull);
+        }
+        // Past the cap by the connections still closing, which `EVICTIONS_IN_FLIGHT_MAX` bounds.
+        if open.total >= self.max + open.evicted.len() && !open.evict_oldest_unproven() {
             return Err(Refused::ServerFull);
         }
-        let address = (!trusted).then(|| address_key(peer));
         if let Some(address) = address {
-            let count = open.by_address.entry(address).or_default();
-            if *count >= self.per_address {
-                return Err(Refused::AddressFull);
-            }
-            *count += 1;
+            *open.by_address.entry(address).or_default() += 1;
         }
         open.total += 1;
+        let id = open.next_id;
+        open.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        open.unproven.insert(id, Arc::clone(&evict));
         Ok(Admission {
             gate: Arc::clone(self),
             address,
+            id,
+            evict,
+            proven: AtomicBool::new(false),
         })
     }
 
@@ -114,10 +158,27 @@ impl ConnectionGate {
     }
 }
 
+impl Admission {
+    /// The connection sent a whole request head: it is a client's, and keeps its place.
+    pub fn prove(&self) {
+        if !self.proven.swap(true, Ordering::Relaxed) {
+            let mut open = self.gate.open.lock().expect("never poisoned");
+            open.unproven.remove(&self.id);
+        }
+    }
+
+    /// Resolves when the connection must close to make room for a newer one.
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         let mut open = self.gate.open.lock().expect("never poisoned");
         open.total -= 1;
+        open.unproven.remove(&self.id);
+        open.evicted.remove(&self.id);
         if let Some(address) = self.address
             && let Some(count) = open.by_address.get_mut(&address)
         {
@@ -236,8 +297,10 @@ pub async fn serve<L>(
         let peer: SocketAddr = peer.into();
         match gate.admit(peer.ip()) {
             Ok(admission) => {
+                let admission = Arc::new(admission);
                 let connection = Connection {
-                    io: WatchedIo::new(io, admission),
+                    io: WatchedIo::new(io, Arc::clone(&admission)),
+                    admission,
                     peer,
                     router: router.clone(),
                     timeouts,
@@ -294,6 +357,7 @@ struct Timeouts {
 
 struct Connection<I> {
     io: WatchedIo<I>,
+    admission: Arc<Admission>,
     peer: SocketAddr,
     router: Router,
     timeouts: Timeouts,
@@ -306,9 +370,11 @@ where
     async fn serve(self, mut stop: watch::Receiver<()>, _closed: watch::Receiver<()>) {
         let peer = self.peer;
         let spoke = Arc::clone(&self.io.spoke);
+        let admission = Arc::clone(&self.admission);
         let service = self
             .router
             .map_request(move |mut request: hyper::Request<Incoming>| {
+                admission.prove();
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request.map(axum::body::Body::new)
             });
@@ -338,6 +404,10 @@ where
                     }
                     first_byte_checked = true;
                 }
+                () = self.admission.evicted() => {
+                    tracing::debug!(%peer, "connection closed to make room: no request head yet");
+                    return;
+                }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
                     connection.as_mut().graceful_shutdown();
@@ -353,11 +423,11 @@ where
 struct WatchedIo<I> {
     inner: I,
     spoke: Arc<AtomicBool>,
-    _admission: Admission,
+    _admission: Arc<Admission>,
 }
 
 impl<I> WatchedIo<I> {
-    fn new(inner: I, admission: Admission) -> Self {
+    fn new(inner: I, admission: Arc<Admission>) -> Self {
         Self {
             inner,
             spoke: Arc::new(AtomicBool::new(false)),
@@ -431,13 +501,13 @@ mod tests {
     #[test]
     fn caps_per_address_and_in_all_and_gives_places_back() {
         let gate = gate(2, 3, &[]);
-        let a1 = gate.admit(ip("192.0.2.1")).unwrap();
-        let _a2 = gate.admit(ip("192.0.2.1")).unwrap();
+        let a1 = proven(gate.admit(ip("192.0.2.1")));
+        let _a2 = proven(gate.admit(ip("192.0.2.1")));
         assert_eq!(
             gate.admit(ip("192.0.2.1")).err(),
             Some(Refused::AddressFull)
         );
-        let _b1 = gate.admit(ip("192.0.2.2")).unwrap();
+        let _b1 = proven(gate.admit(ip("192.0.2.2")));
         assert_eq!(gate.admit(ip("192.0.2.3")).err(), Some(Refused::ServerFull));
         drop(a1);
         assert_eq!(gate.open(), 2);
@@ -445,11 +515,68 @@ mod tests {
     }
 
     #[test]
+    fn a_full_server_closes_its_oldest_connection_without_a_request_head() {
+        let gate = gate(10, 3, &[]);
+        let oldest = gate.admit(ip("192.0.2.1")).unwrap();
+        let talker = gate.admit(ip("192.0.2.2")).unwrap();
+        talker.prove();
+        let younger = gate.admit(ip("192.0.2.3")).unwrap();
+        let newcomer = gate.admit(ip("192.0.2.4")).expect("room made");
+        assert!(fired(&oldest), "the oldest unproven one is told to close");
+        assert!(!fired(&talker) && !fired(&younger) && !fired(&newcomer));
+        drop(oldest);
+        assert_eq!(gate.open(), 3);
+        younger.prove();
+        newcomer.prove();
+        assert_eq!(gate.admit(ip("192.0.2.5")).err(), Some(Refused::ServerFull));
+    }
+
+    #[test]
+    fn evictions_closing_at_once_are_bounded() {
+        let max = EVICTIONS_IN_FLIGHT_MAX * 2;
+        let gate = gate(u32::MAX, max, &[]);
+        let held: Vec<_> = (0..max)
+            .map(|_| gate.admit(ip("192.0.2.1")).unwrap())
+            .collect();
+        let newcomers: Vec<_> = (0..EVICTIONS_IN_FLIGHT_MAX)
+            .map(|_| gate.admit(ip("192.0.2.2")).expect("room made"))
+            .collect();
+        assert_eq!(gate.admit(ip("192.0.2.2")).err(), Some(Refused::ServerFull));
+        assert_eq!(
+            held.iter().filter(|a| fired(a)).count(),
+            EVICTIONS_IN_FLIGHT_MAX
+        );
+        drop(held);
+        assert_eq!(gate.open(), newcomers.len());
+        assert!(gate.open.lock().unwrap().evicted.is_empty());
+    }
+
+    /// An admitted connection that sent its request head.
+    fn proven(admitted: Result<Admission, Refused>) -> Admission {
+        let admission = admitted.expect("admitted");
+        admission.prove();
+        admission
+    }
+
+    /// Whether the admission was told to close (the signal's stored permit, taken if there).
+    fn fired(admission: &Admission) -> bool {
+        use std::future::Future;
+        let mut evicted = std::pin::pin!(admission.evicted());
+        let waker = std::task::Waker::noop();
+        let fired = evicted
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_ready();
+        if fired {
+            admission.evict.notify_one();
+        }
+        fired
+    }
+
+    #[test]
     fn trusted_proxies_are_exempt_from_the_per_address_cap_only() {
         let gate = gate(1, 3, &["10.0.0.0/8"]);
-        let held: Vec<_> = (0..3)
-            .map(|_| gate.admit(ip("10.1.2.3")).unwrap())
-            .collect();
+        let held: Vec<_> = (0..3).map(|_| proven(gate.admit(ip("10.1.2.3")))).collect();
         assert_eq!(gate.admit(ip("10.1.2.3")).err(), Some(Refused::ServerFull));
         drop(held);
         assert!(gate.open.lock().unwrap().by_address.is_empty());
