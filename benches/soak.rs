@@ -763,10 +763,13 @@ async fn sync_flooder(env: Arc<Env>, token: String, chat: String) {
         {
             continue;
         }
-        // The CONNECT answer is the last thing this socket reads.
+        // The CONNECT answer is the last thing this socket reads (past the Engine.IO ping that
+        // engineioxide sends as soon as the transport opens, which may come first).
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
             while let Some(Ok(message)) = ws.next().await {
-                if let Message::Text(text) = message {
+                if let Message::Text(text) = message
+                    && text.as_str() != "2"
+                {
                     return text.chars().take(60).collect::<String>();
                 }
             }

@@ -364,8 +364,13 @@ async fn raw_connect(
     let _open = ws.next().await;
     let auth = format!("40{}", json!({ "token": token }));
     ws.send(Message::text(auth)).await.unwrap();
+    // engineioxide sends its first Engine.IO ping (`2`) as soon as the transport opens, so it
+    // may come before the CONNECT answer.
     loop {
         match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
+                ws.send(Message::text("3")).await.unwrap();
+            }
             Some(Ok(Message::Text(text))) => return (ws, text.to_string()),
             Some(Ok(_)) => continue,
             other => panic!("no CONNECT answer: {other:?}"),
