@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::domain::presence::PresenceScope;
 pub use crate::domain::validate::is_loopback_http;
 use crate::limits::{
     CONNECT_TIMEOUT, CONNECTION_TIMEOUT_CEILING, CONNECTIONS_MAX_DEFAULT,
@@ -100,6 +101,9 @@ pub struct ServeArgs {
     /// How often presence changes are gathered and announced (`250ms`; 0: each at once).
     #[arg(long, env = "PALAVER_PRESENCE_TICK")]
     pub presence_tick: Option<String>,
+    /// Who hears of a user's presence: `all` (every user) or `contacts` (users who share a chat).
+    #[arg(long, env = "PALAVER_PRESENCE_SCOPE")]
+    pub presence_scope: Option<String>,
     /// Comma-separated addresses or CIDR ranges of reverse proxies whose `X-Forwarded-For` is
     /// believed (default: none, the TCP peer is the client).
     #[arg(long, env = "PALAVER_TRUSTED_PROXIES")]
@@ -148,6 +152,7 @@ struct FileSettings {
     web: Option<toml::Value>,
     presence_grace: Option<toml::Value>,
     presence_tick: Option<toml::Value>,
+    presence_scope: Option<toml::Value>,
     trusted_proxies: Option<toml::Value>,
     connections_per_address: Option<toml::Value>,
     max_connections: Option<toml::Value>,
@@ -217,6 +222,8 @@ pub struct Config {
     pub presence_grace: Duration,
     /// How often presence changes are announced; zero: each at once.
     pub presence_tick: Duration,
+    /// Who hears of a user's presence.
+    pub presence_scope: PresenceScope,
     pub connections: ConnectionSettings,
     /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
     pub registrations_per_address: u32,
@@ -239,6 +246,7 @@ impl std::fmt::Debug for Config {
             .field("web", &self.web)
             .field("presence_grace", &self.presence_grace)
             .field("presence_tick", &self.presence_tick)
+            .field("presence_scope", &self.presence_scope)
             .field("connections", &self.connections)
             .field("registrations_per_address", &self.registrations_per_address)
             .field("max_sockets_per_user", &self.max_sockets_per_user)
@@ -280,6 +288,7 @@ impl Default for Config {
             web: true,
             presence_grace: PRESENCE_GRACE_DEFAULT,
             presence_tick: PRESENCE_TICK_DEFAULT,
+            presence_scope: PresenceScope::All,
             connections: ConnectionSettings::default(),
             registrations_per_address: REGISTRATIONS_PER_ADDRESS_DEFAULT,
             max_sockets_per_user: SOCKETS_PER_USER_DEFAULT,
@@ -371,6 +380,9 @@ impl Config {
         if let Some(tick) = text(args.presence_tick, file.presence_tick) {
             config.presence_tick =
                 parse_short_duration(&tick, "PALAVER_PRESENCE_TICK", PRESENCE_TICK_CEILING)?;
+        }
+        if let Some(scope) = text(args.presence_scope, file.presence_scope) {
+            config.presence_scope = parse_presence_scope(&scope)?;
         }
         let audience_any = match text(args.auth_audience_any, file.auth_audience_any) {
             Some(any) => parse_bool(&any, "PALAVER_AUTH_AUDIENCE_ANY")?,
@@ -600,6 +612,17 @@ fn parse_trusted_proxies(value: &str) -> Result<Vec<IpNet>, ConfigError> {
         .collect()
 }
 
+fn parse_presence_scope(value: &str) -> Result<PresenceScope, ConfigError> {
+    match value.trim() {
+        "all" => Ok(PresenceScope::All),
+        "contacts" => Ok(PresenceScope::Contacts),
+        _ => Err(bad(
+            "PALAVER_PRESENCE_SCOPE",
+            format!("{value:?} must be all or contacts"),
+        )),
+    }
+}
+
 fn parse_bool(value: &str, setting: &'static str) -> Result<bool, ConfigError> {
     match value.trim() {
         "true" => Ok(true),
@@ -692,6 +715,16 @@ mod tests {
     }
 
     #[test]
+    fn presence_can_be_scoped_to_contacts() {
+        let config = resolve(ServeArgs {
+            presence_scope: Some(" contacts".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(config.presence_scope, PresenceScope::Contacts);
+    }
+
+    #[test]
     fn defaults_need_no_configuration() {
         let config = resolve(ServeArgs::default()).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
@@ -707,6 +740,7 @@ mod tests {
         );
         assert!(config.external_auth.is_none());
         assert!(config.web);
+        assert_eq!(config.presence_scope, PresenceScope::All);
         assert_eq!(
             (config.presence_grace, config.presence_tick),
             (Duration::from_secs(5), Duration::from_millis(250))
@@ -819,6 +853,13 @@ mod tests {
                     ..Default::default()
                 },
                 "PALAVER_PRESENCE_GRACE",
+            ),
+            (
+                ServeArgs {
+                    presence_scope: Some("friends".into()),
+                    ..Default::default()
+                },
+                "PALAVER_PRESENCE_SCOPE",
             ),
             (
                 ServeArgs {

@@ -153,6 +153,9 @@ pub const PRESENCE_GRACE_POLL: Duration = Duration::from_millis(100);
 /// Ids in one `online-users` snapshot (sorted; beyond it a client learns of users from their
 /// transitions). One snapshot is then at most about 300 KB.
 pub const ONLINE_USERS_SNAPSHOT_MAX: usize = 10_000;
+/// Times a user's contacts are read from storage outside the presence lock before they are read
+/// under it (each retry means a chat was created meanwhile; see `domain::contacts`).
+pub const CONTACTS_LOAD_ATTEMPTS: usize = 3;
 
 /// Connections (src/transport/connections.rs); each default can be changed in the configuration.
 /// A connection that has sent no byte at all is closed after this.

@@ -201,6 +201,62 @@ async fn presence_counts_tabs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_scoped_to_contacts_reaches_only_users_who_share_a_chat() {
+    let server = start(palaver::config::Config {
+        presence_grace: Duration::ZERO,
+        presence_tick: Duration::ZERO,
+        presence_scope: palaver::service::PresenceScope::Contacts,
+        ..relaxed_config()
+    })
+    .await;
+    let (ada, ada_id) = server.register("ada").await;
+    let (bob, bob_id) = server.register("bob").await;
+    let (cy, cy_id) = server.register("cy").await;
+    server.open_chat(&ada, &bob_id).await;
+    let mut bob_tab = server.connect(&bob).await;
+    let mut cy_tab = server.connect(&cy).await;
+    let nobody = Some(json!({ "userIds": [] }));
+    assert_eq!(bob_tab.next("online-users", QUIET).await, nobody);
+    assert_eq!(
+        cy_tab.next("online-users", QUIET).await,
+        nobody,
+        "bob is no contact of cy"
+    );
+
+    let mut ada_tab = server.connect(&ada).await;
+    let online = |id: &str| Some(json!({ "userId": id }));
+    assert_eq!(
+        ada_tab.next("online-users", QUIET).await,
+        Some(json!({ "userIds": [bob_id] }))
+    );
+    assert_eq!(bob_tab.next("user-online", QUIET).await, online(&ada_id));
+    assert!(
+        cy_tab.drain("user-online", QUIET).await.is_empty(),
+        "ada is no contact of cy"
+    );
+
+    // cy and ada now share a chat: each learns that the other is online, once.
+    server.open_chat(&cy, &ada_id).await;
+    assert_eq!(cy_tab.next("user-online", QUIET).await, online(&ada_id));
+    assert_eq!(ada_tab.next("user-online", QUIET).await, online(&cy_id));
+    server.open_chat(&ada, &cy_id).await;
+    assert!(cy_tab.drain("user-online", QUIET).await.is_empty());
+
+    ada_tab.client.close().await;
+    let offline = Some(json!({ "userId": ada_id }));
+    assert_eq!(bob_tab.next("user-offline", QUIET).await, offline);
+    assert_eq!(cy_tab.next("user-offline", QUIET).await, offline);
+    let later_cy_tab = server.connect(&cy).await;
+    let mut later_cy_tab = later_cy_tab;
+    assert_eq!(later_cy_tab.next("online-users", QUIET).await, nobody);
+    assert!(
+        bob_tab.drain("user-online", QUIET).await.is_empty(),
+        "cy is no contact of bob"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_name_the_contract_messages() {
     let server = start(relaxed_config()).await;
     let (ada, _) = server.register("ada").await;

@@ -4,6 +4,7 @@
 //! tested, property tested, fuzzed and run inside the deterministic simulation unchanged.
 
 pub mod address;
+pub mod contacts;
 pub mod ids;
 pub mod page;
 pub mod presence;

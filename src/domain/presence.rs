@@ -15,6 +15,16 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+/// Who hears of a user's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PresenceScope {
+    /// Every connected user.
+    #[default]
+    All,
+    /// The users who share a chat with them.
+    Contacts,
+}
+
 /// A change of what observers are told about a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -158,6 +168,11 @@ impl Presence {
         ids.sort_unstable();
         ids.truncate(max);
         ids
+    }
+
+    /// Whether observers were told `user` is online.
+    pub fn is_announced(&self, user: &str) -> bool {
+        self.announced.contains(user)
     }
 
     #[cfg(any(test, feature = "testing"))]

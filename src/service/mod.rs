@@ -22,7 +22,6 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::address::{AddressWindows, LoginBounds, LoginThrottle};
 use crate::domain::ids::IdMinter;
-use crate::domain::presence::Presence;
 use crate::domain::rate::{BucketShape, KeyedLimiter};
 use crate::domain::validate::{FieldError, MessageError};
 use crate::limits::*;
@@ -31,8 +30,9 @@ use auth::Tokens;
 use cache::{ClearingCache, Members};
 use views::PublicUser;
 
+pub use crate::domain::presence::PresenceScope;
 pub use messages::{Delivery, FiledSend, SendMessage, Sent};
-pub use presence::{PresenceDesk, PresenceRules, Transition};
+pub use presence::{Announcement, Audience, PresenceDesk, PresenceRules, Transition};
 
 /// A failed REST request; the transport maps each to a status and a `{ message }` body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -160,6 +160,7 @@ impl From<&Config> for Policy {
             presence: PresenceRules {
                 grace: config.presence_grace,
                 tick: config.presence_tick,
+                scope: config.presence_scope,
             },
             registrations_per_address: config.registrations_per_address,
             max_sockets_per_user: config.max_sockets_per_user,
@@ -176,7 +177,7 @@ pub struct App {
     policy: Policy,
     /// Held across the presence broadcast (a tokio mutex, so it may be held over `.await`), so
     /// that transitions reach every observer in the order they happened.
-    presence: tokio::sync::Mutex<Presence>,
+    presence: tokio::sync::Mutex<presence::PresenceBook>,
     send_limiter: Mutex<KeyedLimiter>,
     /// `GET /api/users` per caller: each search may scan the whole users table.
     search_limiter: Mutex<KeyedLimiter>,
@@ -244,7 +245,7 @@ impl App {
             members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,
-            presence: tokio::sync::Mutex::new(Presence::new(grace_ms)),
+            presence: tokio::sync::Mutex::new(presence::PresenceBook::new(grace_ms)),
             login_throttle: Mutex::new(LoginThrottle::new(LoginBounds {
                 failures_per_account: LOGIN_FAILURES_MAX,
                 failures_per_address: LOGIN_ADDRESS_FAILURES_MAX,

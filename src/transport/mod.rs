@@ -53,8 +53,14 @@ pub async fn revoke_sessions(app: &App, io: &SocketIo, user: &str) -> Result<(),
     Ok(())
 }
 
-/// Every authenticated socket, for presence broadcasts.
+/// Every authenticated socket, for presence broadcasts (presence scope `all`).
 pub const PRESENCE_ROOM: &str = "presence";
+
+/// The sockets of one user that hear presence (scope `contacts`). Apart from `user_room`: a
+/// socket joins it only once its snapshot is sent, so that no transition overtakes it.
+pub fn presence_room(user_id: &str) -> String {
+    format!("presence:{user_id}")
+}
 
 /// Delivers the committed messages of one shard of the commit feed, in the order they were
 /// committed, until the writer stops: every socket thus receives a chat's messages in

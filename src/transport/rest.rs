@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::client_addr::ClientAddr;
 use super::wire::{self, Keep};
-use super::{Shared, payload};
+use super::{Shared, payload, socket};
 use crate::domain::page::Anchor;
 use crate::limits::REPLY_BYTES_MAX;
 use crate::service::{ApiError, AuthFailure, Refusal};
@@ -288,7 +288,9 @@ async fn open_chat(
     Caller(user): Caller,
     Param(participant_id): Param,
 ) -> Result<Response, RestError> {
-    Ok(Json(shared.app.open_chat_with(&user.id, &participant_id).await?).into_response())
+    let chat = shared.app.open_chat_with(&user.id, &participant_id).await?;
+    socket::introduce(&shared.io, &shared.app, &user.id, &participant_id).await;
+    Ok(Json(chat).into_response())
 }
 
 async fn history(

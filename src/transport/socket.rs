@@ -26,7 +26,7 @@ use socketioxide::socket::Socket;
 use tokio::sync::{Notify, mpsc};
 
 use super::wire::{self, Keep};
-use super::{PRESENCE_ROOM, chat_room, payload, user_room};
+use super::{PRESENCE_ROOM, chat_room, payload, presence_room, user_room};
 use crate::domain::rate::{BucketShape, TokenBucket};
 use crate::domain::typing::Typing;
 use crate::limits::{
@@ -35,7 +35,9 @@ use crate::limits::{
     TYPING_STALE_MS,
 };
 use crate::service::views::MessageView;
-use crate::service::{App, AuthFailure, Refusal, Sent, Transition};
+use crate::service::{
+    Announcement, App, Audience, AuthFailure, PresenceScope, Refusal, Sent, Transition,
+};
 use crate::storage::UserRecord;
 
 /// What a socket carries from its authenticated handshake.
@@ -105,7 +107,7 @@ async fn authenticate(
     let user = Arc::new(user);
     // Held until the socket is counted, so that concurrent handshakes cannot pass the cap on
     // sockets per user together.
-    let mut presence = app.presence().await;
+    let mut presence = app.presence_for(&user.id).await?;
     if presence.is_full(&user.id) {
         return Err(AuthFailure::TooManySockets);
     }
@@ -164,7 +166,10 @@ async fn on_connect(
         let _ = socket.emit("online-users", &json!({ "userIds": online }));
         // A socket already closed would stay in the room: its cleanup has run.
         if socket.connected() {
-            socket.join(PRESENCE_ROOM);
+            match presence.scope() {
+                PresenceScope::All => socket.join(PRESENCE_ROOM),
+                PresenceScope::Contacts => socket.join(presence_room(&session.user.id)),
+            }
         }
     }
     // A socket that closed before this handler ran was retired by its disconnect handler;
@@ -206,18 +211,35 @@ async fn retire(socket: &SocketRef, io: &SocketIo, app: &App) {
     announce(io, transitions).await;
 }
 
-/// Tells every socket in the presence room of each transition, except the user's own sockets
-/// (a socket's snapshot leaves its own user out, and so do the transitions that follow it).
-async fn announce(io: &SocketIo, transitions: Vec<Transition>) {
-    for transition in transitions {
+/// Tells each transition to its audience: every socket in the presence room except the user's
+/// own (a socket's snapshot leaves its own user out, and so do the transitions that follow
+/// it), or the presence rooms of the user's contacts.
+async fn announce(io: &SocketIo, announcements: Vec<Announcement>) {
+    for Announcement {
+        transition,
+        audience,
+    } in announcements
+    {
         let own_sockets = user_room(transition.user());
         let (event, body) = presence_event(transition);
-        let _ = io
-            .to(PRESENCE_ROOM)
-            .except(own_sockets)
-            .emit(event, &body)
-            .await;
+        let recipients = match audience {
+            Audience::Everyone => io.to(PRESENCE_ROOM).except(own_sockets),
+            // `to` with no room at all would broadcast to every socket.
+            Audience::Users(users) if users.is_empty() => continue,
+            Audience::Users(users) => {
+                io.to(users.iter().map(|u| presence_room(u)).collect::<Vec<_>>())
+            }
+        };
+        let _ = recipients.emit(event, &body).await;
     }
+}
+
+/// Two users now share a chat: with presence scoped to contacts, each online one is announced
+/// to the other (under the presence desk, like every announcement).
+pub async fn introduce(io: &SocketIo, app: &App, first: &str, second: &str) {
+    let mut presence = app.presence().await;
+    let announcements = presence.introduce(first, second);
+    announce(io, announcements).await;
 }
 
 /// Announces what changed in presence since the last tick (see `service::PresenceDesk::tick`).

@@ -1,0 +1,119 @@
+//! Contacts: who sees whose presence when presence is scoped to contacts (the users who share a
+//! chat), kept for the users the presence count needs them for.
+//!
+//! An entry is loaded from storage when a user connects and forgotten once the user is gone
+//! and announced offline, so the map holds only connected (or leaving) users. Loading reads
+//! storage, which is not done under the presence lock; a chat created meanwhile would be
+//! missing from the loaded list, so every introduction bumps a generation, and a list loaded
+//! while the generation moved is loaded again ([`Contacts::generation`]).
+
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Default)]
+pub struct Contacts {
+    of: HashMap<String, HashSet<String>>,
+    introductions: u64,
+}
+
+/// Which sides of an introduction learned something new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Introduced {
+    /// The first user now knows the second.
+    pub first_learned: bool,
+    /// The second user now knows the first.
+    pub second_learned: bool,
+}
+
+impl Contacts {
+    /// Moves with every introduction (see the module's docs).
+    pub fn generation(&self) -> u64 {
+        self.introductions
+    }
+
+    /// Whether `user`'s contacts are loaded.
+    pub fn knows(&self, user: &str) -> bool {
+        self.of.contains_key(user)
+    }
+
+    /// Keeps `user`'s contacts as loaded from storage (the user left out).
+    pub fn learn(&mut self, user: &str, mut contacts: HashSet<String>) {
+        contacts.remove(user);
+        self.of.insert(user.to_owned(), contacts);
+    }
+
+    /// The contacts of `user`, if loaded.
+    pub fn of(&self, user: &str) -> Option<&HashSet<String>> {
+        self.of.get(user)
+    }
+
+    /// Two users now share a chat. Only loaded entries change (an entry loaded later reads the
+    /// chat from storage).
+    pub fn introduce(&mut self, first: &str, second: &str) -> Introduced {
+        self.introductions += 1;
+        if first == second {
+            return Introduced::default();
+        }
+        let mut learn = |who: &str, whom: &str| {
+            self.of
+                .get_mut(who)
+                .is_some_and(|contacts| contacts.insert(whom.to_owned()))
+        };
+        Introduced {
+            first_learned: learn(first, second),
+            second_learned: learn(second, first),
+        }
+    }
+
+    /// Users whose contacts are loaded.
+    pub fn users(&self) -> impl Iterator<Item = &String> {
+        self.of.keys()
+    }
+
+    pub fn forget(&mut self, user: &str) {
+        self.of.remove(user);
+    }
+
+    /// Users whose contacts are loaded.
+    pub fn len(&self) -> usize {
+        self.of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.of.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|id| (*id).to_owned()).collect()
+    }
+
+    #[test]
+    fn introductions_change_loaded_entries_only_and_move_the_generation() {
+        let mut contacts = Contacts::default();
+        contacts.learn("ada", set(&["bob", "ada"]));
+        assert_eq!(
+            contacts.of("ada"),
+            Some(&set(&["bob"])),
+            "never one's own contact"
+        );
+        let before = contacts.generation();
+        let introduced = contacts.introduce("ada", "cy");
+        assert_eq!(
+            introduced,
+            Introduced {
+                first_learned: true,
+                second_learned: false
+            }
+        );
+        assert!(contacts.generation() > before);
+        assert!(!contacts.knows("cy"));
+        assert_eq!(contacts.of("ada"), Some(&set(&["bob", "cy"])));
+        assert_eq!(contacts.introduce("ada", "bob"), Introduced::default());
+        contacts.forget("ada");
+        assert!(contacts.is_empty());
+    }
+}
