@@ -437,7 +437,11 @@ async fn step(server: &Server, model: &mut Model, op: Op) {
                 .unwrap_or_else(|| "never-connected".into());
             let mut presence = app.presence().await;
             let counted = presence.state().connection_count();
-            let went_offline = presence.disconnect(&conn);
+            let went_offline: Vec<Transition> = presence
+                .disconnect(&conn)
+                .into_iter()
+                .map(|announcement| announcement.transition)
+                .collect();
             let retired = counted - presence.state().connection_count();
             match model.connections.remove(&conn) {
                 None => assert_eq!((retired, went_offline), (0, vec![])),
