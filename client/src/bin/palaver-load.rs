@@ -29,6 +29,9 @@ use tokio::sync::mpsc;
 #[path = "palaver-load/churn.rs"]
 mod churn;
 
+/// Times a `503 Server busy` answer to a setup request is retried.
+const BUSY_RETRIES: u64 = 8;
+
 /// Time after the last send during which deliveries and acks still count.
 const GRACE: Duration = Duration::from_secs(2);
 /// A step of `--ramp` passes when nothing is lost, nothing refused, and p99 is below this.
@@ -178,18 +181,28 @@ impl Server {
         })
     }
 
+    /// POSTs `body`; a `503 Server busy` (the server's password-hashing queue is full, as it
+    /// may be while thousands of users register on a busy machine) is retried after a pause,
+    /// as a client is told to, up to `BUSY_RETRIES` times.
     async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Result<Value, Failure> {
-        let mut request = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        for attempt in 0.. {
+            let mut request = self.http.post(format!("{}{path}", self.base)).json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            let answer: Value = response.json().await?;
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < BUSY_RETRIES {
+                tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(format!("POST {path}: {status} {answer}").into());
+            }
+            return Ok(answer);
         }
-        let response = request.send().await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if !status.is_success() {
-            return Err(format!("POST {path}: {status} {body}").into());
-        }
-        Ok(body)
+        unreachable!("the loop returns")
     }
 
     async fn register(&self, run: &str, i: usize) -> Result<Account, Failure> {
