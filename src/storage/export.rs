@@ -288,7 +288,7 @@ impl<W: Write> Writer<'_, W> {
     fn row(&mut self, line: &Line) -> Result<(), TransferError> {
         self.line(line)?;
         self.rows += 1;
-        if self.rows % 1024 == 0 {
+        if self.rows.is_multiple_of(1024) {
             (self.progress)(self.rows);
         }
         Ok(())
