@@ -448,3 +448,88 @@ async fn every_command_has_complete_help() {
         }
     }
 }
+
+const PROVIDER_EC: &[u8] = include_bytes!("../fuzz/keys/provider_ec.pem");
+const PROVIDER_EC_PUB: &[u8] = include_bytes!("../fuzz/keys/provider_ec.pub.pem");
+const AUDIENCE: &str = "palaver-tests";
+
+/// A provider token for `sub`, issued `issued_in_secs` from now.
+fn provider_token(sub: &str, issued_in_secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "sub": sub, "aud": AUDIENCE, "exp": now + 600, "iat": now + issued_in_secs,
+        "email": format!("{sub}@example.com"), "name": sub,
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(PROVIDER_EC).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_provider_user_is_refused_even_with_a_token_issued_after() {
+    let keys = tempfile::tempdir().unwrap();
+    let pem = keys.path().join("provider.pem");
+    std::fs::write(&pem, PROVIDER_EC_PUB).unwrap();
+    let server = start(Config {
+        external_auth: Some(palaver::config::ExternalAuth {
+            keys: vec![palaver::config::KeySource::PemFile(pem)],
+            issuer: None,
+            audience: Some(AUDIENCE.into()),
+        }),
+        ..relaxed_config()
+    })
+    .await;
+    let (status, user) = server
+        .post(
+            "/api/auth/callback",
+            Some(&provider_token("victor", 0)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{user}");
+    let dir = server.dir.path().to_owned();
+    let listed = users(&dir).await;
+    assert_eq!(listed[0]["signIn"], "external");
+    let refused = palaver(
+        &dir,
+        &[
+            "user",
+            "set-password",
+            "victor@example.com",
+            "--password",
+            "password123",
+        ],
+        None,
+    )
+    .await
+    .failed();
+    assert!(refused.contains("external identity provider"), "{refused}");
+
+    palaver(&dir, &["user", "disable", "victor@example.com"], None)
+        .await
+        .ok();
+    // Issued after the revocation the disable made: only the disabled flag refuses it.
+    let later = provider_token("victor", 5);
+    assert_eq!(server.get("/api/auth/me", Some(&later)).await.0, 401);
+    assert_eq!(server.connect_refused(&later).await, "Unauthorized");
+    let (status, body) = server
+        .post("/api/auth/callback", Some(&later), json!({}))
+        .await;
+    assert_eq!(
+        (status, &body["message"]),
+        (403, &json!("Account disabled"))
+    );
+
+    palaver(&dir, &["user", "enable", "victor@example.com"], None)
+        .await
+        .ok();
+    assert_eq!(server.get("/api/auth/me", Some(&later)).await.0, 200);
+    server.stop().await;
+}
