@@ -37,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Admin(crate::admin::AdminCommand),
 }
 
 /// Every setting is optional here so that flags and the environment can be told apart from
@@ -129,6 +131,10 @@ pub struct ServeArgs {
     /// Sockets one user may have open at once; one more is refused at the handshake.
     #[arg(long, env = "PALAVER_MAX_SOCKETS_PER_USER")]
     pub max_sockets_per_user: Option<String>,
+    /// `open`: anyone may register (`POST /api/auth/register`); `closed`: only `palaver user
+    /// add` (and an external identity provider) creates accounts.
+    #[arg(long, env = "PALAVER_REGISTRATION")]
+    pub registration: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Numbers may be written as numbers or strings.
@@ -161,6 +167,7 @@ struct FileSettings {
     socket_io_connect_timeout: Option<toml::Value>,
     registrations_per_address: Option<toml::Value>,
     max_sockets_per_user: Option<toml::Value>,
+    registration: Option<String>,
 }
 
 /// Where the external identity provider's keys come from.
@@ -228,6 +235,8 @@ pub struct Config {
     /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
     pub registrations_per_address: u32,
     pub max_sockets_per_user: u32,
+    /// Whether `POST /api/auth/register` creates accounts (`--registration open`).
+    pub registration_open: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -250,6 +259,7 @@ impl std::fmt::Debug for Config {
             .field("connections", &self.connections)
             .field("registrations_per_address", &self.registrations_per_address)
             .field("max_sockets_per_user", &self.max_sockets_per_user)
+            .field("registration_open", &self.registration_open)
             .finish()
     }
 }
@@ -292,6 +302,7 @@ impl Default for Config {
             connections: ConnectionSettings::default(),
             registrations_per_address: REGISTRATIONS_PER_ADDRESS_DEFAULT,
             max_sockets_per_user: SOCKETS_PER_USER_DEFAULT,
+            registration_open: true,
         }
     }
 }
@@ -432,6 +443,18 @@ impl Config {
                 "PALAVER_MAX_SOCKETS_PER_USER",
                 SOCKETS_PER_USER_CEILING,
             )?;
+        }
+        if let Some(registration) = args.registration.or(file.registration) {
+            config.registration_open = match registration.trim() {
+                "open" => true,
+                "closed" => false,
+                _ => {
+                    return Err(bad(
+                        "PALAVER_REGISTRATION",
+                        format!("{registration:?} must be open or closed"),
+                    ));
+                }
+            };
         }
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),
@@ -895,6 +918,13 @@ mod tests {
                     ..Default::default()
                 },
                 "PALAVER_REGISTRATIONS_PER_ADDRESS",
+            ),
+            (
+                ServeArgs {
+                    registration: Some("invite-only".into()),
+                    ..Default::default()
+                },
+                "PALAVER_REGISTRATION",
             ),
         ];
         for (args, setting) in cases {

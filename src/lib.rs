@@ -3,8 +3,10 @@
 //! One process serves the REST API and Socket.IO on one port and keeps users, chats and messages
 //! in an embedded redb database. Modules in reading order: `limits` (every bound), `domain` (pure
 //! rules), `storage` (redb, group commit), `service` (the use cases), `transport` (HTTP and
-//! Socket.IO), `server` (wiring, `run`), `config` (settings). See ARCHITECTURE.md.
+//! Socket.IO), `server` (wiring, `run`), `config` (settings), `admin` (the operator's commands
+//! and the admin socket). See ARCHITECTURE.md.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -213,6 +213,28 @@ pub const TOKEN_TTL_MAX: Duration = Duration::from_secs(366 * 86_400);
 /// The shortest `PALAVER_JWT_SECRET` accepted (HS256 wants at least the hash's 32 bytes).
 pub const JWT_SECRET_BYTES_MIN: usize = 32;
 
+/// The admin socket (src/admin/socket.rs): one request line, one reply line, connections served
+/// at once (an operator's commands come one at a time), and how long a connection may take to
+/// send its request. Replies are bounded by what they carry: a page of `ADMIN_USERS_PAGE_MAX`
+/// users (about 400 bytes each) or one token, well below `ADMIN_REPLY_BYTES_MAX`.
+pub const ADMIN_REQUEST_BYTES_MAX: usize = 16 * 1024;
+pub const ADMIN_REPLY_BYTES_MAX: usize = 1024 * 1024;
+pub const ADMIN_CONNECTIONS_MAX: usize = 4;
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the command waits for a running server's answer: a backup of a large database
+/// takes a while (6.3 s for 1,000,000 messages on a busy 2-core machine, docs/deploy.md).
+pub const ADMIN_REPLY_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Users in one `user list` page (the command asks for pages until it has them all).
+pub const ADMIN_USERS_PAGE_MAX: usize = 500;
+/// Rows a backup or an import copies per write transaction: each transaction's dirty pages
+/// stay bounded whatever the database's size; only the last commit is made durable.
+pub const COPY_ROWS_PER_COMMIT: usize = 50_000;
+/// redb's page cache for a backup's target and an import (its default is 1 GiB).
+pub const COPY_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// One line of an export file: a user, chat, member or message as JSON (a message's text of
+/// `TEXT_CHARS_CEILING` characters escapes to at most 6 bytes each).
+pub const EXPORT_LINE_BYTES_MAX: usize = 256 * 1024;
+
 const _: () = assert!(TEXT_CHARS_DEFAULT <= TEXT_CHARS_CEILING);
 // The largest text an operator can allow (4 bytes per scalar) plus its envelope must fit in one
 // Socket.IO message.
@@ -237,3 +259,5 @@ const _: () = assert!(TYPING_PER_USER_PER_SEC as usize >= TYPING_PER_SEC);
 // socket's budget holds many replies.
 const _: () = assert!(TEXT_CHARS_CEILING * 6 + 2048 <= REPLY_BYTES_MAX);
 const _: () = assert!(REPLY_BYTES_MAX * 8 <= SOCKET_UNREAD_BYTES_MAX as usize);
+const _: () = assert!(TEXT_CHARS_CEILING * 6 + 4096 <= EXPORT_LINE_BYTES_MAX);
+const _: () = assert!(ADMIN_USERS_PAGE_MAX * 2048 <= ADMIN_REPLY_BYTES_MAX);

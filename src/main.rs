@@ -9,9 +9,10 @@ use palaver::config::{Cli, Command, Config};
 use palaver::server::{Server, ServerExit};
 
 fn main() -> ExitCode {
-    let Cli {
-        command: Command::Serve(args),
-    } = Cli::parse();
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Admin(command) => return palaver::admin::run(command),
+    };
     let rust_log = std::env::var("RUST_LOG").ok();
     tracing_subscriber::fmt()
         .with_env_filter(palaver::logs::filter(rust_log.as_deref()))

@@ -21,6 +21,7 @@ use socketioxide::{ParserConfig, SocketIo};
 use tokio::sync::{Notify, oneshot};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::admin::socket::{AdminServer, AdminSocket};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::ids::IdMinter;
@@ -46,6 +47,8 @@ pub enum StartError {
     Entropy(String),
     #[error("cannot start the storage writer's thread: {0}")]
     WriterThread(std::io::Error),
+    #[error("cannot listen on the admin socket in {dir}: {source}")]
+    AdminSocket { dir: String, source: std::io::Error },
 }
 
 /// How a served server ended.
@@ -150,8 +153,20 @@ impl ServerBuilder {
     {
         let config = self.config.clone();
         let on_shutdown = self.on_shutdown.take();
+        // A server on its data directory's database takes the operator's commands there; one on
+        // a database handed to it (tests, the simulation) has no directory of its own.
+        let owns_data_dir = self.database.is_none();
         let (feed, subscribers) = CommitFeed::new(COMMIT_FEED_SHARDS, COMMIT_FEED_QUEUE_MAX);
         let (service, writer) = self.assemble(Some(feed)).await?;
+        // Bound only once the database is open: holding it proves no other server uses the
+        // directory, so a socket found there is stale.
+        let admin = owns_data_dir
+            .then(|| AdminSocket::bind(&config.data_dir))
+            .transpose()
+            .map_err(|source| StartError::AdminSocket {
+                dir: config.data_dir.display().to_string(),
+                source,
+            })?;
         let stop = Arc::new(Notify::new());
         let served = tokio::spawn(serve(
             listener,
@@ -163,6 +178,7 @@ impl ServerBuilder {
                 asked: Arc::clone(&stop),
                 hook: on_shutdown,
             },
+            admin,
         ));
         Ok(Running {
             service,
@@ -415,12 +431,14 @@ async fn serve<L>(
     committed: Vec<CommitSubscriber>,
     writer: WriterHandle,
     shutdown: Shutdown,
+    admin: Option<AdminSocket>,
 ) -> ServerExit
 where
     L: Listener,
     L::Addr: Into<std::net::SocketAddr>,
 {
     let (router, io) = router(Arc::clone(&app), &config);
+    let admin: Option<AdminServer> = admin.map(|admin| admin.serve(Arc::clone(&app), io.clone()));
     for shard in committed {
         tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
     }
@@ -454,6 +472,9 @@ where
             hook();
         }
         tracing::info!("shutting down: closing sockets");
+        if let Some(admin) = admin {
+            admin.stop();
+        }
         sweeper.abort();
         presence_ticker.abort();
         if let Some(reloader) = key_reloader {

@@ -27,6 +27,9 @@ impl App {
         email: &str,
         password: &str,
     ) -> Result<(String, UserView), ApiError> {
+        if !self.policy.registration_open {
+            return Err(ApiError::RegistrationClosed);
+        }
         let name = validate::name(name)?;
         let email = validate::email(email)?;
         validate::password(password)?;
@@ -107,8 +110,11 @@ impl App {
             .await?;
         match user {
             Some(user) if matches && user.password_hash.is_some() => {
-                let (generation, _) = self.store.token_revocation(&user.id).map_err(unavailable)?;
-                let token = self.tokens.issue_at(&user.id, generation, now);
+                let standing = self.store.standing(&user.id).map_err(unavailable)?;
+                if standing.disabled_ms.is_some() {
+                    return Err(ApiError::AccountDisabled);
+                }
+                let token = self.tokens.issue_at(&user.id, standing.generation, now);
                 Ok((token, UserView::from(&user)))
             }
             _ => {
@@ -151,11 +157,15 @@ impl App {
             _ => None,
         };
         let user = user.ok_or(AuthFailure::UserNotFound)?;
-        let (generation, revoked_ms) = self
+        let standing = self
             .store
-            .token_revocation(&user.id)
+            .standing(&user.id)
             .map_err(storage_failed(AuthFailure::Unavailable))?;
-        if !facts.survives(generation, revoked_ms) {
+        // A disabled account's tokens were revoked when it was disabled; provider tokens issued
+        // since are refused here.
+        if standing.disabled_ms.is_some()
+            || !facts.survives(standing.generation, standing.revoked_ms)
+        {
             return Err(AuthFailure::Unauthorized);
         }
         Ok((user, facts.expires_ms))
@@ -183,6 +193,15 @@ impl App {
             .map_err(unavailable)?
             && let Some(user) = self.store.user(&id).map_err(unavailable)?
         {
+            if self
+                .store
+                .standing(&user.id)
+                .map_err(unavailable)?
+                .disabled_ms
+                .is_some()
+            {
+                return Err(ApiError::AccountDisabled);
+            }
             return Ok(UserView::from(&user));
         }
         let new = self.new_external_user(&claims)?;

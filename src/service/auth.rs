@@ -192,6 +192,11 @@ impl Tokens {
         }
     }
 
+    /// The lifetime of the tokens logins issue.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
     /// A token of generation 0 (a new user's, and tests').
     pub fn issue(&self, user_id: &str, now_ms: u64) -> String {
         self.issue_at(user_id, 0, now_ms)
@@ -199,11 +204,21 @@ impl Tokens {
 
     /// A token of the user's current token `generation`.
     pub fn issue_at(&self, user_id: &str, generation: u64, now_ms: u64) -> String {
+        self.issue_for(
+            user_id,
+            generation,
+            now_ms,
+            Duration::from_secs(self.ttl_secs),
+        )
+    }
+
+    /// A token living `ttl` instead of the configured lifetime (`palaver token --ttl`).
+    pub fn issue_for(&self, user_id: &str, generation: u64, now_ms: u64, ttl: Duration) -> String {
         let iat = now_ms / 1000;
         let claims = OwnClaims {
             sub: user_id.to_owned(),
             iat,
-            exp: iat + self.ttl_secs,
+            exp: iat + ttl.as_secs(),
             generation,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)

@@ -7,6 +7,7 @@
 //! event's own failure message on a socket, never "not found".
 
 mod accounts;
+pub mod admin;
 pub mod auth;
 pub mod cache;
 mod chats;
@@ -49,6 +50,12 @@ pub enum ApiError {
     TooManyRegistrations,
     #[error("Email already registered")]
     EmailTaken,
+    /// `--registration closed`: accounts come from `palaver user add` (or the external provider).
+    #[error("Registration is closed")]
+    RegistrationClosed,
+    /// The operator disabled the account (`palaver user disable`).
+    #[error("Account disabled")]
+    AccountDisabled,
     #[error("{0}")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -147,6 +154,8 @@ pub struct Policy {
     /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
     pub registrations_per_address: u32,
     pub max_sockets_per_user: u32,
+    /// Whether `register` creates accounts (`--registration open`).
+    pub registration_open: bool,
 }
 
 impl From<&Config> for Policy {
@@ -164,6 +173,7 @@ impl From<&Config> for Policy {
             },
             registrations_per_address: config.registrations_per_address,
             max_sockets_per_user: config.max_sockets_per_user,
+            registration_open: config.registration_open,
         }
     }
 }

@@ -58,6 +58,11 @@ impl StoreError {
         }
     }
 
+    /// Whether the database could not be opened because another process holds it.
+    pub fn is_in_use(&self) -> bool {
+        matches!(self, Self::Io(error) if matches!(**error, redb::Error::DatabaseAlreadyOpen))
+    }
+
     /// Whether this error fails only the request that met it; any other stops the writer.
     pub fn is_per_request(&self) -> bool {
         matches!(self, Self::Corrupt { .. })

@@ -10,7 +10,10 @@
 //! The whole crate reaches redb only through this module. The same code runs on a file (the
 //! server), on redb's in-memory backend (tests, fuzzing) and on a simulated disk (the simulation).
 
+mod accounts;
+pub mod backup;
 mod error;
+pub mod export;
 pub mod feed;
 mod private;
 pub mod records;
@@ -24,6 +27,7 @@ use std::sync::Arc;
 
 use redb::{BackendError, Database, ReadableDatabase, ReadableTable, StorageBackend};
 
+pub use accounts::Standing;
 pub use error::StoreError;
 pub use feed::{CommitFeed, CommitSubscriber};
 pub use records::{ChatRecord, MessageRecord, UserRecord};

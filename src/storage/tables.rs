@@ -39,6 +39,10 @@ pub const CLIENT_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition
 pub const TOKEN_REVOCATIONS: TableDefinition<&str, (u64, u64)> =
     TableDefinition::new("token_revocations");
 
+/// user id → when the operator disabled the account (ms). A disabled user's tokens are refused
+/// and their logins too; their messages stay. A table of its own like `TOKEN_REVOCATIONS`.
+pub const DISABLED_USERS: TableDefinition<&str, u64> = TableDefinition::new("disabled_users");
+
 /// Sorts after every valid id (ids are `[0-9A-Za-z_-]`, all below `~`), closing prefix ranges.
 pub const ID_UPPER_BOUND: &str = "~";
 
@@ -72,6 +76,7 @@ pub fn prepare(db: &Database) -> Result<(), StoreError> {
         tx.open_table(MESSAGES)?;
         tx.open_table(CLIENT_IDS)?;
         tx.open_table(TOKEN_REVOCATIONS)?;
+        tx.open_table(DISABLED_USERS)?;
     }
     tx.commit().map_err(redb::Error::from)?;
     Ok(())

@@ -20,6 +20,9 @@ use super::tables::*;
 use super::{Durability, StoreError};
 use crate::limits::{CHAT_MEMBERS_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
 
+mod accounts;
+pub use accounts::AccountChange;
+
 pub struct NewUser {
     pub id: String,
     pub name: String,
@@ -78,6 +81,7 @@ enum Request {
         now_ms: u64,
         reply: Reply<u64>,
     },
+    Account(AccountChange, Reply<Option<UserRecord>>),
 }
 
 /// A request applied inside the open transaction, waiting for the commit to be answered.
@@ -87,6 +91,7 @@ enum Applied {
     Message(Reply<AppendOutcome>, AppendOutcome),
     Meta(Reply<Vec<u8>>, Vec<u8>),
     Revoked(Reply<u64>, u64),
+    Account(Reply<Option<UserRecord>>, Option<UserRecord>),
 }
 
 impl Request {
@@ -98,6 +103,7 @@ impl Request {
             Request::Append(_, reply) => reply.send(Err(error)).is_ok(),
             Request::InitMeta { reply, .. } => reply.send(Err(error)).is_ok(),
             Request::RevokeTokens { reply, .. } => reply.send(Err(error)).is_ok(),
+            Request::Account(_, reply) => reply.send(Err(error)).is_ok(),
         };
     }
 }
@@ -118,6 +124,7 @@ impl Applied {
             Applied::Message(reply, value) => reply.send(result.map(|()| value)).is_ok(),
             Applied::Meta(reply, value) => reply.send(result.map(|()| value)).is_ok(),
             Applied::Revoked(reply, value) => reply.send(result.map(|()| value)).is_ok(),
+            Applied::Account(reply, value) => reply.send(result.map(|()| value)).is_ok(),
         };
     }
 }
@@ -234,6 +241,15 @@ impl StoreWriter {
             reply,
         })
         .await
+    }
+
+    /// Applies an operator's change to an account; the account as changed, `None` if there is
+    /// no such user.
+    pub async fn change_account(
+        &self,
+        change: AccountChange,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.call(|reply| Request::Account(change, reply)).await
     }
 
     /// The stored value of `key`, storing `value` first if there is none.
@@ -398,6 +414,7 @@ struct Tables<'tx> {
     client_ids: Table<'tx, (&'static str, &'static str, &'static str), u64>,
     meta: Table<'tx, &'static str, &'static [u8]>,
     revocations: Table<'tx, &'static str, (u64, u64)>,
+    disabled: Table<'tx, &'static str, u64>,
 }
 
 impl<'tx> Tables<'tx> {
@@ -413,6 +430,7 @@ impl<'tx> Tables<'tx> {
             client_ids: tx.open_table(CLIENT_IDS)?,
             meta: tx.open_table(META)?,
             revocations: tx.open_table(TOKEN_REVOCATIONS)?,
+            disabled: tx.open_table(DISABLED_USERS)?,
         })
     }
 
@@ -446,6 +464,9 @@ impl<'tx> Tables<'tx> {
                 now_ms,
                 reply,
             } => settle(self.revoke_tokens(&user, now_ms), reply, Applied::Revoked),
+            Request::Account(change, reply) => {
+                settle(self.change_account(change), reply, Applied::Account)
+            }
         }
     }
 

@@ -72,6 +72,7 @@ impl From<ApiError> for RestError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::EmailTaken => StatusCode::CONFLICT,
+            ApiError::RegistrationClosed | ApiError::AccountDisabled => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Refused(refusal) => refusal_status(*refusal),
             ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -189,8 +190,15 @@ fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, Res
     }
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Unauthenticated: whether the server answers, and whether it takes registrations (the web
+/// client offers the registration form only when it does).
+async fn health(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    let registration = if shared.app.registration_open() {
+        "open"
+    } else {
+        "closed"
+    };
+    Json(json!({ "status": "ok", "registration": registration }))
 }
 
 #[derive(Deserialize)]
