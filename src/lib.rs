@@ -3,7 +3,7 @@
 //! One process serves the REST API and Socket.IO on one port and keeps users, chats and messages
 //! in an embedded redb database. Modules in reading order: `limits` (every bound), `domain` (pure
 //! rules), `storage` (redb, group commit), `service` (the use cases), `transport` (HTTP and
-//! Socket.IO), `server` (wiring, `run`), `config` (settings). See ARCHITECTURE.md.
+//! Socket.IO), `server` (wiring, `run`), `config` (settings), `logs` and `metrics` (what an operator watches). See ARCHITECTURE.md.
 
 pub mod clock;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod domain;
 pub mod faults;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -12,10 +12,6 @@ fn main() -> ExitCode {
     let Cli {
         command: Command::Serve(args),
     } = Cli::parse();
-    let rust_log = std::env::var("RUST_LOG").ok();
-    tracing_subscriber::fmt()
-        .with_env_filter(palaver::logs::filter(rust_log.as_deref()))
-        .init();
     let config = match Config::resolve(args) {
         Ok(config) => config,
         Err(error) => {
@@ -23,6 +19,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    palaver::logs::init(config.log_format, rust_log.as_deref());
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -25,6 +25,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::ids::IdMinter;
 use crate::limits::*;
+use crate::metrics::{self, Metrics};
 use crate::service::auth::{AuthSetupError, Tokens};
 use crate::service::{App, Policy};
 use crate::storage::{
@@ -46,6 +47,8 @@ pub enum StartError {
     Entropy(String),
     #[error("cannot start the storage writer's thread: {0}")]
     WriterThread(std::io::Error),
+    #[error("cannot listen for metrics on {0} (PALAVER_METRICS_LISTEN): {1}")]
+    MetricsListen(std::net::SocketAddr, std::io::Error),
 }
 
 /// How a served server ended.
@@ -150,6 +153,17 @@ impl ServerBuilder {
     {
         let config = self.config.clone();
         let on_shutdown = self.on_shutdown.take();
+        let (metrics_listener, metrics_addr) = match config.metrics_listen {
+            Some(address) => {
+                let failed = |e| StartError::MetricsListen(address, e);
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(failed)?;
+                let bound = listener.local_addr().map_err(failed)?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
         let (feed, subscribers) = CommitFeed::new(COMMIT_FEED_SHARDS, COMMIT_FEED_QUEUE_MAX);
         let (service, writer) = self.assemble(Some(feed)).await?;
         let stop = Arc::new(Notify::new());
@@ -159,6 +173,7 @@ impl ServerBuilder {
             config,
             subscribers,
             writer,
+            metrics_listener,
             Shutdown {
                 asked: Arc::clone(&stop),
                 hook: on_shutdown,
@@ -168,6 +183,7 @@ impl ServerBuilder {
             service,
             stop,
             served,
+            metrics_addr,
         })
     }
 
@@ -180,7 +196,12 @@ impl ServerBuilder {
             Some(database) => database,
             None => storage::open_dir(&self.config.data_dir)?,
         };
+        let metrics = match self.config.metrics_listen {
+            Some(_) => Metrics::prometheus(),
+            None => Metrics::disabled(),
+        };
         let (store, writer, task) = storage::start(database, self.durability)?;
+        let task = task.with_metrics(metrics.clone());
         let task = match feed {
             Some(feed) => task.with_feed(feed),
             None => task,
@@ -192,10 +213,13 @@ impl ServerBuilder {
         };
         let app = build_app(
             &self.config,
-            store.clone(),
-            writer.clone(),
+            Storage {
+                store: store.clone(),
+                writer: writer.clone(),
+            },
             self.clock,
             seed,
+            metrics,
         )
         .await?;
         let service = Service {
@@ -238,6 +262,7 @@ pub struct Running {
     service: Service,
     stop: Arc<Notify>,
     served: tokio::task::JoinHandle<ServerExit>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Asks a running server to stop (cheap to clone, usable from anywhere).
@@ -257,6 +282,11 @@ impl Running {
 
     pub fn store(&self) -> &Store {
         &self.service.store
+    }
+
+    /// Where `GET /metrics` is served, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -323,10 +353,10 @@ impl WriterHandle {
 /// database), loads the external provider's keys, and seeds the id generator.
 async fn build_app(
     config: &Config,
-    store: Store,
-    writer: StoreWriter,
+    Storage { store, writer }: Storage,
     clock: Arc<dyn Clock>,
     seed: [u8; 32],
+    metrics: Metrics,
 ) -> Result<Arc<App>, StartError> {
     let mut ids = IdMinter::from_seed(seed);
     let secret = match &config.jwt_secret {
@@ -348,7 +378,14 @@ async fn build_app(
         ids,
         tokens,
         Policy::from(config),
+        metrics,
     )))
+}
+
+/// The storage handles the service is built on.
+struct Storage {
+    store: Store,
+    writer: StoreWriter,
 }
 
 /// The whole HTTP surface: REST routes and Socket.IO, behind CORS and the body limit.
@@ -371,6 +408,7 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
         )
         .with_state(Arc::clone(&app))
         .build_layer();
+    let app_metrics = app.metrics().clone();
     let shared = Shared {
         app,
         io: io.clone(),
@@ -379,7 +417,8 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     socket::register(&io);
     let router = rest::routes()
         .with_state(shared)
-        .merge(web::routes(config.web))
+        .merge(web::routes(config.web));
+    let router = metrics::count_requests(router, app_metrics)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(io_layer)
         // Outside socketioxide's layer, so it sees the handshake before socketioxide keeps it.
@@ -414,6 +453,7 @@ async fn serve<L>(
     config: Config,
     committed: Vec<CommitSubscriber>,
     writer: WriterHandle,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: Shutdown,
 ) -> ServerExit
 where
@@ -421,6 +461,7 @@ where
     L::Addr: Into<std::net::SocketAddr>,
 {
     let (router, io) = router(Arc::clone(&app), &config);
+    let metrics = app.metrics().clone();
     for shard in committed {
         tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
     }
@@ -429,6 +470,14 @@ where
         .reloads_external_keys()
         .then(|| tokio::spawn(reload_external_keys_forever(Arc::clone(&app))));
     let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), Arc::clone(&app)));
+    let metrics_stop = Arc::new(Notify::new());
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(serve_metrics(
+            listener,
+            Arc::clone(&app),
+            Arc::clone(&metrics_stop),
+        ))
+    });
     let presence_ticker = tokio::spawn(tick_presence_forever(io.clone(), app));
     let WriterHandle {
         stop: stop_writer,
@@ -459,6 +508,7 @@ where
         if let Some(reloader) = key_reloader {
             reloader.abort();
         }
+        metrics_stop.notify_one();
         io.close().await;
         still_running
     };
@@ -467,7 +517,10 @@ where
         let writer_exit = closing.await;
         let _ = writer_exit_tx.send(writer_exit);
     };
-    connections::serve(listener, router, &config.connections, closing).await;
+    connections::serve(listener, router, &config.connections, metrics, closing).await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     let _ = stop_writer.send(());
     if let Ok(Some(writer_exit)) = writer_exit_rx.await {
         let _ = writer_exit.await;
@@ -475,6 +528,34 @@ where
     match failed.await {
         Ok(error) => ServerExit::StorageFailed(error),
         Err(_) => ServerExit::Stopped,
+    }
+}
+
+/// Serves `GET /metrics` on its own listener until `stop` is notified, and keeps the
+/// histograms' recent samples moved into their buckets meanwhile.
+async fn serve_metrics(listener: tokio::net::TcpListener, app: Arc<App>, stop: Arc<Notify>) {
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, "metrics served at /metrics"),
+        Err(error) => tracing::warn!(%error, "metrics listener has no address"),
+    }
+    let metrics = app.metrics().clone();
+    let upkeep = async move {
+        let mut ticks = tokio::time::interval(METRICS_UPKEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            metrics.upkeep();
+        }
+    };
+    let serving = axum::serve(listener, metrics::routes(app))
+        .with_graceful_shutdown(async move { stop.notified().await });
+    tokio::select! {
+        served = serving.into_future() => {
+            if let Err(error) = served {
+                tracing::error!(%error, "metrics listener failed");
+            }
+        }
+        () = upkeep => {}
     }
 }
 

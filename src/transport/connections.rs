@@ -46,6 +46,7 @@ use tower::ServiceExt;
 use crate::config::ConnectionSettings;
 use crate::domain::address::address_key;
 use crate::limits::FDS_RESERVED;
+use crate::metrics::Metrics;
 
 /// Counts open connections, in all and per client address, and admits new ones within the caps.
 pub struct ConnectionGate {
@@ -53,6 +54,8 @@ pub struct ConnectionGate {
     max: usize,
     trusted_proxies: Vec<IpNet>,
     open: Mutex<OpenConnections>,
+    /// `palaver_connections`, and the refusals by reason.
+    metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -78,12 +81,13 @@ pub struct Admission {
 }
 
 impl ConnectionGate {
-    pub fn new(settings: &ConnectionSettings, max: usize) -> Self {
+    pub fn new(settings: &ConnectionSettings, max: usize, metrics: Metrics) -> Self {
         Self {
             per_address: settings.per_address,
             max,
             trusted_proxies: settings.trusted_proxies.clone(),
             open: Mutex::new(OpenConnections::default()),
+            metrics,
         }
     }
 
@@ -91,17 +95,20 @@ impl ConnectionGate {
         let trusted = is_trusted(&self.trusted_proxies, peer);
         let mut open = self.open.lock().expect("never poisoned");
         if open.total >= self.max {
+            self.metrics.refused("connections_server_full");
             return Err(Refused::ServerFull);
         }
         let address = (!trusted).then(|| address_key(peer));
         if let Some(address) = address {
             let count = open.by_address.entry(address).or_default();
             if *count >= self.per_address {
+                self.metrics.refused("connections_address_full");
                 return Err(Refused::AddressFull);
             }
             *count += 1;
         }
         open.total += 1;
+        self.metrics.connection_opened();
         Ok(Admission {
             gate: Arc::clone(self),
             address,
@@ -118,6 +125,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         let mut open = self.gate.open.lock().expect("never poisoned");
         open.total -= 1;
+        self.gate.metrics.connection_closed();
         if let Some(address) = self.address
             && let Some(count) = open.by_address.get_mut(&address)
         {
@@ -203,6 +211,7 @@ pub async fn serve<L>(
     mut listener: L,
     router: Router,
     settings: &ConnectionSettings,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener,
@@ -217,7 +226,7 @@ pub async fn serve<L>(
         trusted_proxies = settings.trusted_proxies.len(),
         "connection caps"
     );
-    let gate = Arc::new(ConnectionGate::new(settings, max));
+    let gate = Arc::new(ConnectionGate::new(settings, max, metrics));
     let timeouts = Timeouts {
         first_byte: settings.first_byte_timeout,
         request_head: settings.request_head_timeout,
@@ -421,7 +430,7 @@ mod tests {
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             ..ConnectionSettings::default()
         };
-        Arc::new(ConnectionGate::new(&settings, max))
+        Arc::new(ConnectionGate::new(&settings, max, Metrics::disabled()))
     }
 
     fn ip(text: &str) -> IpAddr {
