@@ -5,7 +5,7 @@
 //! Each server has a recorder of its own (metrics-exporter-prometheus's `PrometheusRecorder`,
 //! never installed as the process's global recorder), so the many servers a test process
 //! starts each count their own. The handles are registered once, here, and handed to the code
-//! that counts: on the send path that is an atomic add per commit batch and one histogram
+//! that counts: on the socket send path that is an atomic add per commit batch and one histogram
 //! sample per delivered message (a lock-free push), never a registry lookup. Without a metrics
 //! listener every handle is a no-op and nothing is kept.
 //!
