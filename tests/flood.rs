@@ -366,9 +366,6 @@ async fn raw_connect(
     ws.send(Message::text(auth)).await.unwrap();
     loop {
         match ws.next().await {
-            // engineioxide sends its first ping as the transport opens; it may come before the
-            // CONNECT answer.
-            Some(Ok(Message::Text(text))) if text.as_str() == "2" => continue,
             Some(Ok(Message::Text(text))) => return (ws, text.to_string()),
             Some(Ok(_)) => continue,
             other => panic!("no CONNECT answer: {other:?}"),
