@@ -135,6 +135,14 @@ pub struct ServeArgs {
     /// add` (and an external identity provider) creates accounts.
     #[arg(long, env = "PALAVER_REGISTRATION")]
     pub registration: Option<String>,
+    /// Address of a separate listener serving `GET /metrics` (Prometheus text format); unset:
+    /// no metrics are served or kept. Keep it private (loopback or an internal network).
+    #[arg(long, env = "PALAVER_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Log lines as `text` (for a terminal) or `json` (one object a line: timestamp, level,
+    /// target, fields with the message, spans). The level filter is `RUST_LOG`.
+    #[arg(long, env = "PALAVER_LOG_FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// The same settings as read from a TOML file. Numbers may be written as numbers or strings.
@@ -168,6 +176,8 @@ struct FileSettings {
     registrations_per_address: Option<toml::Value>,
     max_sockets_per_user: Option<toml::Value>,
     registration: Option<String>,
+    metrics_listen: Option<String>,
+    log_format: Option<String>,
 }
 
 /// Where the external identity provider's keys come from.
@@ -237,6 +247,19 @@ pub struct Config {
     pub max_sockets_per_user: u32,
     /// Whether `POST /api/auth/register` creates accounts (`--registration open`).
     pub registration_open: bool,
+    /// Where `GET /metrics` is served; `None`: metrics are off.
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// tracing-subscriber's human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 impl std::fmt::Debug for Config {
@@ -260,6 +283,8 @@ impl std::fmt::Debug for Config {
             .field("registrations_per_address", &self.registrations_per_address)
             .field("max_sockets_per_user", &self.max_sockets_per_user)
             .field("registration_open", &self.registration_open)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -303,6 +328,8 @@ impl Default for Config {
             registrations_per_address: REGISTRATIONS_PER_ADDRESS_DEFAULT,
             max_sockets_per_user: SOCKETS_PER_USER_DEFAULT,
             registration_open: true,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -456,6 +483,12 @@ impl Config {
                 }
             };
         }
+        if let Some(address) = args.metrics_listen.or(file.metrics_listen) {
+            config.metrics_listen = parse_metrics_listen(&address)?;
+        }
+        if let Some(format) = args.log_format.or(file.log_format) {
+            config.log_format = parse_log_format(&format)?;
+        }
         config.external_auth = external_auth(
             args.auth_public_key.or(file.auth_public_key),
             args.auth_jwks.or(file.auth_jwks),
@@ -506,6 +539,31 @@ fn parse_listen(value: &str) -> Result<SocketAddr, ConfigError> {
             format!("{value:?} is not an address like 127.0.0.1:3000"),
         )
     })
+}
+
+/// An address, or empty for none.
+fn parse_metrics_listen(value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| {
+        bad(
+            "PALAVER_METRICS_LISTEN",
+            format!("{value:?} is not an address like 127.0.0.1:9090"),
+        )
+    })
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, ConfigError> {
+    match value.trim() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(bad(
+            "PALAVER_LOG_FORMAT",
+            format!("{value:?} must be text or json"),
+        )),
+    }
 }
 
 /// `3600`, `3600s`, `90m`, `12h`, `7d`.
@@ -771,6 +829,23 @@ mod tests {
         assert_eq!(config.connections, ConnectionSettings::default());
         assert_eq!(config.connections.per_address, 256);
         assert!(config.connections.trusted_proxies.is_empty());
+        assert_eq!(config.metrics_listen, None);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn metrics_and_log_format_parse() {
+        let config = resolve(ServeArgs {
+            metrics_listen: Some("127.0.0.1:9090".into()),
+            log_format: Some("json".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
     }
 
     #[test]
@@ -925,6 +1000,20 @@ mod tests {
                     ..Default::default()
                 },
                 "PALAVER_REGISTRATION",
+            ),
+            (
+                ServeArgs {
+                    metrics_listen: Some("9090".into()),
+                    ..Default::default()
+                },
+                "PALAVER_METRICS_LISTEN",
+            ),
+            (
+                ServeArgs {
+                    log_format: Some("yaml".into()),
+                    ..Default::default()
+                },
+                "PALAVER_LOG_FORMAT",
             ),
         ];
         for (args, setting) in cases {

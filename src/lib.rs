@@ -4,7 +4,7 @@
 //! in an embedded redb database. Modules in reading order: `limits` (every bound), `domain` (pure
 //! rules), `storage` (redb, group commit), `service` (the use cases), `transport` (HTTP and
 //! Socket.IO), `server` (wiring, `run`), `config` (settings), `admin` (the operator's commands
-//! and the admin socket). See ARCHITECTURE.md.
+//! and the admin socket), `logs` and `metrics` (what an operator watches). See ARCHITECTURE.md.
 
 pub mod admin;
 pub mod clock;
@@ -14,6 +14,7 @@ pub mod domain;
 pub mod faults;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -141,6 +141,10 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often presence is reconciled with the live sockets.
 pub const PRESENCE_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often the metrics' histogram samples are moved into their buckets (with metrics on):
+/// until then each sample is kept, so this bounds them to what arrives in the interval (at
+/// 13,000 messages a second, 65,000 samples of 8 bytes for the fan-out histogram).
+pub const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// Presence: how long a user stays online after their last socket closed, and how often
 /// changes are gathered and announced (`PALAVER_PRESENCE_GRACE`, `PALAVER_PRESENCE_TICK`).
 pub const PRESENCE_GRACE_DEFAULT: Duration = Duration::from_secs(5);

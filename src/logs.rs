@@ -1,4 +1,9 @@
-//! The log filter: `RUST_LOG` as given, except that the Socket.IO layer stays at `info`.
+//! Logging: the format (`--log-format text|json`) and the filter, which is `RUST_LOG` as given
+//! except that the Socket.IO layer stays at `info`.
+//!
+//! JSON lines are tracing-subscriber's: `timestamp`, `level`, `target`, `fields` (the
+//! `message` and the event's other fields) and the spans the event happened in, one object a
+//! line, for a log shipper to read without parsing text.
 //!
 //! At `debug`, socketioxide logs every handshake's `auth` object (the whole bearer token) and
 //! engineioxide every packet (message texts). Either would put credentials and private messages
@@ -6,6 +11,18 @@
 //! capped at `info` unless `RUST_LOG` names them itself (`RUST_LOG=debug,socketioxide=debug`).
 
 use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the process's log subscriber, writing to standard output in `format`, filtered by
+/// `RUST_LOG` (`None` when unset; see [`filter`]).
+pub fn init(format: LogFormat, rust_log: Option<&str>) {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(rust_log));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
 
 /// The level used when `RUST_LOG` is unset or empty.
 const DEFAULT_DIRECTIVES: &str = "info";

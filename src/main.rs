@@ -13,10 +13,6 @@ fn main() -> ExitCode {
         Command::Serve(args) => args,
         Command::Admin(command) => return palaver::admin::run(command),
     };
-    let rust_log = std::env::var("RUST_LOG").ok();
-    tracing_subscriber::fmt()
-        .with_env_filter(palaver::logs::filter(rust_log.as_deref()))
-        .init();
     let config = match Config::resolve(args) {
         Ok(config) => config,
         Err(error) => {
@@ -24,6 +20,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    palaver::logs::init(config.log_format, rust_log.as_deref());
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

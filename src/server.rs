@@ -26,6 +26,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domain::ids::IdMinter;
 use crate::limits::*;
+use crate::metrics::{self, Metrics};
 use crate::service::auth::{AuthSetupError, Tokens};
 use crate::service::{App, Policy};
 use crate::storage::{
@@ -49,6 +50,8 @@ pub enum StartError {
     WriterThread(std::io::Error),
     #[error("cannot listen on the admin socket in {dir}: {source}")]
     AdminSocket { dir: String, source: std::io::Error },
+    #[error("cannot listen for metrics on {0} (PALAVER_METRICS_LISTEN): {1}")]
+    MetricsListen(std::net::SocketAddr, std::io::Error),
 }
 
 /// How a served server ended.
@@ -156,6 +159,17 @@ impl ServerBuilder {
         // A server on its data directory's database takes the operator's commands there; one on
         // a database handed to it (tests, the simulation) has no directory of its own.
         let owns_data_dir = self.database.is_none();
+        let (metrics_listener, metrics_addr) = match config.metrics_listen {
+            Some(address) => {
+                let failed = |e| StartError::MetricsListen(address, e);
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(failed)?;
+                let bound = listener.local_addr().map_err(failed)?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
         let (feed, subscribers) = CommitFeed::new(COMMIT_FEED_SHARDS, COMMIT_FEED_QUEUE_MAX);
         let (service, writer) = self.assemble(Some(feed)).await?;
         // Bound only once the database is open: holding it proves no other server uses the
@@ -174,6 +188,7 @@ impl ServerBuilder {
             config,
             subscribers,
             writer,
+            metrics_listener,
             Shutdown {
                 asked: Arc::clone(&stop),
                 hook: on_shutdown,
@@ -184,6 +199,7 @@ impl ServerBuilder {
             service,
             stop,
             served,
+            metrics_addr,
         })
     }
 
@@ -196,7 +212,12 @@ impl ServerBuilder {
             Some(database) => database,
             None => storage::open_dir(&self.config.data_dir)?,
         };
+        let metrics = match self.config.metrics_listen {
+            Some(_) => Metrics::prometheus(),
+            None => Metrics::disabled(),
+        };
         let (store, writer, task) = storage::start(database, self.durability)?;
+        let task = task.with_metrics(metrics.clone());
         let task = match feed {
             Some(feed) => task.with_feed(feed),
             None => task,
@@ -208,10 +229,13 @@ impl ServerBuilder {
         };
         let app = build_app(
             &self.config,
-            store.clone(),
-            writer.clone(),
+            Storage {
+                store: store.clone(),
+                writer: writer.clone(),
+            },
             self.clock,
             seed,
+            metrics,
         )
         .await?;
         let service = Service {
@@ -254,6 +278,7 @@ pub struct Running {
     service: Service,
     stop: Arc<Notify>,
     served: tokio::task::JoinHandle<ServerExit>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Asks a running server to stop (cheap to clone, usable from anywhere).
@@ -273,6 +298,11 @@ impl Running {
 
     pub fn store(&self) -> &Store {
         &self.service.store
+    }
+
+    /// Where `GET /metrics` is served, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -339,10 +369,10 @@ impl WriterHandle {
 /// database), loads the external provider's keys, and seeds the id generator.
 async fn build_app(
     config: &Config,
-    store: Store,
-    writer: StoreWriter,
+    Storage { store, writer }: Storage,
     clock: Arc<dyn Clock>,
     seed: [u8; 32],
+    metrics: Metrics,
 ) -> Result<Arc<App>, StartError> {
     let mut ids = IdMinter::from_seed(seed);
     let secret = match &config.jwt_secret {
@@ -364,7 +394,14 @@ async fn build_app(
         ids,
         tokens,
         Policy::from(config),
+        metrics,
     )))
+}
+
+/// The storage handles the service is built on.
+struct Storage {
+    store: Store,
+    writer: StoreWriter,
 }
 
 /// The whole HTTP surface: REST routes and Socket.IO, behind CORS and the body limit.
@@ -387,6 +424,7 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
         )
         .with_state(Arc::clone(&app))
         .build_layer();
+    let app_metrics = app.metrics().clone();
     let shared = Shared {
         app,
         io: io.clone(),
@@ -395,7 +433,8 @@ pub fn router(app: Arc<App>, config: &Config) -> (Router, SocketIo) {
     socket::register(&io);
     let router = rest::routes()
         .with_state(shared)
-        .merge(web::routes(config.web))
+        .merge(web::routes(config.web));
+    let router = metrics::count_requests(router, app_metrics)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(io_layer)
         // Outside socketioxide's layer, so it sees the handshake before socketioxide keeps it.
@@ -430,6 +469,7 @@ async fn serve<L>(
     config: Config,
     committed: Vec<CommitSubscriber>,
     writer: WriterHandle,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: Shutdown,
     admin: Option<AdminSocket>,
 ) -> ServerExit
@@ -439,6 +479,7 @@ where
 {
     let (router, io) = router(Arc::clone(&app), &config);
     let admin: Option<AdminServer> = admin.map(|admin| admin.serve(Arc::clone(&app), io.clone()));
+    let metrics = app.metrics().clone();
     for shard in committed {
         tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
     }
@@ -447,6 +488,14 @@ where
         .reloads_external_keys()
         .then(|| tokio::spawn(reload_external_keys_forever(Arc::clone(&app))));
     let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), Arc::clone(&app)));
+    let metrics_stop = Arc::new(Notify::new());
+    let metrics_server = metrics_listener.map(|listener| {
+        tokio::spawn(serve_metrics(
+            listener,
+            Arc::clone(&app),
+            Arc::clone(&metrics_stop),
+        ))
+    });
     let presence_ticker = tokio::spawn(tick_presence_forever(io.clone(), app));
     let WriterHandle {
         stop: stop_writer,
@@ -480,6 +529,7 @@ where
         if let Some(reloader) = key_reloader {
             reloader.abort();
         }
+        metrics_stop.notify_one();
         io.close().await;
         still_running
     };
@@ -488,7 +538,10 @@ where
         let writer_exit = closing.await;
         let _ = writer_exit_tx.send(writer_exit);
     };
-    connections::serve(listener, router, &config.connections, closing).await;
+    connections::serve(listener, router, &config.connections, metrics, closing).await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     let _ = stop_writer.send(());
     if let Ok(Some(writer_exit)) = writer_exit_rx.await {
         let _ = writer_exit.await;
@@ -496,6 +549,34 @@ where
     match failed.await {
         Ok(error) => ServerExit::StorageFailed(error),
         Err(_) => ServerExit::Stopped,
+    }
+}
+
+/// Serves `GET /metrics` on its own listener until `stop` is notified, and keeps the
+/// histograms' recent samples moved into their buckets meanwhile.
+async fn serve_metrics(listener: tokio::net::TcpListener, app: Arc<App>, stop: Arc<Notify>) {
+    match listener.local_addr() {
+        Ok(address) => tracing::info!(%address, "metrics served at /metrics"),
+        Err(error) => tracing::warn!(%error, "metrics listener has no address"),
+    }
+    let metrics = app.metrics().clone();
+    let upkeep = async move {
+        let mut ticks = tokio::time::interval(METRICS_UPKEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            metrics.upkeep();
+        }
+    };
+    let serving = axum::serve(listener, metrics::routes(app))
+        .with_graceful_shutdown(async move { stop.notified().await });
+    tokio::select! {
+        served = serving.into_future() => {
+            if let Err(error) = served {
+                tracing::error!(%error, "metrics listener failed");
+            }
+        }
+        () = upkeep => {}
     }
 }
 

@@ -19,7 +19,22 @@ cargo test --release --workspace
 echo "== end-to-end suite (socket.io-client from npm)"
 cd tests/e2e
 npm ci --no-audit --no-fund
-npm test
+# The suite's servers log at debug level into a directory of their own, where the harness also
+# lists every token and password it sent (harness.mjs, PALAVER_E2E_LOG_DIR): none may be logged.
+e2e_logs=$(mktemp -d)
+PALAVER_E2E_LOG_DIR="$e2e_logs" RUST_LOG=debug npm test
+if [ ! -s "$e2e_logs/secrets.txt" ] || ! ls "$e2e_logs"/server-*.log > /dev/null; then
+  echo "FAILED: the e2e harness recorded no secrets or no server logs in $e2e_logs"
+  exit 1
+fi
+if grep -F -q -f "$e2e_logs/secrets.txt" "$e2e_logs"/server-*.log; then
+  echo "FAILED: a token or password the e2e suite used is in a server's log:"
+  grep -F -o -h -f "$e2e_logs/secrets.txt" "$e2e_logs"/server-*.log | sort -u | head -5
+  exit 1
+fi
+echo "no token or password in the e2e servers' logs ($(wc -l < "$e2e_logs/secrets.txt") secrets, \
+$(cat "$e2e_logs"/server-*.log | wc -l) log lines)"
+rm -rf "$e2e_logs"
 
 echo "== browser suite (the web client in Chromium)"
 cd ../browser

@@ -184,12 +184,12 @@ impl Presence {
         self.connections.get(user).copied().unwrap_or(0)
     }
 
-    #[cfg(any(test, feature = "testing"))]
+    /// Users announced online (the metrics' `palaver_users_online`).
     pub fn online_count(&self) -> usize {
         self.announced.len()
     }
 
-    #[cfg(any(test, feature = "testing"))]
+    /// Connections counted (the metrics' `palaver_sockets`).
     pub fn connection_count(&self) -> usize {
         self.users_by_connection.len()
     }

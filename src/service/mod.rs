@@ -26,6 +26,7 @@ use crate::domain::ids::IdMinter;
 use crate::domain::rate::{BucketShape, KeyedLimiter};
 use crate::domain::validate::{FieldError, MessageError};
 use crate::limits::*;
+use crate::metrics::Metrics;
 use crate::storage::{Store, StoreError, StoreWriter};
 use auth::Tokens;
 use cache::{ClearingCache, Members};
@@ -206,6 +207,7 @@ pub struct App {
     /// Verified against when a login names an unknown email, so that the answer takes as long as
     /// for a known one and does not reveal which emails exist.
     decoy_hash: String,
+    metrics: Metrics,
 }
 
 impl App {
@@ -216,6 +218,7 @@ impl App {
         mut ids: IdMinter,
         tokens: Tokens,
         policy: Policy,
+        metrics: Metrics,
     ) -> Self {
         let decoy_hash = auth::hash_password("decoy password", &ids.bytes());
         let grace_ms = u64::try_from(policy.presence.grace.as_millis()).unwrap_or(u64::MAX);
@@ -266,7 +269,13 @@ impl App {
             hashing: Semaphore::new(PASSWORD_HASHES_CONCURRENT),
             hashing_queue: Semaphore::new(PASSWORD_HASHES_CONCURRENT + PASSWORD_HASH_WAITERS_MAX),
             decoy_hash,
+            metrics,
         }
+    }
+
+    /// The server's metric handles (no-ops without a metrics listener).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn now_ms(&self) -> u64 {

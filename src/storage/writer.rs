@@ -19,6 +19,7 @@ use super::records::{ChatRecord, DecodeError, MessageRecord, UserRecord, decode,
 use super::tables::*;
 use super::{Durability, StoreError};
 use crate::limits::{CHAT_MEMBERS_MAX, WRITE_BATCH_MAX, WRITE_QUEUE_MAX};
+use crate::metrics::Metrics;
 
 mod accounts;
 pub use accounts::AccountChange;
@@ -151,6 +152,7 @@ pub struct WriterTask {
     requests: mpsc::Receiver<Request>,
     durability: Durability,
     feed: Option<CommitFeed>,
+    metrics: Metrics,
 }
 
 pub(super) fn channel(db: Arc<Database>, durability: Durability) -> (StoreWriter, WriterTask) {
@@ -162,6 +164,7 @@ pub(super) fn channel(db: Arc<Database>, durability: Durability) -> (StoreWriter
             requests: rx,
             durability,
             feed: None,
+            metrics: Metrics::disabled(),
         },
     )
 }
@@ -267,6 +270,12 @@ impl WriterTask {
         self
     }
 
+    /// Counts each committed batch and its messages into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// Commits batches until every [`StoreWriter`] is gone or `stop` completes. On `stop`, the
     /// queue is closed to new requests, and the ones already queued are committed and answered
     /// before returning: a clean shutdown loses nothing that was handed to the writer.
@@ -318,6 +327,7 @@ impl WriterTask {
     /// appended, in order.
     fn commit_batch(&self, batch: Vec<Request>) -> Result<Vec<MessageRecord>, StoreError> {
         let taken = batch.len();
+        let started = std::time::Instant::now();
         let mut applied = Vec::with_capacity(taken);
         // Requests answered before the commit: refused on their own (see `settle`).
         let mut answered_early = 0;
@@ -341,11 +351,12 @@ impl WriterTask {
         });
         match outcome {
             Ok(()) => {
-                let committed = applied
+                let committed: Vec<MessageRecord> = applied
                     .iter()
                     .filter_map(Applied::appended)
                     .cloned()
                     .collect();
+                self.metrics.committed(taken, started, committed.len());
                 assert_eq!(
                     applied.len() + answered_early,
                     taken,

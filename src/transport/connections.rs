@@ -54,6 +54,7 @@ use tower::ServiceExt;
 use crate::config::ConnectionSettings;
 use crate::domain::address::address_key;
 use crate::limits::{EVICTIONS_IN_FLIGHT_MAX, FDS_RESERVED};
+use crate::metrics::Metrics;
 
 /// Counts open connections, in all and per client address, and admits new ones within the caps.
 pub struct ConnectionGate {
@@ -61,6 +62,8 @@ pub struct ConnectionGate {
     max: usize,
     trusted_proxies: Vec<IpNet>,
     open: Mutex<OpenConnections>,
+    /// `palaver_connections`, and the refusals by reason.
+    metrics: Metrics,
 }
 
 #[derive(Default)]
@@ -113,12 +116,13 @@ pub struct Admission {
 }
 
 impl ConnectionGate {
-    pub fn new(settings: &ConnectionSettings, max: usize) -> Self {
+    pub fn new(settings: &ConnectionSettings, max: usize, metrics: Metrics) -> Self {
         Self {
             per_address: settings.per_address,
             max,
             trusted_proxies: settings.trusted_proxies.clone(),
             open: Mutex::new(OpenConnections::default()),
+            metrics,
         }
     }
 
@@ -129,16 +133,19 @@ impl ConnectionGate {
         if let Some(address) = address
             && open.by_address.get(&address).copied().unwrap_or(0) >= self.per_address
         {
+            self.metrics.refused("connections_address_full");
             return Err(Refused::AddressFull);
         }
         // Past the cap by the connections still closing, which `EVICTIONS_IN_FLIGHT_MAX` bounds.
         if open.total >= self.max + open.evicted.len() && !open.evict_oldest_unproven() {
+            self.metrics.refused("connections_server_full");
             return Err(Refused::ServerFull);
         }
         if let Some(address) = address {
             *open.by_address.entry(address).or_default() += 1;
         }
         open.total += 1;
+        self.metrics.connection_opened();
         let id = open.next_id;
         open.next_id += 1;
         let evict = Arc::new(Notify::new());
@@ -179,6 +186,7 @@ impl Drop for Admission {
         open.total -= 1;
         open.unproven.remove(&self.id);
         open.evicted.remove(&self.id);
+        self.gate.metrics.connection_closed();
         if let Some(address) = self.address
             && let Some(count) = open.by_address.get_mut(&address)
         {
@@ -264,6 +272,7 @@ pub async fn serve<L>(
     mut listener: L,
     router: Router,
     settings: &ConnectionSettings,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener,
@@ -278,7 +287,7 @@ pub async fn serve<L>(
         trusted_proxies = settings.trusted_proxies.len(),
         "connection caps"
     );
-    let gate = Arc::new(ConnectionGate::new(settings, max));
+    let gate = Arc::new(ConnectionGate::new(settings, max, metrics));
     let timeouts = Timeouts {
         first_byte: settings.first_byte_timeout,
         request_head: settings.request_head_timeout,
@@ -491,7 +500,7 @@ mod tests {
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             ..ConnectionSettings::default()
         };
-        Arc::new(ConnectionGate::new(&settings, max))
+        Arc::new(ConnectionGate::new(&settings, max, Metrics::disabled()))
     }
 
     fn ip(text: &str) -> IpAddr {

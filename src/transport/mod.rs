@@ -72,7 +72,9 @@ pub async fn deliver(io: SocketIo, app: Arc<App>, mut committed: CommitSubscribe
             continue;
         }
         if let Some(delivery) = app.delivery(message) {
+            let started = std::time::Instant::now();
             fan_out(&io, &delivery).await;
+            app.metrics().fanned_out(started);
         }
     }
 }

@@ -1,7 +1,12 @@
-//! The REST routes of the contract on axum.
+//! The REST routes of the contract on axum, and their OpenAPI 3.1 description.
 //!
 //! Every non-2xx answer is JSON `{ "message": … }`, including the ones axum would produce on its
 //! own (bad JSON, oversized bodies, unknown routes), so clients have one error shape to handle.
+//!
+//! The router and the document are built together (utoipa-axum): each handler carries a
+//! `#[utoipa::path]` annotation and joins the router through `routes!`, which puts its
+//! annotation into the document served at `GET /api/openapi.json`. A route added with plain
+//! `.route()` would be served undocumented; tests/openapi.rs fails on that.
 
 use std::collections::HashMap;
 
@@ -9,57 +14,115 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::client_addr::ClientAddr;
 use super::wire::{self, Keep};
 use super::{Shared, payload, socket};
 use crate::domain::page::Anchor;
 use crate::limits::REPLY_BYTES_MAX;
+use crate::metrics::{RefusedAs, refusal_reason};
+use crate::service::views::{ChatView, MessageView, PublicUser, UserView};
 use crate::service::{ApiError, AuthFailure, Refusal};
 use crate::storage::UserRecord;
 
+/// Every REST route, each with its annotation (see the module's description).
+fn api() -> OpenApiRouter<Shared> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(openapi_json))
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(external_callback))
+        .routes(routes!(me))
+        .routes(routes!(logout))
+        .routes(routes!(users))
+        .routes(routes!(chats))
+        .routes(routes!(open_chat))
+        .routes(routes!(history, post_message))
+}
+
 pub fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/auth/register", post(register))
-        .route("/api/auth/login", post(login))
-        .route("/api/auth/callback", post(external_callback))
-        .route("/api/auth/me", get(me))
-        .route("/api/auth/logout", post(logout))
-        .route("/api/users", get(users))
-        .route("/api/chats", get(chats))
-        .route("/api/chats/with/{participant_id}", post(open_chat))
-        .route(
-            "/api/messages/chat/{chat_id}",
-            get(history).post(post_message),
-        )
+    let (router, _) = api().split_for_parts();
+    router
         .fallback(|| async { error(StatusCode::NOT_FOUND, "Not found") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
         })
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "message": message }))).into_response()
+/// The OpenAPI 3.1 document of the REST API, as `GET /api/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
 }
 
-/// The error of a REST call, with its status.
-pub struct RestError(StatusCode, String);
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "palaver",
+        description = "The REST half of palaver's wire contract (docs/protocol.md); the real-time \
+                       half is Socket.IO at /socket.io."
+    ),
+    modifiers(&BearerToken)
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme: the routes that need a caller take `Authorization: Bearer`.
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("JWT".into());
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person (the contract's exact texts).
+    message: String,
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = ErrorBody {
+        message: message.into(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The error of a REST call, with its status, and the refusal it counts as in the metrics.
+pub struct RestError {
+    status: StatusCode,
+    message: String,
+    refused: Option<&'static str>,
+}
 
 impl RestError {
     pub fn new(status: StatusCode, message: &str) -> Self {
-        Self(status, message.into())
+        Self {
+            status,
+            message: message.into(),
+            refused: None,
+        }
     }
 }
 
 impl IntoResponse for RestError {
     fn into_response(self) -> Response {
-        error(self.0, &self.1)
+        let mut response = error(self.status, &self.message);
+        if let Some(reason) = self.refused {
+            response.extensions_mut().insert(RefusedAs(reason));
+        }
+        response
     }
 }
 
@@ -77,7 +140,17 @@ impl From<ApiError> for RestError {
             ApiError::Refused(refusal) => refusal_status(*refusal),
             ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
-        RestError(status, e.to_string())
+        let refused = match &e {
+            ApiError::Refused(refusal) => Some(refusal_reason(*refusal)),
+            ApiError::TooManyAttempts => Some("too_many_attempts"),
+            ApiError::TooManyRegistrations => Some("too_many_registrations"),
+            ApiError::Busy => Some("busy"),
+            _ => None,
+        };
+        RestError {
+            refused,
+            ..RestError::new(status, &e.to_string())
+        }
     }
 }
 
@@ -116,7 +189,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                 } else {
                     "Invalid request body"
                 };
-                RestError(status, message.into())
+                RestError::new(status, message)
             })?;
         let bytes = if bytes.is_empty() {
             axum::body::Bytes::from_static(b"{}")
@@ -124,9 +197,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             bytes
         };
         serde_json::from_slice(&bytes).map(Body).map_err(|e| {
-            RestError(
+            RestError::new(
                 StatusCode::BAD_REQUEST,
-                format!("Invalid request body: {e}"),
+                &format!("Invalid request body: {e}"),
             )
         })
     }
@@ -174,7 +247,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Param {
         Path::from_request_parts(parts, state)
             .await
             .map(|Path(param)| Param(param))
-            .map_err(|r| RestError(r.status(), "Invalid URL".into()))
+            .map_err(|r| RestError::new(r.status(), "Invalid URL"))
     }
 }
 
@@ -182,32 +255,82 @@ fn number(query: &HashMap<String, String>, key: &str) -> Result<Option<u64>, Res
     match query.get(key).map(|v| v.trim()) {
         None | Some("") => Ok(None),
         Some(value) => value.parse().map(Some).map_err(|_| {
-            RestError(
+            RestError::new(
                 StatusCode::BAD_REQUEST,
-                format!("{key} must be a non-negative whole number"),
+                &format!("{key} must be a non-negative whole number"),
             )
         }),
     }
 }
 
-/// Unauthenticated: whether the server answers, and whether it takes registrations (the web
-/// client offers the registration form only when it does).
-async fn health(State(shared): State<Shared>) -> Json<serde_json::Value> {
+/// `GET /health`'s answer.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+    /// `open`, or `closed` when the server takes no registrations (`--registration closed`):
+    /// the web client offers its registration form only when it is `open`.
+    #[schema(example = "open")]
+    registration: &'static str,
+}
+
+/// Unauthenticated: whether the server answers, and whether it takes registrations.
+#[utoipa::path(get, path = "/health", tag = "server",
+    responses((status = 200, description = "The server is up", body = Health)))]
+async fn health(State(shared): State<Shared>) -> Json<Health> {
     let registration = if shared.app.registration_open() {
         "open"
     } else {
         "closed"
     };
-    Json(json!({ "status": "ok", "registration": registration }))
+    Json(Health {
+        status: "ok",
+        registration,
+    })
 }
 
-#[derive(Deserialize)]
+#[utoipa::path(get, path = "/api/openapi.json", tag = "server",
+    responses((status = 200, description = "This document (OpenAPI 3.1)", body = Object)))]
+async fn openapi_json() -> Response {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| {
+        openapi()
+            .to_json()
+            .expect("the generated document serialises")
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.as_str(),
+    )
+        .into_response()
+}
+
+/// A token and the user it is for: what registering and logging in answer.
+#[derive(Serialize, ToSchema)]
+struct Session {
+    /// Send as `Authorization: Bearer <token>`, or as the Socket.IO handshake's `auth.token`.
+    token: String,
+    user: UserView,
+}
+
+#[derive(Deserialize, ToSchema)]
 struct RegisterBody {
+    /// 1 to 64 characters after trimming.
     name: Option<String>,
     email: Option<String>,
+    /// 8 to 128 characters.
     password: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth",
+    request_body = RegisterBody,
+    responses(
+        (status = 201, description = "Registered and logged in", body = Session),
+        (status = 400, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 409, description = "Email already registered", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address", body = ErrorBody),
+        (status = 503, description = "Server busy or storage unavailable", body = ErrorBody),
+    ))]
 async fn register(
     State(shared): State<Shared>,
     ClientAddr(client): ClientAddr,
@@ -222,19 +345,24 @@ async fn register(
         .app
         .register(client, &name, &email, &password)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": token, "user": user })),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(Session { token, user })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct LoginBody {
     email: Option<String>,
     password: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginBody,
+    responses(
+        (status = 200, description = "Logged in", body = Session),
+        (status = 400, description = "A field is missing or invalid", body = ErrorBody),
+        (status = 401, description = "Invalid credentials", body = ErrorBody),
+        (status = 429, description = "Too many attempts", body = ErrorBody),
+        (status = 503, description = "Server busy or storage unavailable", body = ErrorBody),
+    ))]
 async fn login(
     State(shared): State<Shared>,
     ClientAddr(client): ClientAddr,
@@ -248,9 +376,16 @@ async fn login(
             &body.password.unwrap_or_default(),
         )
         .await?;
-    Ok(Json(json!({ "token": token, "user": user })).into_response())
+    Ok(Json(Session { token, user }).into_response())
 }
 
+#[utoipa::path(post, path = "/api/auth/callback", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user of an external provider's token, created at its first login", body = UserView),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
 async fn external_callback(
     State(shared): State<Shared>,
     parts: Parts,
@@ -261,6 +396,13 @@ async fn external_callback(
 
 /// Ends every session of the caller: all their tokens are refused from now on and their
 /// sockets are closed.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every token of the caller is revoked"),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
 async fn logout(
     State(shared): State<Shared>,
     Caller(user): Caller,
@@ -269,10 +411,28 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = UserView),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+    ))]
 async fn me(Caller(user): Caller) -> Response {
-    Json(crate::service::views::UserView::from(&user)).into_response()
+    Json(UserView::from(&user)).into_response()
 }
 
+#[utoipa::path(get, path = "/api/users", tag = "users",
+    security(("bearer" = [])),
+    params(
+        ("q" = Option<String>, Query, description = "Part of a name, or an exact email"),
+        ("limit" = Option<u64>, Query, description = "At most this many users"),
+    ),
+    responses(
+        (status = 200, description = "Users other than the caller", body = Vec<PublicUser>),
+        (status = 400, description = "A bad number", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 429, description = "Too many searches", body = ErrorBody),
+    ))]
 async fn users(
     State(shared): State<Shared>,
     Caller(user): Caller,
@@ -287,10 +447,27 @@ async fn users(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/api/chats", tag = "chats",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller's chats, most recent first", body = Vec<ChatView>),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
 async fn chats(State(shared): State<Shared>, Caller(user): Caller) -> Result<Response, RestError> {
     Ok(Json(shared.app.chats_of(&user.id)?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/chats/with/{participant_id}", tag = "chats",
+    security(("bearer" = [])),
+    params(("participant_id" = String, Path, description = "The other user's id")),
+    responses(
+        (status = 200, description = "The one chat of the two users, created if new", body = ChatView),
+        (status = 400, description = "Not another user's id", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "User not found", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
 async fn open_chat(
     State(shared): State<Shared>,
     Caller(user): Caller,
@@ -301,6 +478,22 @@ async fn open_chat(
     Ok(Json(chat).into_response())
 }
 
+#[utoipa::path(get, path = "/api/messages/chat/{chat_id}", tag = "messages",
+    security(("bearer" = [])),
+    params(
+        ("chat_id" = String, Path, description = "A chat of the caller"),
+        ("before" = Option<u64>, Query, description = "Messages below this seq (the newest of them)"),
+        ("after" = Option<u64>, Query, description = "Messages above this seq (the oldest of them)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 500)"),
+    ),
+    responses(
+        (status = 200, description = "A page of messages, ascending by seq", body = Vec<MessageView>),
+        (status = 400, description = "A bad number", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Chat not found", body = ErrorBody),
+        (status = 429, description = "Too many requests", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
 async fn history(
     State(shared): State<Shared>,
     Caller(user): Caller,
@@ -323,13 +516,29 @@ async fn history(
     Ok(Json(page).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct MessageBody {
+    /// 1 to `PALAVER_MAX_TEXT_CHARS` characters after trimming.
+    #[schema(value_type = String)]
     text: Option<serde_json::Value>,
+    /// The client's id of this message: a retry with the same one answers the original.
     #[serde(rename = "clientMsgId")]
+    #[schema(value_type = Option<String>)]
     client_msg_id: Option<serde_json::Value>,
 }
 
+#[utoipa::path(post, path = "/api/messages/chat/{chat_id}", tag = "messages",
+    security(("bearer" = [])),
+    params(("chat_id" = String, Path, description = "A chat of the caller")),
+    request_body = MessageBody,
+    responses(
+        (status = 201, description = "Stored (durably) and delivered to the chat's sockets, or the original of a retry", body = MessageView),
+        (status = 400, description = "Empty, too long or invalid", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Chat not found", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Failed to send message", body = ErrorBody),
+    ))]
 async fn post_message(
     State(shared): State<Shared>,
     Caller(user): Caller,

@@ -34,6 +34,7 @@ use crate::limits::{
     SOCKET_SENDS_IN_FLIGHT_MAX, SOCKET_UNREAD_BYTES_MAX, TYPING_CHATS_MAX, TYPING_PER_SEC,
     TYPING_STALE_MS,
 };
+use crate::metrics::{Metrics, handshake_refusal_reason, refusal_reason};
 use crate::service::views::MessageView;
 use crate::service::{
     Announcement, App, Audience, AuthFailure, PresenceScope, Refusal, Sent, Transition,
@@ -102,7 +103,21 @@ async fn authenticate(
     TryData(auth): TryData<Value>,
     State(app): State<Arc<App>>,
 ) -> Result<(), AuthFailure> {
-    let token = handshake_token(&socket, auth.as_ref().ok()).ok_or(AuthFailure::Unauthorized)?;
+    let admitted = admit(socket, io, auth.ok(), &app).await;
+    if let Err(failure) = admitted {
+        app.metrics().refused(handshake_refusal_reason(failure));
+    }
+    admitted
+}
+
+/// The handshake's checks and the socket's setup (see `authenticate`).
+async fn admit(
+    socket: SocketRef,
+    io: SocketIo,
+    auth: Option<Value>,
+    app: &Arc<App>,
+) -> Result<(), AuthFailure> {
+    let token = handshake_token(&socket, auth.as_ref()).ok_or(AuthFailure::Unauthorized)?;
     let (user, expires_ms) = app.authenticate_until(&token).await?;
     let user = Arc::new(user);
     // Held until the socket is counted, so that concurrent handshakes cannot pass the cap on
@@ -128,7 +143,7 @@ async fn authenticate(
     let handler = Handler {
         socket: socket.clone(),
         io: io.clone(),
-        app: Arc::clone(&app),
+        app: Arc::clone(app),
         user: Arc::clone(&user),
         typing: Typing::new(TYPING_PER_SEC, TYPING_STALE_MS, TYPING_CHATS_MAX),
         unread: TokenBucket::full(UNREAD_SHAPE, app.now_ms()),
@@ -322,7 +337,11 @@ impl<E: QueuedEvent> FromMessageParts<LocalAdapter> for Queued<E> {
         if let Err(full) = session.inbox.try_send(event) {
             let Ok(socket) = SocketRef::from_message_parts(s, v, ack_id);
             let event = full.into_inner();
-            refuse(&socket, event.ack, Refusal::Busy);
+            let metrics = match State::<Arc<App>>::from_message_parts(s, v, ack_id) {
+                Ok(State(app)) => app.metrics().clone(),
+                Err(_) => Metrics::disabled(),
+            };
+            refuse(&socket, &metrics, event.ack, Refusal::Busy);
         }
         Ok(Queued(PhantomData))
     }
@@ -421,25 +440,30 @@ impl Handler {
         self.finish_sends(sends).await;
         let Ok(value) = data else {
             if !matches!(kind, EventKind::Typing) {
-                refuse(&self.socket, ack, Refusal::InvalidPayload);
+                refuse(
+                    &self.socket,
+                    self.app.metrics(),
+                    ack,
+                    Refusal::InvalidPayload,
+                );
             }
             return;
         };
         match kind {
             EventKind::JoinChat => {
                 let result = self.join_chat(&value);
-                answer(&self.socket, ack, result);
+                answer(&self.socket, self.app.metrics(), ack, result);
             }
             EventKind::LeaveChat => {
                 let result = self.leave_chat(&value).await;
-                answer(&self.socket, ack, result);
+                answer(&self.socket, self.app.metrics(), ack, result);
             }
             EventKind::SendMessage => unreachable!("sends are filed above"),
             EventKind::Typing => self.typing(&value).await,
             EventKind::Sync => match self.sync(&value) {
                 Ok(reply) if !self.within_unread_budget(reply.bytes) => self.drop_socket(),
-                Ok(reply) => answer(&self.socket, ack, Ok(reply.ack)),
-                Err(refusal) => refuse(&self.socket, ack, refusal),
+                Ok(reply) => answer(&self.socket, self.app.metrics(), ack, Ok(reply.ack)),
+                Err(refusal) => refuse(&self.socket, self.app.metrics(), ack, refusal),
             },
         }
     }
@@ -503,13 +527,14 @@ impl Handler {
                 }
                 answer(
                     &self.socket,
+                    self.app.metrics(),
                     ack,
                     Ok(SentAck {
                         message: &sent.message,
                     }),
                 );
             }
-            Err(refusal) => refuse(&self.socket, ack, refusal),
+            Err(refusal) => refuse(&self.socket, self.app.metrics(), ack, refusal),
         }
     }
 
@@ -660,11 +685,17 @@ struct SyncAck {
 }
 
 /// Answers an event: `{ ok: true, ...body }`, or `{ ok: false, error }` plus a `socket-error`.
-fn answer<T: Serialize>(socket: &SocketRef, ack: AckSender, result: Result<T, Refusal>) {
+fn answer<T: Serialize>(
+    socket: &SocketRef,
+    metrics: &Metrics,
+    ack: AckSender,
+    result: Result<T, Refusal>,
+) {
     // A client that asked for no ack gets none; one that went away cannot be answered.
     let _ = match result {
         Ok(body) => ack.send(&Accepted { ok: true, body }),
         Err(refusal) => {
+            metrics.refused(refusal_reason(refusal));
             let message = refusal.to_string();
             let _ = socket.emit("socket-error", &json!({ "message": message }));
             ack.send(&Refused {
@@ -676,6 +707,6 @@ fn answer<T: Serialize>(socket: &SocketRef, ack: AckSender, result: Result<T, Re
 }
 
 /// Refuses an event whose ack has no body beyond `ok` and `error`.
-fn refuse(socket: &SocketRef, ack: AckSender, refusal: Refusal) {
-    answer(socket, ack, Err::<NoFields, _>(refusal));
+fn refuse(socket: &SocketRef, metrics: &Metrics, ack: AckSender, refusal: Refusal) {
+    answer(socket, metrics, ack, Err::<NoFields, _>(refusal));
 }

@@ -4,61 +4,152 @@
 //! object is spelled on the wire. The names follow the seed application (`_id`, `createdAt`, …)
 //! so its clients work unchanged.
 
-use serde::ser::{Serialize, SerializeStruct, Serializer};
+use std::borrow::Cow;
+
+use serde::Serialize;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::service::views::{ChatView, MessageView, PublicUser, UserView};
 
+/// A user as they see themselves.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = User)]
+struct UserWire<'a> {
+    #[serde(rename = "_id")]
+    id: &'a str,
+    name: &'a str,
+    email: &'a str,
+    /// An `https:` URL, or empty.
+    avatar: &'a str,
+    created_at: &'a str,
+    updated_at: &'a str,
+}
+
+/// A user as embedded in other objects; `email` is empty unless the viewer searched for it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PublicUser)]
+struct PublicUserWire<'a> {
+    #[serde(rename = "_id")]
+    id: &'a str,
+    name: &'a str,
+    email: &'a str,
+    avatar: &'a str,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Message)]
+struct MessageWire<'a> {
+    #[serde(rename = "_id")]
+    id: &'a str,
+    chat: &'a str,
+    sender: &'a PublicUser,
+    text: &'a str,
+    /// Gapless and ascending within a chat, from 1.
+    seq: u64,
+    client_msg_id: Option<&'a str>,
+    created_at: &'a str,
+    updated_at: &'a str,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Chat)]
+struct ChatWire<'a> {
+    #[serde(rename = "_id")]
+    id: &'a str,
+    /// The other member, as seen by the requesting user.
+    participant: Option<&'a PublicUser>,
+    participants: &'a [PublicUser],
+    last_message: Option<&'a MessageView>,
+    last_message_at: &'a str,
+    created_at: &'a str,
+}
+
 impl Serialize for UserView {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut object = serializer.serialize_struct("User", 6)?;
-        object.serialize_field("_id", &self.id)?;
-        object.serialize_field("name", &self.name)?;
-        object.serialize_field("email", &self.email)?;
-        object.serialize_field("avatar", &self.avatar)?;
-        object.serialize_field("createdAt", &self.created_at)?;
-        object.serialize_field("updatedAt", &self.updated_at)?;
-        object.end()
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        UserWire {
+            id: &self.id,
+            name: &self.name,
+            email: &self.email,
+            avatar: &self.avatar,
+            created_at: &self.created_at,
+            updated_at: &self.updated_at,
+        }
+        .serialize(serializer)
     }
 }
 
 impl Serialize for PublicUser {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut object = serializer.serialize_struct("PublicUser", 4)?;
-        object.serialize_field("_id", &self.id)?;
-        object.serialize_field("name", &self.name)?;
-        object.serialize_field("email", &self.email)?;
-        object.serialize_field("avatar", &self.avatar)?;
-        object.end()
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        PublicUserWire {
+            id: &self.id,
+            name: &self.name,
+            email: &self.email,
+            avatar: &self.avatar,
+        }
+        .serialize(serializer)
     }
 }
 
 impl Serialize for MessageView {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut object = serializer.serialize_struct("Message", 8)?;
-        object.serialize_field("_id", &self.id)?;
-        object.serialize_field("chat", &self.chat)?;
-        object.serialize_field("sender", &self.sender)?;
-        object.serialize_field("text", &self.text)?;
-        object.serialize_field("seq", &self.seq)?;
-        object.serialize_field("clientMsgId", &self.client_msg_id)?;
-        object.serialize_field("createdAt", &self.created_at)?;
-        object.serialize_field("updatedAt", &self.updated_at)?;
-        object.end()
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        MessageWire {
+            id: &self.id,
+            chat: &self.chat,
+            sender: &self.sender,
+            text: &self.text,
+            seq: self.seq,
+            client_msg_id: self.client_msg_id.as_deref(),
+            created_at: &self.created_at,
+            updated_at: &self.updated_at,
+        }
+        .serialize(serializer)
     }
 }
 
 impl Serialize for ChatView {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut object = serializer.serialize_struct("Chat", 6)?;
-        object.serialize_field("_id", &self.id)?;
-        object.serialize_field("participant", &self.participant)?;
-        object.serialize_field("participants", &self.participants)?;
-        object.serialize_field("lastMessage", &self.last_message)?;
-        object.serialize_field("lastMessageAt", &self.last_message_at)?;
-        object.serialize_field("createdAt", &self.created_at)?;
-        object.end()
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ChatWire {
+            id: &self.id,
+            participant: self.participant.as_ref(),
+            participants: &self.participants,
+            last_message: self.last_message.as_ref(),
+            last_message_at: &self.last_message_at,
+            created_at: &self.created_at,
+        }
+        .serialize(serializer)
     }
 }
+
+/// Each view's OpenAPI schema is the one of the struct it is serialised through, so the
+/// document describes exactly what goes on the wire.
+macro_rules! schema_through {
+    ($view:ty, $wire:ident) => {
+        impl PartialSchema for $view {
+            fn schema() -> RefOr<Schema> {
+                <$wire<'static> as PartialSchema>::schema()
+            }
+        }
+
+        impl ToSchema for $view {
+            fn name() -> Cow<'static, str> {
+                <$wire<'static> as ToSchema>::name()
+            }
+
+            fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+                <$wire<'static> as ToSchema>::schemas(schemas)
+            }
+        }
+    };
+}
+
+schema_through!(UserView, UserWire);
+schema_through!(PublicUser, PublicUserWire);
+schema_through!(MessageView, MessageWire);
+schema_through!(ChatView, ChatWire);
 
 /// Which end of a page is kept when it is cut to its byte bound: the lowest seqs for `sync` and
 /// `after=` (the client continues above them), the highest for the newest page and `before=`

@@ -66,6 +66,11 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Where `GET /metrics` is served, if the server was started with `metrics_listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.running.metrics_addr()
+    }
+
     /// Stops serving, then lets the writer commit what is queued; returns how the server ended.
     pub async fn stop(self) -> ServerExit {
         self.stop_keeping_data().await.0

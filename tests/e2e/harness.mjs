@@ -60,6 +60,21 @@ export function freePort() {
 const running = new Set();
 
 /**
+ * With PALAVER_E2E_LOG_DIR set (tests/run.sh sets it), every server's whole output is kept there
+ * (`server-*.log`) and every token and password the suite sends is listed in `secrets.txt`, for
+ * run.sh to check that none of them reached a log.
+ */
+const LOG_DIR = process.env.PALAVER_E2E_LOG_DIR || '';
+const recordedSecrets = new Set();
+
+/** Notes a token or password the suite sends (short strings would match by chance: skipped). */
+function recordSecret(value) {
+  if (!LOG_DIR || typeof value !== 'string' || value.length < 8 || recordedSecrets.has(value)) return;
+  recordedSecrets.add(value);
+  fs.appendFileSync(path.join(LOG_DIR, 'secrets.txt'), `${value}\n`);
+}
+
+/**
  * A server process. `start()` spawns it and waits for GET /health 200; `stop()` sends SIGTERM
  * then SIGKILL; `kill()` sends SIGKILL at once (crash). The data directory outlives restarts and
  * is removed by `dispose()`.
@@ -74,6 +89,9 @@ export class Server {
     this.log = [];
     this.logSize = 0;
     this.generation = 0;
+    this.logFile = LOG_DIR
+      ? path.join(LOG_DIR, `server-${process.pid}-${crypto.randomBytes(4).toString('hex')}.log`)
+      : null;
   }
 
   get url() { return `http://127.0.0.1:${this.port}`; }
@@ -94,6 +112,7 @@ export class Server {
       PALAVER_DATA_DIR: this.dataDir,
     }, this.extraEnv);
     for (const [k, v] of Object.entries(env)) if (v === undefined || v === null) delete env[k];
+    recordSecret(env.PALAVER_JWT_SECRET);
     return env;
   }
 
@@ -107,8 +126,12 @@ export class Server {
     const proc = spawn(cmd, args, { cwd: HERE, env: this.env(), stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     this.proc = proc;
     running.add(this);
-    proc.stdout.on('data', (d) => this.append(d));
-    proc.stderr.on('data', (d) => this.append(d));
+    const output = (d) => {
+      this.append(d);
+      if (this.logFile) fs.appendFileSync(this.logFile, d);
+    };
+    proc.stdout.on('data', output);
+    proc.stderr.on('data', output);
     this.exited = new Promise((resolve) => {
       proc.on('exit', (code, signal) => {
         this.append(`===== exit #${this.generation}: code=${code} signal=${signal}\n`);
@@ -175,6 +198,8 @@ export class Server {
   async api(method, p, token, body, { headers = {}, raw } = {}) {
     const h = { ...headers };
     if (token) h.authorization = `Bearer ${token}`;
+    recordSecret(token);
+    if (body && typeof body === 'object') recordSecret(body.password);
     let payload;
     if (raw !== undefined) payload = raw;
     else if (body !== undefined) { payload = JSON.stringify(body); h['content-type'] = 'application/json'; }
@@ -258,6 +283,8 @@ export class Server {
     const o = { transports, reconnection: false, forceNew: true, autoConnect: false, timeout: timeoutMs, ...rest };
     if (token != null && !header && !o.auth) o.auth = { token };
     if (token != null && header) o.extraHeaders = { authorization: `Bearer ${token}` };
+    recordSecret(token);
+    recordSecret(o.auth && o.auth.token);
     const s = io(this.url, o);
     s.events = new Map();
     s.onAny((ev, ...args) => {
