@@ -188,12 +188,14 @@ impl ServerBuilder {
             config,
             subscribers,
             writer,
-            metrics_listener,
+            OperatorListeners {
+                metrics: metrics_listener,
+                admin,
+            },
             Shutdown {
                 asked: Arc::clone(&stop),
                 hook: on_shutdown,
             },
-            admin,
         ));
         Ok(Running {
             service,
@@ -461,6 +463,13 @@ struct Shutdown {
     hook: Option<ShutdownHook>,
 }
 
+/// The operator's listeners beside the API's: `/metrics` (when configured) and the admin socket
+/// (when the server opened its data directory itself).
+struct OperatorListeners {
+    metrics: Option<tokio::net::TcpListener>,
+    admin: Option<AdminSocket>,
+}
+
 /// Serves until asked to stop or until storage fails, then disconnects every socket, waits for
 /// the open HTTP requests, and stops the writer.
 async fn serve<L>(
@@ -469,16 +478,17 @@ async fn serve<L>(
     config: Config,
     committed: Vec<CommitSubscriber>,
     writer: WriterHandle,
-    metrics_listener: Option<tokio::net::TcpListener>,
+    operator: OperatorListeners,
     shutdown: Shutdown,
-    admin: Option<AdminSocket>,
 ) -> ServerExit
 where
     L: Listener,
     L::Addr: Into<std::net::SocketAddr>,
 {
     let (router, io) = router(Arc::clone(&app), &config);
-    let admin: Option<AdminServer> = admin.map(|admin| admin.serve(Arc::clone(&app), io.clone()));
+    let admin: Option<AdminServer> = operator
+        .admin
+        .map(|admin| admin.serve(Arc::clone(&app), io.clone()));
     let metrics = app.metrics().clone();
     for shard in committed {
         tokio::spawn(deliver(io.clone(), Arc::clone(&app), shard));
@@ -489,7 +499,7 @@ where
         .then(|| tokio::spawn(reload_external_keys_forever(Arc::clone(&app))));
     let sweeper = tokio::spawn(sweep_presence_forever(io.clone(), Arc::clone(&app)));
     let metrics_stop = Arc::new(Notify::new());
-    let metrics_server = metrics_listener.map(|listener| {
+    let metrics_server = operator.metrics.map(|listener| {
         tokio::spawn(serve_metrics(
             listener,
             Arc::clone(&app),
