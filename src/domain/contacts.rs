@@ -73,7 +73,7 @@ impl Contacts {
         self.of.remove(user);
     }
 
-    /// Users whose contacts are loaded.
+    /// How many users' contacts are loaded.
     pub fn len(&self) -> usize {
         self.of.len()
     }
