@@ -1,4 +1,5 @@
-//! The use cases: accounts, chats, messages and presence, each in a file of its own.
+//! The use cases: accounts, chats, messages, group membership, read state and presence, each
+//! in a file of its own.
 //!
 //! The service owns no protocol details: it takes plain values (commands), applies the domain
 //! rules, reads and writes storage, and returns plain data or refusals. The transport decodes
@@ -10,8 +11,10 @@ mod accounts;
 pub mod auth;
 pub mod cache;
 mod chats;
+mod members;
 mod messages;
 mod presence;
+mod reads;
 pub mod views;
 
 use std::sync::{Arc, Mutex};
@@ -28,11 +31,12 @@ use crate::domain::validate::{FieldError, MessageError};
 use crate::limits::*;
 use crate::storage::{Store, StoreError, StoreWriter};
 use auth::Tokens;
-use cache::{ClearingCache, Members};
+use cache::ClearingCache;
 use views::PublicUser;
 
 pub use messages::{Delivery, FiledSend, SendMessage, Sent};
 pub use presence::{PresenceDesk, PresenceRules, Transition};
+pub use reads::FiledRead;
 
 /// A failed REST request; the transport maps each to a status and a `{ message }` body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +55,9 @@ pub enum ApiError {
     EmailTaken,
     #[error("{0}")]
     NotFound(&'static str),
+    /// The caller may not do that (a group change only its owner may make).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     Refused(Refusal),
     /// Storage failed (I/O or a corrupt record); the request may succeed later.
@@ -184,7 +191,6 @@ pub struct App {
     read_limiter: Mutex<KeyedLimiter>,
     /// `typing` `true`s shown per user, over all of their sockets.
     typing_limiter: Mutex<KeyedLimiter>,
-    members: ClearingCache<Members>,
     profiles: ClearingCache<PublicUser>,
     login_throttle: Mutex<LoginThrottle>,
     registrations: Mutex<AddressWindows>,
@@ -241,7 +247,6 @@ impl App {
                 },
                 SEND_BUCKETS_MAX,
             )),
-            members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,
             presence: tokio::sync::Mutex::new(Presence::new(grace_ms)),

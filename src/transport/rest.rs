@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -32,8 +32,18 @@ pub fn routes() -> Router<Shared> {
         .route("/api/auth/me", get(me))
         .route("/api/auth/logout", post(logout))
         .route("/api/users", get(users))
-        .route("/api/chats", get(chats))
+        .route("/api/chats", get(chats).post(create_group))
         .route("/api/chats/with/{participant_id}", post(open_chat))
+        .route("/api/chats/{chat_id}", get(chat).patch(rename_group))
+        .route(
+            "/api/chats/{chat_id}/members",
+            get(chat_members).post(add_members),
+        )
+        .route(
+            "/api/chats/{chat_id}/members/{user_id}",
+            delete(remove_member),
+        )
+        .route("/api/chats/{chat_id}/read", post(mark_read))
         .route(
             "/api/messages/chat/{chat_id}",
             get(history).post(post_message),
@@ -73,6 +83,7 @@ impl From<ApiError> for RestError {
             }
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Refused(refusal) => refusal_status(*refusal),
             ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -173,6 +184,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Param {
         Path::from_request_parts(parts, state)
             .await
             .map(|Path(param)| Param(param))
+            .map_err(|r| RestError(r.status(), "Invalid URL".into()))
+    }
+}
+
+/// The two path parameters of a member route: the chat and the user.
+pub struct ChatAndUser(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ChatAndUser {
+    type Rejection = RestError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|Path((chat, user))| ChatAndUser(chat, user))
             .map_err(|r| RestError(r.status(), "Invalid URL".into()))
     }
 }
@@ -329,4 +354,102 @@ async fn post_message(
     let command = payload::send_fields(&chat_id, body.text.as_ref(), body.client_msg_id.as_ref())?;
     let sent = shared.app.send(&user, command).await?;
     Ok((StatusCode::CREATED, Json(sent.message)).into_response())
+}
+
+#[derive(Deserialize)]
+struct GroupBody {
+    name: Option<String>,
+    #[serde(rename = "memberIds")]
+    member_ids: Option<Vec<String>>,
+}
+
+async fn create_group(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Body(body): Body<GroupBody>,
+) -> Result<Response, RestError> {
+    let name = body.name.unwrap_or_default();
+    let members = body.member_ids.unwrap_or_default();
+    let chat = shared.app.create_group(&user.id, &name, members).await?;
+    Ok((StatusCode::CREATED, Json(chat)).into_response())
+}
+
+async fn chat(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+) -> Result<Response, RestError> {
+    Ok(Json(shared.app.chat_of(&user.id, &chat_id)?).into_response())
+}
+
+#[derive(Deserialize)]
+struct RenameBody {
+    name: Option<String>,
+}
+
+async fn rename_group(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+    Body(body): Body<RenameBody>,
+) -> Result<Response, RestError> {
+    let name = body.name.unwrap_or_default();
+    Ok(Json(shared.app.rename_group(&user.id, &chat_id, &name).await?).into_response())
+}
+
+async fn chat_members(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+) -> Result<Response, RestError> {
+    Ok(Json(shared.app.members_of_chat(&user.id, &chat_id)?).into_response())
+}
+
+#[derive(Deserialize)]
+struct AddMembersBody {
+    #[serde(rename = "userIds")]
+    user_ids: Option<Vec<String>>,
+}
+
+async fn add_members(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+    Body(body): Body<AddMembersBody>,
+) -> Result<Response, RestError> {
+    let ids = body.user_ids.unwrap_or_default();
+    Ok(Json(shared.app.add_members(&user.id, &chat_id, ids).await?).into_response())
+}
+
+async fn remove_member(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    ChatAndUser(chat_id, member): ChatAndUser,
+) -> Result<StatusCode, RestError> {
+    shared
+        .app
+        .remove_member(&user.id, &chat_id, &member)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ReadBody {
+    seq: Option<serde_json::Value>,
+}
+
+async fn mark_read(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+    Body(body): Body<ReadBody>,
+) -> Result<Response, RestError> {
+    let seq = payload::read_seq(body.seq.as_ref()).map_err(|_| {
+        RestError::new(
+            StatusCode::BAD_REQUEST,
+            "seq must be a non-negative whole number",
+        )
+    })?;
+    let last_read_seq = shared.app.mark_read(&user.id, &chat_id, seq).await?;
+    Ok(Json(json!({ "ok": true, "lastReadSeq": last_read_seq })).into_response())
 }

@@ -6,7 +6,7 @@
 
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::service::views::{ChatView, MessageView, PublicUser, UserView};
+use crate::service::views::{ChatView, EventView, MemberView, MessageView, PublicUser, UserView};
 
 impl Serialize for UserView {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -43,19 +43,51 @@ impl Serialize for MessageView {
         object.serialize_field("clientMsgId", &self.client_msg_id)?;
         object.serialize_field("createdAt", &self.created_at)?;
         object.serialize_field("updatedAt", &self.updated_at)?;
+        // Only system messages carry these: a message a user sent keeps the seed's shape.
+        if let Some(event) = &self.event {
+            object.serialize_field("kind", "system")?;
+            object.serialize_field("event", event)?;
+        }
+        object.end()
+    }
+}
+
+impl Serialize for EventView {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut object = serializer.serialize_struct("Event", 3)?;
+        object.serialize_field("type", self.kind)?;
+        object.serialize_field("userId", &self.user_id)?;
+        object.serialize_field("by", &self.by)?;
         object.end()
     }
 }
 
 impl Serialize for ChatView {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut object = serializer.serialize_struct("Chat", 6)?;
+        let mut object = serializer.serialize_struct("Chat", 13)?;
         object.serialize_field("_id", &self.id)?;
+        object.serialize_field("kind", self.kind.as_str())?;
+        object.serialize_field("name", &self.name)?;
         object.serialize_field("participant", &self.participant)?;
         object.serialize_field("participants", &self.participants)?;
+        object.serialize_field("memberCount", &self.member_count)?;
+        object.serialize_field("ownerId", &self.owner_id)?;
         object.serialize_field("lastMessage", &self.last_message)?;
         object.serialize_field("lastMessageAt", &self.last_message_at)?;
         object.serialize_field("createdAt", &self.created_at)?;
+        object.serialize_field("lastReadSeq", &self.last_read_seq)?;
+        object.serialize_field("unreadCount", &self.unread_count)?;
+        object.end()
+    }
+}
+
+impl Serialize for MemberView {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut object = serializer.serialize_struct("Member", 4)?;
+        object.serialize_field("user", &self.user)?;
+        object.serialize_field("role", self.role.as_str())?;
+        object.serialize_field("joinedAt", &self.joined_at)?;
+        object.serialize_field("lastReadSeq", &self.last_read_seq)?;
         object.end()
     }
 }
@@ -143,6 +175,7 @@ mod tests {
             client_msg_id: None,
             created_at: "2026-11-29T20:00:00.000Z".into(),
             updated_at: "2026-11-29T20:00:00.000Z".into(),
+            event: None,
         }
     }
 
