@@ -431,32 +431,43 @@ async fn a_member_removed_mid_burst_receives_nothing_committed_after_the_removal
     let (carol, carol_id) = server.register("carol").await;
     let group = create_group(&server, &ada, "Burst", &[&bob_id, &carol_id]).await;
     let chat = group["_id"].as_str().unwrap().to_owned();
-    let bob_sockets: Vec<Socket> = join_all((0..2).map(|_| server.connect(&bob))).await;
+    let bob_sockets: Vec<Socket> = join_all((0..3).map(|_| server.connect(&bob))).await;
     let mut carol_sockets: Vec<Socket> = join_all((0..3).map(|_| server.connect(&carol))).await;
     for socket in &carol_sockets[..2] {
         assert_eq!(socket.ack("join-chat", json!(chat)).await["ok"], true);
     }
 
     let burst = async {
-        // Two sockets, 150 each: within a socket's queue of events.
-        let sends = bob_sockets.iter().enumerate().flat_map(|(tab, socket)| {
+        // Three tabs sending at once, each message after the last one's ack: a burst that lasts
+        // long enough for the removal to land inside it.
+        let tabs = bob_sockets.iter().enumerate().map(|(tab, socket)| {
             let chat = &chat;
-            (0..150).map(move |i| {
-                socket.ack(
-                    "send-message",
-                    json!({ "chatId": chat, "text": format!("m{i}"), "clientMsgId": format!("b{tab}-{i}") }),
-                )
-            })
+            async move {
+                let mut acks = Vec::new();
+                for i in 0..100 {
+                    let text = format!("m{tab}-{i}");
+                    let data = json!({ "chatId": chat, "text": text, "clientMsgId": text });
+                    acks.push(socket.ack("send-message", data).await);
+                }
+                acks
+            }
         });
-        join_all(sends).await
+        join_all(tabs).await.concat()
     };
+    // Removed once the burst is well under way: after a third socket of hers saw 50 messages.
+    let (watcher, joined) = carol_sockets.split_last_mut().unwrap();
     let removal = async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        server
+        let mut seen = Vec::new();
+        while seen.len() < 50 {
+            let message = watcher.next("new-message", WITHIN).await.expect("burst");
+            seen.push(message["seq"].as_u64().unwrap());
+        }
+        let (status, _) = server
             .delete(&format!("/api/chats/{chat}/members/{carol_id}"), Some(&ada))
-            .await
+            .await;
+        (status, seen)
     };
-    let (acks, (status, _)) = tokio::join!(burst, removal);
+    let (acks, (status, seen_first)) = tokio::join!(burst, removal);
     assert_eq!(status, 204);
     assert!(acks.iter().all(|a| a["ok"] == true));
 
@@ -468,8 +479,18 @@ async fn a_member_removed_mid_burst_receives_nothing_committed_after_the_removal
         .and_then(|m| m["seq"].as_u64())
         .expect("the removal is in history");
     assert_eq!(page.len(), 301);
-    for socket in &mut carol_sockets {
-        let got = seqs_of(&socket.drain("new-message", QUIET).await);
+    assert!(
+        removal_seq > 50 && removal_seq < 301,
+        "the removal landed mid-burst, at {removal_seq}"
+    );
+    let mut received: Vec<Vec<u64>> = Vec::new();
+    for socket in joined.iter_mut() {
+        received.push(seqs_of(&socket.drain("new-message", QUIET).await));
+    }
+    let mut watched = seen_first;
+    watched.extend(seqs_of(&watcher.drain("new-message", QUIET).await));
+    received.push(watched);
+    for got in received {
         assert!(
             got.iter().all(|&seq| seq < removal_seq),
             "a removed member received seq {:?} after the removal at {removal_seq}",
