@@ -386,7 +386,7 @@ async fn members_and_changed_users_hear_of_every_change() {
             .expect("member-removed");
         assert_eq!(removed["userId"], carol_id.as_str());
     }
-    carol_socket.drain("new-message", QUIET).await;
+    assert!(carol_socket.drain("new-message", QUIET).await.is_empty());
     bob_socket
         .client
         .emit("typing", &json!({ "chatId": chat, "isTyping": true }))

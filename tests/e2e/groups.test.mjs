@@ -129,7 +129,7 @@ test('changes are system messages and events reach members and the changed user'
   assert.equal(ack.ok, true);
   await waitFor(() => got(sa, 'new-message').some((m) => m._id === ack.message._id), 3000, 'members still get messages');
   await quiet();
-  assert.equal(got(sc, 'new-message').length, before, 'nothing after the removal');
+  assert.equal(got(sc, 'new-message').length, before, `nothing after the removal: ${JSON.stringify(got(sc, 'new-message').map((m) => [m.seq, m.text]))} before ${before}`);
   assert.equal(got(sc, 'typing').filter((t) => t.chatId === g._id).length, 0, 'no typing after the removal');
   await assertRefused(sc, await emitWithAck(sc, 'sync', { chatId: g._id, afterSeq: 0 }), 'Chat not found');
   assertError(await srv.api('GET', `/api/messages/chat/${g._id}`, c.token), 404, 'Chat not found');
