@@ -372,9 +372,17 @@ async fn members_and_changed_users_hear_of_every_change() {
         assert_eq!(updated["name"], "Crew");
     }
 
-    // Carol joined the room; once removed, her sockets leave it and hear nothing more.
+    // Carol joined the room; once removed, her sockets leave it and hear nothing more. The
+    // typing indicator she showed is still ended for the others.
     let joined = carol_socket.ack("join-chat", json!(chat)).await;
     assert_eq!(joined["ok"], true);
+    let typing = json!({ "chatId": chat, "isTyping": true });
+    carol_socket.client.emit("typing", &typing).await.unwrap();
+    let shown = ada_socket.next("typing", WITHIN).await.expect("typing");
+    assert_eq!(
+        (&shown["userId"], &shown["isTyping"]),
+        (&json!(carol_id), &json!(true))
+    );
     let (status, _) = server
         .delete(&format!("/api/chats/{chat}/members/{carol_id}"), Some(&ada))
         .await;
@@ -387,6 +395,17 @@ async fn members_and_changed_users_hear_of_every_change() {
         assert_eq!(removed["userId"], carol_id.as_str());
     }
     assert!(carol_socket.drain("new-message", QUIET).await.is_empty());
+    let stop = json!({ "chatId": chat, "isTyping": false });
+    carol_socket.client.emit("typing", &stop).await.unwrap();
+    // Well before the server would end it as stale (5 s).
+    let ended = ada_socket
+        .next("typing", Duration::from_secs(2))
+        .await
+        .expect("typing ended");
+    assert_eq!(
+        (&ended["userId"], &ended["isTyping"]),
+        (&json!(carol_id), &json!(false))
+    );
     bob_socket
         .client
         .emit("typing", &json!({ "chatId": chat, "isTyping": true }))

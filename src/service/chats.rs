@@ -147,6 +147,15 @@ impl App {
         }
     }
 
+    /// The chat's current members, whoever asks; `None` when there is no such chat or storage
+    /// fails (logged).
+    pub fn members_now(&self, chat_id: &str) -> Option<Members> {
+        match self.store.members_of(chat_id) {
+            Ok(members) => members,
+            Err(error) => storage_failed(None)(error),
+        }
+    }
+
     /// The members of the chat, if `user` is one of them (refused as [`member_chat`] refuses),
     /// from memory when the chat was seen before. A storage failure is logged and answered
     /// with `on_storage_failure`.

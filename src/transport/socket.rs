@@ -545,10 +545,12 @@ impl Handler {
         let Ok((chat_id, is_typing)) = payload::typing(value) else {
             return;
         };
-        if self
-            .app
-            .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
-            .is_err()
+        // A `false` needs no check: it only ends a `true` this socket showed as a member.
+        if is_typing
+            && self
+                .app
+                .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
+                .is_err()
         {
             return;
         }
@@ -568,11 +570,17 @@ impl Handler {
     /// the members' own rooms, from the exact member list: a member removed a moment ago may
     /// still have sockets in the chat's room (they leave it when the removal is delivered), and
     /// every socket that joined that room legitimately is in its member's room anyway.
+    /// A `false` ends a `true` this socket showed while its user was a member, so it goes out
+    /// even if the user was removed since: the others' indicator clears.
     async fn show_typing(&self, chat_id: &str, is_typing: bool) {
-        let Ok(members) = self
-            .app
-            .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
-        else {
+        let members = if is_typing {
+            self.app
+                .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
+                .ok()
+        } else {
+            self.app.members_now(chat_id)
+        };
+        let Some(members) = members else {
             return;
         };
         let user_id = &self.user.id;
