@@ -366,6 +366,8 @@ async fn raw_connect(
     ws.send(Message::text(auth)).await.unwrap();
     loop {
         match ws.next().await {
+            // engineioxide sends its first ping at once, which may come before the answer.
+            Some(Ok(Message::Text(text))) if text.as_str() == "2" => continue,
             Some(Ok(Message::Text(text))) => return (ws, text.to_string()),
             Some(Ok(_)) => continue,
             other => panic!("no CONNECT answer: {other:?}"),
