@@ -114,9 +114,11 @@ pub const TYPING_STALE_MS: u64 = 5_000;
 pub const TYPING_CHATS_MAX: usize = 64;
 /// Users whose send bucket is remembered; idle buckets are full and can be forgotten.
 pub const SEND_BUCKETS_MAX: usize = 1_000_000;
-/// Chats whose members are kept in memory for the membership check of sends and typing events
-/// (about 150 bytes each, so at most ~10 MB); when full, the cache is emptied and refills.
+/// Chats whose members are kept in memory for the membership check of sends and typing events,
+/// and the member ids held in all (about 50 bytes each, so at most ~50 MB); when either is full,
+/// the cache is emptied and refills.
 pub const MEMBERSHIP_CACHED_CHATS_MAX: usize = 65_536;
+pub const MEMBERSHIP_CACHED_IDS_MAX: usize = 1_048_576;
 /// Users whose public profile is kept in memory for deliveries (about 200 bytes each).
 pub const PROFILES_CACHED_MAX: usize = 65_536;
 /// Concurrent argon2 computations (each takes ~19 MiB and tens of milliseconds of CPU).
@@ -128,8 +130,14 @@ pub const PASSWORD_HASHES_CONCURRENT: usize = 4;
 pub const PASSWORD_HASH_WAITERS_MAX: usize = 32;
 pub const PASSWORD_HASH_WAIT: Duration = Duration::from_secs(1);
 
-/// Users in one chat (the contract is 1:1).
-pub const CHAT_MEMBERS_MAX: usize = 2;
+/// Users in one chat: a 1:1 chat has two, a group at most this many (a small team's room; every
+/// message is fanned out to each member's sockets, and the member list is rewritten with the
+/// chat record on each commit).
+pub const CHAT_MEMBERS_MAX: usize = 256;
+/// User ids in one add (`POST /api/chats/:chatId/members`) or one group creation.
+pub const MEMBERS_PER_ADD_MAX: usize = 100;
+/// A group's name: 1–64 characters after trimming, like a user's name.
+pub const GROUP_NAME_CHARS_MAX: usize = NAME_CHARS_MAX;
 /// Messages a history read reserves room for up front (a page may hold more; it grows).
 pub const PAGE_PREALLOCATED_MAX: usize = 1024;
 
@@ -243,8 +251,10 @@ const _: () = assert!(TEXT_CHARS_DEFAULT <= TEXT_CHARS_CEILING);
 // The largest text an operator can allow (4 bytes per scalar) plus its envelope must fit in one
 // Socket.IO message.
 const _: () = assert!(TEXT_CHARS_CEILING * 4 + 1024 <= BODY_BYTES_MAX);
-// A 1:1 chat has two members; the member list of a chat is bounded by this.
-const _: () = assert!(CHAT_MEMBERS_MAX >= 2);
+// A 1:1 chat has two members; the member list of a chat is bounded by this, and a group's
+// creator plus one add's worth of users fit in it.
+const _: () = assert!(CHAT_MEMBERS_MAX >= 2 && MEMBERS_PER_ADD_MAX < CHAT_MEMBERS_MAX);
+const _: () = assert!(MEMBERSHIP_CACHED_IDS_MAX >= CHAT_MEMBERS_MAX);
 const _: () = assert!(TOKEN_TTL_DEFAULT.as_secs() <= TOKEN_TTL_MAX.as_secs());
 const _: () = assert!(COMMIT_FEED_SHARDS >= 1 && COMMIT_FEED_QUEUE_MAX >= WRITE_BATCH_MAX);
 const _: () = assert!(SOCKET_EVENTS_QUEUED_MAX >= TYPING_PER_SEC);

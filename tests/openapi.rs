@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 
-use common::{relaxed_config, start};
+use common::{TestServer, relaxed_config, start};
 use serde_json::{Value, json};
 
 /// The source of the REST routes: every path written in it must be documented.
@@ -105,6 +105,111 @@ async fn every_served_route_is_documented_and_every_documented_route_is_served()
         );
     }
     server.stop().await;
+}
+
+/// The group and read-state routes: successes, a system message in history, and refusals.
+async fn check_group_routes(
+    check: &mut impl FnMut(&str, &str, (u16, Value)) -> Value,
+    server: &TestServer,
+    ada: &str,
+    bob: &Value,
+) {
+    let bob_token = bob["token"].as_str().unwrap();
+    let bob_id = bob["user"]["_id"].as_str().unwrap();
+    let (_, cy) = server
+        .post(
+            "/api/auth/register",
+            None,
+            json!({ "name": "cy", "email": "cy@example.com", "password": "password123" }),
+        )
+        .await;
+    let cy_id = cy["user"]["_id"].as_str().unwrap();
+    let create = |body: Value| server.post("/api/chats", Some(ada), body);
+    let group = check(
+        "post",
+        "/api/chats",
+        create(json!({ "name": "team", "memberIds": [bob_id] })).await,
+    );
+    check("post", "/api/chats", create(json!({ "name": "" })).await);
+    let id = group["_id"].as_str().unwrap();
+    let one = "/api/chats/{chat_id}";
+    let url = format!("/api/chats/{id}");
+    check("get", one, server.get(&url, Some(ada)).await);
+    check("get", one, server.get("/api/chats/nochat", Some(ada)).await);
+    let renamed = json!({ "name": "the team" });
+    check(
+        "patch",
+        one,
+        server.patch(&url, Some(ada), renamed.clone()).await,
+    );
+    check(
+        "patch",
+        one,
+        server.patch(&url, Some(bob_token), renamed).await,
+    );
+    let members = "/api/chats/{chat_id}/members";
+    let members_url = format!("{url}/members");
+    let add = json!({ "userIds": [cy_id] });
+    check(
+        "post",
+        members,
+        server.post(&members_url, Some(ada), add.clone()).await,
+    );
+    check(
+        "post",
+        members,
+        server.post(&members_url, Some(bob_token), add).await,
+    );
+    check(
+        "post",
+        members,
+        server
+            .post(&members_url, Some(ada), json!({ "userIds": [] }))
+            .await,
+    );
+    check("get", members, server.get(&members_url, Some(ada)).await);
+    let read = "/api/chats/{chat_id}/read";
+    let read_url = format!("{url}/read");
+    check(
+        "post",
+        read,
+        server
+            .post(&read_url, Some(bob_token), json!({ "seq": 2 }))
+            .await,
+    );
+    check(
+        "post",
+        read,
+        server
+            .post(&read_url, Some(bob_token), json!({ "seq": -1 }))
+            .await,
+    );
+    let history = server
+        .get(&format!("/api/messages/chat/{id}?after=0"), Some(ada))
+        .await;
+    check("get", "/api/messages/chat/{chat_id}", history);
+    let member = "/api/chats/{chat_id}/members/{user_id}";
+    check(
+        "delete",
+        member,
+        server
+            .delete(&format!("{members_url}/{cy_id}"), Some(bob_token))
+            .await,
+    );
+    check(
+        "delete",
+        member,
+        server
+            .delete(&format!("{members_url}/{cy_id}"), Some(ada))
+            .await,
+    );
+    check(
+        "delete",
+        member,
+        server
+            .delete(&format!("{members_url}/{cy_id}"), Some(ada))
+            .await,
+    );
 }
 
 /// Validates response bodies against the document's schemas, and remembers which operations
@@ -307,6 +412,7 @@ async fn real_responses_validate_against_the_documented_schemas() {
         "/api/chats",
         server.get("/api/chats", Some(token)).await,
     );
+    check_group_routes(&mut check, &server, token, &bob).await;
     check(
         "post",
         "/api/auth/logout",

@@ -6,9 +6,11 @@
 pub mod address;
 pub mod contacts;
 pub mod ids;
+pub mod membership;
 pub mod page;
 pub mod presence;
 pub mod rate;
+pub mod reads;
 pub mod time;
 pub mod typing;
 pub mod validate;

@@ -1,20 +1,16 @@
-//! Small bounded caches of what never changes once stored: a chat's members and a user's public
-//! profile.
+//! A small bounded cache of what never changes once stored: a user's public profile.
 //!
-//! Every `send-message` and `typing` event checks that its sender is a member of the chat, and
-//! every delivered message carries its sender's profile. A chat's members never change once it
-//! exists (chats are 1:1 and nobody leaves one), and a user's name, email and avatar are never
-//! edited, so what was read from storage once answers every later lookup without a read
-//! transaction: at 12,000 messages/s the membership read was a tenth of the socket workers' CPU
-//! (BENCHMARKS.md). Only what exists is kept; a cache is bounded and, when full, emptied to
+//! Every delivered message carries its sender's profile, and a user's name, email and avatar
+//! are never edited, so what was read from storage once answers every later lookup without a
+//! read transaction. Only what exists is kept; the cache is bounded and, when full, emptied to
 //! refill from storage (cheaper and simpler than tracking recency, and correct, since it only
-//! ever holds what storage says).
+//! ever holds what storage says). Chats' members do change (groups); their in-memory copy is
+//! kept exact by the writer (`storage::members`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-/// The member ids of one chat, shared with the deliveries that fan out to them.
-pub type Members = Arc<[String]>;
+pub use crate::storage::Members;
 
 /// At most `max` entries by id; emptied when an insert finds it full.
 pub struct ClearingCache<V> {
@@ -57,24 +53,20 @@ impl<V: Clone> ClearingCache<V> {
 mod tests {
     use super::*;
 
-    fn members(ids: &[&str]) -> Members {
-        ids.iter().map(|id| id.to_string()).collect()
-    }
-
     #[test]
-    fn remembers_members_by_chat() {
-        let cache = ClearingCache::<Members>::new(10);
-        assert!(cache.get("c1").is_none());
-        cache.insert("c1", members(&["a", "b"]));
-        assert_eq!(cache.get("c1").as_deref(), Some(&members(&["a", "b"])[..]));
-        assert!(cache.get("c2").is_none());
+    fn remembers_by_id() {
+        let cache = ClearingCache::<String>::new(10);
+        assert!(cache.get("u1").is_none());
+        cache.insert("u1", "Ada".into());
+        assert_eq!(cache.get("u1").as_deref(), Some("Ada"));
+        assert!(cache.get("u2").is_none());
     }
 
     #[test]
     fn never_holds_more_than_its_bound() {
-        let cache = ClearingCache::<Members>::new(3);
+        let cache = ClearingCache::<String>::new(3);
         for i in 0..10 {
-            cache.insert(&format!("c{i}"), members(&["a", "b"]));
+            cache.insert(&format!("c{i}"), "Ada".into());
             assert!(cache.len() <= 3);
         }
         assert!(

@@ -17,7 +17,8 @@ use crate::domain::rate::KeyedLimiter;
 use crate::domain::validate;
 use crate::limits::{PAGE_DEFAULT, PAGE_MAX};
 use crate::storage::{
-    AppendOutcome, ChatRecord, Filed, MessageRecord, NewMessage, StoreError, UserRecord,
+    AppendOutcome, ChatRecord, Filed, MessageRecord, NewMessage, StoreError, SystemEvent,
+    UserRecord,
 };
 
 /// `send-message` or `POST /api/messages/chat/:chatId`, as each transport decoded it.
@@ -37,7 +38,8 @@ pub struct Sent {
     pub members: Members,
 }
 
-/// A committed message and the members whose sockets receive it.
+/// A committed message and the members whose sockets receive it (the members as of its
+/// commit).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub message: MessageView,
@@ -86,17 +88,17 @@ impl App {
     fn message_views(
         &self,
         chat: &ChatRecord,
-        records: Vec<MessageRecord>,
+        records: Vec<(MessageRecord, Option<SystemEvent>)>,
     ) -> Result<Vec<MessageView>, StoreError> {
         let members = self.public_users(&chat.members)?;
         records
             .into_iter()
-            .map(|m| {
+            .map(|(m, event)| {
                 let sender = match members.iter().find(|u| u.id == m.sender) {
                     Some(member) => member.clone(),
                     None => self.public_user(&m.sender)?,
                 };
-                Ok(MessageView::new(m, sender))
+                Ok(MessageView::new(m, sender).with_event(event))
             })
             .collect()
     }
@@ -130,7 +132,7 @@ impl App {
         let unavailable = storage_failed(ApiError::Unavailable);
         let records = self
             .store
-            .messages(&chat.id, seq_range(anchor, limit, chat.last_seq));
+            .messages_with_events(&chat.id, seq_range(anchor, limit, chat.last_seq));
         match records.and_then(|records| self.message_views(&chat, records)) {
             Ok(views) => Ok(views),
             Err(error) => Err(unavailable(error)),
@@ -152,7 +154,7 @@ impl App {
         let has_more = has_more_after(&range, chat.last_seq);
         let views = self
             .store
-            .messages(&chat.id, range)
+            .messages_with_events(&chat.id, range)
             .and_then(|records| self.message_views(&chat, records))
             .map_err(storage_failed(Refusal::Unavailable))?;
         Ok((views, has_more))
@@ -236,20 +238,31 @@ impl App {
         })
     }
 
-    /// What a committed message (from the commit feed) is delivered as; `None` when storage
-    /// cannot say who receives it (logged; the members recover it with `sync`).
-    pub fn delivery(&self, message: MessageRecord) -> Option<Delivery> {
-        let members = match self.members_of(&message.chat) {
-            Ok(members) => members?,
-            Err(error) => return storage_failed(None)(error),
-        };
+    /// What a committed message (from the commit feed) is delivered as, to `members` (the
+    /// chat's members as of its commit); `None` when storage cannot give its sender's profile
+    /// (logged; the members recover it with `sync`).
+    pub fn delivery(
+        &self,
+        message: MessageRecord,
+        event: Option<SystemEvent>,
+        members: Members,
+    ) -> Option<Delivery> {
         let sender = match self.public_user(&message.sender) {
             Ok(sender) => sender,
             Err(error) => return storage_failed(None)(error),
         };
         Some(Delivery {
-            message: MessageView::new(message, sender),
+            message: MessageView::new(message, sender).with_event(event),
             members,
+        })
+    }
+
+    /// A user's public profile for an event (`member-added`); a storage failure is logged and
+    /// answered with the bare id.
+    pub fn profile(&self, id: &str) -> PublicUser {
+        self.public_user(id).unwrap_or_else(|error| {
+            tracing::error!(%error, "storage failure");
+            PublicUser::unknown(id)
         })
     }
 }

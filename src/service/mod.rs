@@ -1,4 +1,5 @@
-//! The use cases: accounts, chats, messages and presence, each in a file of its own.
+//! The use cases: accounts, chats, messages, group membership, read state and presence, each
+//! in a file of its own.
 //!
 //! The service owns no protocol details: it takes plain values (commands), applies the domain
 //! rules, reads and writes storage, and returns plain data or refusals. The transport decodes
@@ -11,8 +12,10 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 mod chats;
+mod members;
 mod messages;
 mod presence;
+mod reads;
 pub mod views;
 
 use std::sync::{Arc, Mutex};
@@ -29,12 +32,13 @@ use crate::limits::*;
 use crate::metrics::Metrics;
 use crate::storage::{Store, StoreError, StoreWriter};
 use auth::Tokens;
-use cache::{ClearingCache, Members};
+use cache::ClearingCache;
 use views::PublicUser;
 
 pub use crate::domain::presence::PresenceScope;
 pub use messages::{Delivery, FiledSend, SendMessage, Sent};
 pub use presence::{Announcement, Audience, PresenceDesk, PresenceRules, Transition};
+pub use reads::FiledRead;
 
 /// A failed REST request; the transport maps each to a status and a `{ message }` body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +63,9 @@ pub enum ApiError {
     AccountDisabled,
     #[error("{0}")]
     NotFound(&'static str),
+    /// The caller may not do that (a group change only its owner may make).
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     Refused(Refusal),
     /// Storage failed (I/O or a corrupt record); the request may succeed later.
@@ -196,7 +203,6 @@ pub struct App {
     read_limiter: Mutex<KeyedLimiter>,
     /// `typing` `true`s shown per user, over all of their sockets.
     typing_limiter: Mutex<KeyedLimiter>,
-    members: ClearingCache<Members>,
     profiles: ClearingCache<PublicUser>,
     login_throttle: Mutex<LoginThrottle>,
     registrations: Mutex<AddressWindows>,
@@ -255,7 +261,6 @@ impl App {
                 },
                 SEND_BUCKETS_MAX,
             )),
-            members: ClearingCache::new(MEMBERSHIP_CACHED_CHATS_MAX),
             profiles: ClearingCache::new(PROFILES_CACHED_MAX),
             policy,
             presence: tokio::sync::Mutex::new(presence::PresenceBook::new(grace_ms)),

@@ -169,6 +169,10 @@ const TABLE_NAMES: &[&str] = &[
     "client_ids",
     "token_revocations",
     "disabled_users",
+    "groups",
+    "group_members",
+    "system_messages",
+    "reads",
 ];
 
 fn copy_tables(snapshot: &ReadTransaction, copy: &Database) -> Result<u64, BackupError> {
@@ -184,6 +188,10 @@ fn copy_tables(snapshot: &ReadTransaction, copy: &Database) -> Result<u64, Backu
     rows += copy_table(snapshot, copy, CLIENT_IDS)?;
     rows += copy_table(snapshot, copy, TOKEN_REVOCATIONS)?;
     rows += copy_table(snapshot, copy, DISABLED_USERS)?;
+    rows += copy_table(snapshot, copy, GROUPS)?;
+    rows += copy_table(snapshot, copy, GROUP_MEMBERS)?;
+    rows += copy_table(snapshot, copy, SYSTEM_MESSAGES)?;
+    rows += copy_table(snapshot, copy, READS)?;
     Ok(rows)
 }
 

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+pub use crate::domain::membership::SystemKind;
+
 /// The record encoding this build writes. Bump it when a record's shape changes, and keep the
 /// decoder for every older version.
 pub const RECORD_VERSION: u8 = 1;
@@ -29,7 +31,8 @@ pub struct UserRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatRecord {
     pub id: String,
-    /// Member user ids in the order they were given at creation (the creator first).
+    /// The current members' user ids in the order they joined (the creator first, an added
+    /// member last): a group's owner is the first (see `domain::membership`).
     pub members: Vec<String>,
     pub created_ms: u64,
     /// The seq of the newest message; 0 while the chat is empty.
@@ -42,6 +45,42 @@ impl ChatRecord {
     pub fn has_member(&self, user: &str) -> bool {
         self.members.iter().any(|m| m == user)
     }
+}
+
+/// What makes a chat a group (a chat without one is a 1:1 chat): its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub name: String,
+}
+
+/// A group member's own fields (1:1 chats have none: their members joined at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub joined_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemEvent {
+    pub kind: SystemKind,
+    pub user: String,
+    pub by: String,
+}
+
+/// The system message at a seq (its text and sender are in the message record there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemRecord {
+    pub event: SystemEvent,
+    /// The chat's system messages at or below this seq, this one included: what the unread
+    /// counts subtract (see `domain::reads`).
+    pub systems_through: u64,
+}
+
+/// How far a member has read a chat (see `domain::reads::ReadPosition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRecord {
+    pub last_read_seq: u64,
+    /// The chat's non-system messages at or below `last_read_seq`.
+    pub counted: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +182,20 @@ mod tests {
             let _ = decode::<MessageRecord>(&bytes);
             let _ = decode::<UserRecord>(&bytes);
             let _ = decode::<ChatRecord>(&bytes);
+            let _ = decode::<GroupRecord>(&bytes);
+            let _ = decode::<MemberRecord>(&bytes);
+            let _ = decode::<SystemRecord>(&bytes);
+            let _ = decode::<ReadRecord>(&bytes);
+        }
+
+        #[test]
+        fn system_records_round_trip(kind in 0u8..4, through in any::<u64>(), user in "[a-z0-9]{1,24}") {
+            let kind = [SystemKind::Added, SystemKind::Removed, SystemKind::Left, SystemKind::Renamed][kind as usize];
+            let record = SystemRecord {
+                event: SystemEvent { kind, user: user.clone(), by: user },
+                systems_through: through,
+            };
+            prop_assert_eq!(decode::<SystemRecord>(&encode(&record)).unwrap(), record);
         }
 
         #[test]

@@ -2,8 +2,10 @@
 //!
 //! `rest` maps the contract's routes onto service calls, `socket` its events, `payload` decodes
 //! client events into typed commands (shared with the fuzz targets), `wire` names the fields of
-//! the contract's objects, and [`deliver`] fans committed messages out, in commit order, from the
-//! writer's commit feed: a REST POST and a socket `send-message` alike only append and answer.
+//! the contract's objects, and [`deliver`] fans committed changes out, in commit order, from the
+//! writer's commit feed: a REST POST and a socket `send-message` alike only append and answer,
+//! and so do the group changes and `mark-read`s; their events (`member-added`, `read`, …) are
+//! sent from the feed too, so they follow the commits' order.
 //! `web` serves the embedded web client.
 
 pub mod client_addr;
@@ -17,10 +19,12 @@ mod wire;
 
 use std::sync::Arc;
 
+use serde_json::json;
 use socketioxide::SocketIo;
 
+use crate::domain::membership::Role;
 use crate::service::{ApiError, App, Delivery};
-use crate::storage::CommitSubscriber;
+use crate::storage::{CommitSubscriber, Committed, Members, SystemEvent, SystemKind};
 
 /// What every handler needs: the service and the Socket.IO handle (to fan out from REST too).
 #[derive(Clone)]
@@ -62,19 +66,109 @@ pub fn presence_room(user_id: &str) -> String {
     format!("presence:{user_id}")
 }
 
-/// Delivers the committed messages of one shard of the commit feed, in the order they were
+/// Delivers the committed changes of one shard of the commit feed, in the order they were
 /// committed, until the writer stops: every socket thus receives a chat's messages in
-/// ascending seq.
+/// ascending seq, and a removed member's sockets leave the chat's room before anything
+/// committed after the removal is fanned out.
 pub async fn deliver(io: SocketIo, app: Arc<App>, mut committed: CommitSubscriber) {
-    while let Some(message) = committed.recv().await {
-        #[cfg(feature = "sim-faults")]
-        if crate::faults::is_planted(crate::faults::PlantedFault::FanOutInWakeOrder) {
-            continue;
+    while let Some(item) = committed.recv().await {
+        match item {
+            Committed::Message {
+                message,
+                system,
+                members,
+            } => {
+                #[cfg(feature = "sim-faults")]
+                if system.is_none()
+                    && crate::faults::is_planted(crate::faults::PlantedFault::FanOutInWakeOrder)
+                {
+                    continue;
+                }
+                deliver_message(&io, &app, message, system, members).await;
+            }
+            Committed::ChatCreated { chat, members } => {
+                announce_chat(&io, &app, "chat-created", &chat, &members).await;
+                for (index, member) in members.iter().enumerate() {
+                    socket::introduce_to(&io, &app, member, &members[index + 1..]).await;
+                }
+            }
+            Committed::Read {
+                chat,
+                user,
+                last_read_seq,
+                members,
+            } => {
+                let event = json!({ "chatId": chat, "userId": user, "lastReadSeq": last_read_seq });
+                let rooms: Vec<String> = members.iter().map(|m| user_room(m)).collect();
+                let _ = io.to(rooms).emit("read", &event).await;
+            }
         }
-        if let Some(delivery) = app.delivery(message) {
-            let started = std::time::Instant::now();
-            fan_out(&io, &delivery).await;
-            app.metrics().fanned_out(started);
+    }
+}
+
+async fn deliver_message(
+    io: &SocketIo,
+    app: &App,
+    message: crate::storage::MessageRecord,
+    system: Option<SystemEvent>,
+    members: Members,
+) {
+    let chat = message.chat.clone();
+    if let Some(event) = &system
+        && matches!(event.kind, SystemKind::Removed | SystemKind::Left)
+    {
+        // At once, and before any later message of the chat is fanned out (same shard).
+        let _ = io.to(user_room(&event.user)).leave(chat_room(&chat)).await;
+    }
+    let Some(delivery) = app.delivery(message, system.clone(), members) else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    fan_out(io, &delivery).await;
+    app.metrics().fanned_out(started);
+    let Some(event) = system else {
+        return;
+    };
+    let members = &delivery.members;
+    let mut rooms: Vec<String> = members.iter().map(|m| user_room(m)).collect();
+    match event.kind {
+        SystemKind::Added => {
+            let body = json!({
+                "chatId": chat,
+                "user": app.profile(&event.user),
+                "role": Role::Member.as_str(),
+            });
+            let _ = io.to(rooms).emit("member-added", &body).await;
+            socket::introduce_to(io, app, &event.user, members).await;
+            // The chat appears in the added user's list.
+            announce_chat(
+                io,
+                app,
+                "chat-updated",
+                &chat,
+                std::slice::from_ref(&event.user),
+            )
+            .await;
+        }
+        SystemKind::Removed | SystemKind::Left => {
+            rooms.push(user_room(&event.user));
+            let body = json!({
+                "chatId": chat,
+                "userId": event.user,
+                "ownerId": members.first(),
+            });
+            let _ = io.to(rooms).emit("member-removed", &body).await;
+        }
+        SystemKind::Renamed => announce_chat(io, app, "chat-updated", &chat, members).await,
+    }
+}
+
+/// Sends each of `members` the chat as they see it (a Chat object is per viewer: its
+/// `participant`, `lastReadSeq` and `unreadCount` are theirs).
+async fn announce_chat(io: &SocketIo, app: &App, event: &str, chat: &str, members: &[String]) {
+    for member in members {
+        if let Some(view) = app.chat_for(chat, member) {
+            let _ = io.to(user_room(member)).emit(event, &view).await;
         }
     }
 }

@@ -115,6 +115,18 @@ pub fn sync(payload: &Value) -> Result<SyncCommand<'_>, Refusal> {
     })
 }
 
+/// `{ chatId, seq }` (mark-read): `seq` a non-negative whole number, or a numeric string.
+pub fn mark_read(payload: &Value) -> Result<(&str, u64), Refusal> {
+    let fields = object(payload)?;
+    let seq = read_seq(fields.get("seq"))?;
+    Ok((required_str(fields, "chatId")?, seq))
+}
+
+/// The `seq` of a mark-read (socket payload or REST body): required, a non-negative whole number.
+pub fn read_seq(value: Option<&Value>) -> Result<u64, Refusal> {
+    whole_number(value.ok_or(Refusal::InvalidPayload)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +197,21 @@ mod tests {
             sync(&json!({"chatId": "c", "afterSeq": 1.5})),
             Err(Refusal::InvalidPayload)
         );
+    }
+
+    #[test]
+    fn mark_read_payloads() {
+        assert_eq!(mark_read(&json!({"chatId": "c", "seq": 7})), Ok(("c", 7)));
+        assert_eq!(mark_read(&json!({"chatId": "c", "seq": "7"})), Ok(("c", 7)));
+        for bad in [
+            json!({"chatId": "c"}),
+            json!({"chatId": "c", "seq": -1}),
+            json!({"chatId": "c", "seq": 2.5}),
+            json!({"chatId": "c", "seq": null}),
+            json!({"seq": 1}),
+            json!("c"),
+        ] {
+            assert_eq!(mark_read(&bad), Err(Refusal::InvalidPayload), "{bad}");
+        }
     }
 }

@@ -27,7 +27,7 @@ use super::{Shared, payload, socket};
 use crate::domain::page::Anchor;
 use crate::limits::REPLY_BYTES_MAX;
 use crate::metrics::{RefusedAs, refusal_reason};
-use crate::service::views::{ChatView, MessageView, PublicUser, UserView};
+use crate::service::views::{ChatView, MemberView, MessageView, PublicUser, UserView};
 use crate::service::{ApiError, AuthFailure, Refusal};
 use crate::storage::UserRecord;
 
@@ -42,8 +42,12 @@ fn api() -> OpenApiRouter<Shared> {
         .routes(routes!(me))
         .routes(routes!(logout))
         .routes(routes!(users))
-        .routes(routes!(chats))
+        .routes(routes!(chats, create_group))
         .routes(routes!(open_chat))
+        .routes(routes!(chat, rename_group))
+        .routes(routes!(chat_members, add_members))
+        .routes(routes!(remove_member))
+        .routes(routes!(mark_read))
         .routes(routes!(history, post_message))
 }
 
@@ -137,6 +141,7 @@ impl From<ApiError> for RestError {
             ApiError::EmailTaken => StatusCode::CONFLICT,
             ApiError::RegistrationClosed | ApiError::AccountDisabled => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Refused(refusal) => refusal_status(*refusal),
             ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -247,6 +252,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Param {
         Path::from_request_parts(parts, state)
             .await
             .map(|Path(param)| Param(param))
+            .map_err(|r| RestError::new(r.status(), "Invalid URL"))
+    }
+}
+
+/// The two path parameters of a member route: the chat and the user.
+pub struct ChatAndUser(pub String, pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ChatAndUser {
+    type Rejection = RestError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|Path((chat, user))| ChatAndUser(chat, user))
             .map_err(|r| RestError::new(r.status(), "Invalid URL"))
     }
 }
@@ -548,4 +567,200 @@ async fn post_message(
     let command = payload::send_fields(&chat_id, body.text.as_ref(), body.client_msg_id.as_ref())?;
     let sent = shared.app.send(&user, command).await?;
     Ok((StatusCode::CREATED, Json(sent.message)).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+struct GroupBody {
+    /// 1 to 64 characters after trimming.
+    name: Option<String>,
+    /// The other members (the caller is the owner and a member); at most 255.
+    #[serde(rename = "memberIds")]
+    member_ids: Option<Vec<String>>,
+}
+
+#[utoipa::path(post, path = "/api/chats", tag = "chats",
+    security(("bearer" = [])),
+    request_body = GroupBody,
+    responses(
+        (status = 201, description = "The group, created with the caller as its owner", body = ChatView),
+        (status = 400, description = "A bad name, a bad or unknown id, or too many members", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+async fn create_group(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Body(body): Body<GroupBody>,
+) -> Result<Response, RestError> {
+    let name = body.name.unwrap_or_default();
+    let members = body.member_ids.unwrap_or_default();
+    let chat = shared.app.create_group(&user.id, &name, members).await?;
+    Ok((StatusCode::CREATED, Json(chat)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/chats/{chat_id}", tag = "chats",
+    security(("bearer" = [])),
+    params(("chat_id" = String, Path, description = "A chat of the caller")),
+    responses(
+        (status = 200, description = "The chat as the caller sees it", body = ChatView),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Chat not found (or the caller is not a member)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+async fn chat(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+) -> Result<Response, RestError> {
+    Ok(Json(shared.app.chat_of(&user.id, &chat_id)?).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+struct RenameBody {
+    /// 1 to 64 characters after trimming.
+    name: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/api/chats/{chat_id}", tag = "chats",
+    security(("bearer" = [])),
+    params(("chat_id" = String, Path, description = "A group of the caller")),
+    request_body = RenameBody,
+    responses(
+        (status = 200, description = "The group after the rename", body = ChatView),
+        (status = 400, description = "A bad name, or not a group chat", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Only the owner can do that", body = ErrorBody),
+        (status = 404, description = "Chat not found", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+async fn rename_group(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+    Body(body): Body<RenameBody>,
+) -> Result<Response, RestError> {
+    let name = body.name.unwrap_or_default();
+    Ok(Json(shared.app.rename_group(&user.id, &chat_id, &name).await?).into_response())
+}
+
+#[utoipa::path(get, path = "/api/chats/{chat_id}/members", tag = "chats",
+    security(("bearer" = [])),
+    params(("chat_id" = String, Path, description = "A chat of the caller")),
+    responses(
+        (status = 200, description = "The members in joining order (a group's owner first)", body = Vec<MemberView>),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Chat not found", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+async fn chat_members(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+) -> Result<Response, RestError> {
+    Ok(Json(shared.app.members_of_chat(&user.id, &chat_id)?).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+struct AddMembersBody {
+    /// 1 to 100 user ids; members already are skipped.
+    #[serde(rename = "userIds")]
+    user_ids: Option<Vec<String>>,
+}
+
+#[utoipa::path(post, path = "/api/chats/{chat_id}/members", tag = "chats",
+    security(("bearer" = [])),
+    params(("chat_id" = String, Path, description = "A group of the caller")),
+    request_body = AddMembersBody,
+    responses(
+        (status = 200, description = "The group after the additions", body = ChatView),
+        (status = 400, description = "Bad or unknown ids, too many, or not a group chat", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Only the owner can do that", body = ErrorBody),
+        (status = 404, description = "Chat not found", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+async fn add_members(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+    Body(body): Body<AddMembersBody>,
+) -> Result<Response, RestError> {
+    let ids = body.user_ids.unwrap_or_default();
+    Ok(Json(shared.app.add_members(&user.id, &chat_id, ids).await?).into_response())
+}
+
+/// The owner removes a member; any member removes themself (leaves).
+#[utoipa::path(delete, path = "/api/chats/{chat_id}/members/{user_id}", tag = "chats",
+    security(("bearer" = [])),
+    params(
+        ("chat_id" = String, Path, description = "A group of the caller"),
+        ("user_id" = String, Path, description = "The member to remove (the caller, to leave)"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Not a group chat", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Only the owner can do that", body = ErrorBody),
+        (status = 404, description = "Chat or member not found", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+async fn remove_member(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    ChatAndUser(chat_id, member): ChatAndUser,
+) -> Result<StatusCode, RestError> {
+    shared
+        .app
+        .remove_member(&user.id, &chat_id, &member)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+struct ReadBody {
+    /// Read up to this seq (capped at the chat's last; a lower one than stored changes nothing).
+    #[schema(value_type = u64)]
+    seq: Option<serde_json::Value>,
+}
+
+/// `POST /api/chats/:chatId/read`'s answer.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ReadAnswer {
+    /// Always `true`.
+    ok: bool,
+    /// The caller's read position after the request.
+    last_read_seq: u64,
+}
+
+#[utoipa::path(post, path = "/api/chats/{chat_id}/read", tag = "chats",
+    security(("bearer" = [])),
+    params(("chat_id" = String, Path, description = "A chat of the caller")),
+    request_body = ReadBody,
+    responses(
+        (status = 200, description = "The read position after the request (it only moves forward)", body = ReadAnswer),
+        (status = 400, description = "A bad seq", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 404, description = "Chat not found", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+async fn mark_read(
+    State(shared): State<Shared>,
+    Caller(user): Caller,
+    Param(chat_id): Param,
+    Body(body): Body<ReadBody>,
+) -> Result<Response, RestError> {
+    let seq = payload::read_seq(body.seq.as_ref()).map_err(|_| {
+        RestError::new(
+            StatusCode::BAD_REQUEST,
+            "seq must be a non-negative whole number",
+        )
+    })?;
+    let last_read_seq = shared.app.mark_read(&user.id, &chat_id, seq).await?;
+    Ok(Json(ReadAnswer {
+        ok: true,
+        last_read_seq,
+    })
+    .into_response())
 }

@@ -1,7 +1,8 @@
 //! Socket.IO: authentication on connect, presence, and the client events of the contract.
 //!
 //! Each socket's events are handled in the order they arrived by a task of the socket's own
-//! (its *inbox*); consecutive sends are pipelined through the writer, the rest one at a time. socketioxide spawns a task per event, so the order is taken where
+//! (its *inbox*); consecutive sends and `mark-read`s are pipelined through the writer, the rest
+//! one at a time. socketioxide spawns a task per event, so the order is taken where
 //! it still holds: its extractors run inline, in arrival order, before the spawn, and the
 //! [`Queued`] extractor puts the event into the inbox there. So a later `send-message` of a
 //! socket always gets a higher seq and a later ack, and `typing` `true`/`false` never swap. The
@@ -60,6 +61,7 @@ enum EventKind {
     SendMessage,
     Typing,
     Sync,
+    MarkRead,
 }
 
 /// One event waiting in a socket's inbox.
@@ -156,6 +158,7 @@ async fn admit(
     socket.on("send-message", queued::<SendMessage>);
     socket.on("typing", queued::<TypingEvent>);
     socket.on("sync", queued::<SyncEvent>);
+    socket.on("mark-read", queued::<MarkReadEvent>);
     socket.on_disconnect(on_disconnect);
     // Counted before the client learns it is connected, so that a tab closed right after
     // another one opened never sees its user flicker offline.
@@ -252,8 +255,20 @@ async fn announce(io: &SocketIo, announcements: Vec<Announcement>) {
 /// Two users now share a chat: with presence scoped to contacts, each online one is announced
 /// to the other (under the presence desk, like every announcement).
 pub async fn introduce(io: &SocketIo, app: &App, first: &str, second: &str) {
+    introduce_to(io, app, first, std::slice::from_ref(&second.to_owned())).await;
+}
+
+/// `newcomer` now shares a chat with each of `members` (a group created or joined): the
+/// introductions of [`introduce`], under one hold of the presence desk.
+pub async fn introduce_to(io: &SocketIo, app: &App, newcomer: &str, members: &[String]) {
     let mut presence = app.presence().await;
-    let announcements = presence.introduce(first, second);
+    if presence.scope() == PresenceScope::All {
+        return;
+    }
+    let announcements: Vec<_> = members
+        .iter()
+        .flat_map(|member| presence.introduce(newcomer, member))
+        .collect();
     announce(io, announcements).await;
 }
 
@@ -294,6 +309,7 @@ struct LeaveChat;
 struct SendMessage;
 struct TypingEvent;
 struct SyncEvent;
+struct MarkReadEvent;
 
 impl QueuedEvent for JoinChat {
     const KIND: EventKind = EventKind::JoinChat;
@@ -309,6 +325,9 @@ impl QueuedEvent for TypingEvent {
 }
 impl QueuedEvent for SyncEvent {
     const KIND: EventKind = EventKind::Sync;
+}
+impl QueuedEvent for MarkReadEvent {
+    const KIND: EventKind = EventKind::MarkRead;
 }
 
 /// An extractor that files its event into the socket's inbox as it is extracted: inline, in
@@ -349,8 +368,14 @@ impl<E: QueuedEvent> FromMessageParts<LocalAdapter> for Queued<E> {
 
 async fn queued<E: QueuedEvent>(_: Queued<E>) {}
 
-/// A send filed with the writer, on its way to its ack.
-type SendInFlight = BoxFuture<'static, (AckSender, Result<Sent, Refusal>)>;
+/// A send or mark-read filed with the writer, on its way to its ack.
+type SendInFlight = BoxFuture<'static, (AckSender, Filing)>;
+
+/// The answer of a request filed with the writer (a send's is boxed: it holds the message).
+enum Filing {
+    Sent(Box<Result<Sent, Refusal>>),
+    Read(Result<u64, Refusal>),
+}
 
 /// The reply bytes a socket may have unread (see `SOCKET_UNREAD_BYTES_MAX`): a bucket of bytes
 /// that refills as fast as the slowest client we serve reads.
@@ -378,7 +403,7 @@ struct Handler {
     dropped: bool,
 }
 
-/// The socket's sends in flight, oldest first. Kept out of [`Handler`], which must stay `Sync`
+/// The socket's sends and mark-reads in flight, oldest first. Kept out of [`Handler`], which must stay `Sync`
 /// for the `&self` its methods hold across awaits.
 type Sends = FuturesOrdered<SendInFlight>;
 
@@ -407,7 +432,7 @@ impl Handler {
                     force_close(&self.socket);
                     break;
                 }
-                Some((ack, result)) = sends.next() => self.ack_send(ack, result),
+                Some((ack, filing)) = sends.next() => self.ack_filed(ack, filing),
                 event = events.recv(), if room_for_sends => match event {
                     Some(event) => {
                         self.handle(event, &mut sends).await;
@@ -434,8 +459,10 @@ impl Handler {
 
     async fn handle(&mut self, event: Box<Inbound>, sends: &mut Sends) {
         let Inbound { kind, data, ack } = *event;
-        if matches!(kind, EventKind::SendMessage) {
-            return self.send_message(data, ack, sends).await;
+        match kind {
+            EventKind::SendMessage => return self.send_message(data, ack, sends).await,
+            EventKind::MarkRead => return self.mark_read(data, ack, sends).await,
+            _ => {}
         }
         self.finish_sends(sends).await;
         let Ok(value) = data else {
@@ -458,7 +485,9 @@ impl Handler {
                 let result = self.leave_chat(&value).await;
                 answer(&self.socket, self.app.metrics(), ack, result);
             }
-            EventKind::SendMessage => unreachable!("sends are filed above"),
+            EventKind::SendMessage | EventKind::MarkRead => {
+                unreachable!("sends and mark-reads are filed above")
+            }
             EventKind::Typing => self.typing(&value).await,
             EventKind::Sync => match self.sync(&value) {
                 Ok(reply) if !self.within_unread_budget(reply.bytes) => self.drop_socket(),
@@ -505,14 +534,45 @@ impl Handler {
                 Ok(filed) => filed.outcome(&app).await,
                 Err(refusal) => Err(refusal),
             };
-            (ack, result)
+            (ack, Filing::Sent(Box::new(result)))
         }));
     }
 
-    /// Acks every send in flight, in order.
+    /// Files a `mark-read`, pipelined like sends: a client marking each message it scrolls
+    /// past gets them committed together.
+    async fn mark_read(&self, data: Result<Value, ()>, ack: AckSender, sends: &mut Sends) {
+        let command = data
+            .map_err(|()| Refusal::InvalidPayload)
+            .and_then(|value| payload::mark_read(&value).map(|(chat, seq)| (chat.to_owned(), seq)));
+        let filed = match command {
+            Ok((chat, seq)) => Ok(self.app.file_mark_read(&self.user.id, &chat, seq).await),
+            Err(refusal) => Err(refusal),
+        };
+        sends.push_back(Box::pin(async move {
+            let result = match filed {
+                Ok(filed) => filed.outcome().await,
+                Err(refusal) => Err(refusal),
+            };
+            (ack, Filing::Read(result))
+        }));
+    }
+
+    /// Acks every send and mark-read in flight, in order.
     async fn finish_sends(&self, sends: &mut Sends) {
-        while let Some((ack, result)) = sends.next().await {
-            self.ack_send(ack, result);
+        while let Some((ack, filing)) = sends.next().await {
+            self.ack_filed(ack, filing);
+        }
+    }
+
+    fn ack_filed(&self, ack: AckSender, filing: Filing) {
+        match filing {
+            Filing::Sent(result) => self.ack_send(ack, *result),
+            Filing::Read(result) => answer(
+                &self.socket,
+                self.app.metrics(),
+                ack,
+                result.map(|last_read_seq| ReadAck { last_read_seq }),
+            ),
         }
     }
 
@@ -545,10 +605,12 @@ impl Handler {
         let Ok((chat_id, is_typing)) = payload::typing(value) else {
             return;
         };
-        if self
-            .app
-            .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
-            .is_err()
+        // A `false` needs no check: it only ends a `true` this socket showed as a member.
+        if is_typing
+            && self
+                .app
+                .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
+                .is_err()
         {
             return;
         }
@@ -564,22 +626,32 @@ impl Handler {
         }
     }
 
-    /// Sends `typing` to the chat's room and its other members' sockets, not to the sender's.
+    /// Sends `typing` to the sockets of the chat's other members, not to the sender's. Only to
+    /// the members' own rooms, from the exact member list: a member removed a moment ago may
+    /// still have sockets in the chat's room (they leave it when the removal is delivered), and
+    /// every socket that joined that room legitimately is in its member's room anyway.
+    /// A `false` ends a `true` this socket showed while its user was a member, so it goes out
+    /// even if the user was removed since: the others' indicator clears.
     async fn show_typing(&self, chat_id: &str, is_typing: bool) {
-        let Ok(members) = self
-            .app
-            .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
-        else {
+        let members = if is_typing {
+            self.app
+                .chat_members(&self.user.id, chat_id, Refusal::Unavailable)
+                .ok()
+        } else {
+            self.app.members_now(chat_id)
+        };
+        let Some(members) = members else {
             return;
         };
         let user_id = &self.user.id;
-        let mut rooms = vec![chat_room(chat_id)];
-        rooms.extend(
-            members
-                .iter()
-                .filter(|m| *m != user_id)
-                .map(|m| user_room(m)),
-        );
+        let rooms: Vec<String> = members
+            .iter()
+            .filter(|m| *m != user_id)
+            .map(|m| user_room(m))
+            .collect();
+        if rooms.is_empty() {
+            return;
+        }
         let event = json!({ "userId": user_id, "chatId": chat_id, "isTyping": is_typing });
         let _ = self
             .io
@@ -665,6 +737,13 @@ struct Refused<'a> {
 /// The ack of `join-chat` and `leave-chat`: nothing beyond `ok`.
 #[derive(Serialize)]
 struct NoFields {}
+
+/// The ack of `mark-read`: the position after it.
+#[derive(Serialize)]
+struct ReadAck {
+    #[serde(rename = "lastReadSeq")]
+    last_read_seq: u64,
+}
 
 #[derive(Serialize)]
 struct SentAck<'a> {

@@ -2,7 +2,8 @@
 //!
 //! The service hands out plain data (`service::views`); this is the one place that says how each
 //! object is spelled on the wire. The names follow the seed application (`_id`, `createdAt`, …)
-//! so its clients work unchanged.
+//! so its clients work unchanged. Each view is serialised through a `…Wire` struct whose
+//! derived OpenAPI schema is thus exactly what goes on the wire.
 
 use std::borrow::Cow;
 
@@ -10,7 +11,7 @@ use serde::Serialize;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::service::views::{ChatView, MessageView, PublicUser, UserView};
+use crate::service::views::{ChatView, EventView, MemberView, MessageView, PublicUser, UserView};
 
 /// A user as they see themselves.
 #[derive(Serialize, ToSchema)]
@@ -38,6 +39,8 @@ struct PublicUserWire<'a> {
     avatar: &'a str,
 }
 
+/// A message. System messages (a group's membership changes and renames) also carry
+/// `kind: "system"` and `event`; a message a user sent keeps the seed's shape, without them.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Message)]
@@ -52,6 +55,28 @@ struct MessageWire<'a> {
     client_msg_id: Option<&'a str>,
     created_at: &'a str,
     updated_at: &'a str,
+    /// `"system"` on system messages only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    kind: Option<&'static str>,
+    /// What a system message records; absent on a message a user sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    event: Option<&'a EventView>,
+}
+
+/// A system message's event.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = SystemEvent)]
+struct EventWire<'a> {
+    /// `added`, `removed`, `left` or `renamed`.
+    #[serde(rename = "type")]
+    kind: &'a str,
+    /// The user the event is about.
+    user_id: &'a str,
+    /// Who made the change.
+    by: &'a str,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -60,12 +85,35 @@ struct MessageWire<'a> {
 struct ChatWire<'a> {
     #[serde(rename = "_id")]
     id: &'a str,
-    /// The other member, as seen by the requesting user.
+    /// `direct` (two members who never change) or `group`.
+    kind: &'a str,
+    /// A group's name; `null` for a direct chat.
+    name: Option<&'a str>,
+    /// The other member of a direct chat, as seen by the requesting user; `null` for a group.
     participant: Option<&'a PublicUser>,
     participants: &'a [PublicUser],
+    member_count: usize,
+    /// A group's owner; `null` for a direct chat (and a group everyone left).
+    owner_id: Option<&'a str>,
     last_message: Option<&'a MessageView>,
     last_message_at: &'a str,
     created_at: &'a str,
+    /// The viewer's read position in the chat.
+    last_read_seq: u64,
+    /// Messages above `lastReadSeq` that others sent (system messages excluded).
+    unread_count: u64,
+}
+
+/// A member of a chat.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Member)]
+struct MemberWire<'a> {
+    user: &'a PublicUser,
+    /// `owner` or `member`.
+    role: &'a str,
+    joined_at: &'a str,
+    last_read_seq: u64,
 }
 
 impl Serialize for UserView {
@@ -105,6 +153,19 @@ impl Serialize for MessageView {
             client_msg_id: self.client_msg_id.as_deref(),
             created_at: &self.created_at,
             updated_at: &self.updated_at,
+            kind: self.event.as_ref().map(|_| "system"),
+            event: self.event.as_ref(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Serialize for EventView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        EventWire {
+            kind: self.kind,
+            user_id: &self.user_id,
+            by: &self.by,
         }
         .serialize(serializer)
     }
@@ -114,11 +175,29 @@ impl Serialize for ChatView {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         ChatWire {
             id: &self.id,
+            kind: self.kind.as_str(),
+            name: self.name.as_deref(),
             participant: self.participant.as_ref(),
             participants: &self.participants,
+            member_count: self.member_count,
+            owner_id: self.owner_id.as_deref(),
             last_message: self.last_message.as_ref(),
             last_message_at: &self.last_message_at,
             created_at: &self.created_at,
+            last_read_seq: self.last_read_seq,
+            unread_count: self.unread_count,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl Serialize for MemberView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        MemberWire {
+            user: &self.user,
+            role: self.role.as_str(),
+            joined_at: &self.joined_at,
+            last_read_seq: self.last_read_seq,
         }
         .serialize(serializer)
     }
@@ -149,7 +228,9 @@ macro_rules! schema_through {
 schema_through!(UserView, UserWire);
 schema_through!(PublicUser, PublicUserWire);
 schema_through!(MessageView, MessageWire);
+schema_through!(EventView, EventWire);
 schema_through!(ChatView, ChatWire);
+schema_through!(MemberView, MemberWire);
 
 /// Which end of a page is kept when it is cut to its byte bound: the lowest seqs for `sync` and
 /// `after=` (the client continues above them), the highest for the newest page and `before=`
@@ -234,6 +315,7 @@ mod tests {
             client_msg_id: None,
             created_at: "2026-11-29T20:00:00.000Z".into(),
             updated_at: "2026-11-29T20:00:00.000Z".into(),
+            event: None,
         }
     }
 

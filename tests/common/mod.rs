@@ -98,6 +98,27 @@ impl TestServer {
         answer(request.send().await.expect("request")).await
     }
 
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut request = reqwest::Client::new().patch(self.url(path)).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request.send().await.expect("request")).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = reqwest::Client::new().delete(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        answer(request.send().await.expect("request")).await
+    }
+
+    /// The server's storage (consistency checks).
+    pub fn store(&self) -> &palaver::storage::Store {
+        self.running.store()
+    }
+
     /// Registers a user; returns (token, user id).
     pub async fn register(&self, name: &str) -> (String, String) {
         let email = format!("{name}@example.com");
