@@ -2,8 +2,11 @@
 //! form any tool reads.
 //!
 //! The file is a `version` line, then (with secrets) the token secret, then every user, chat,
-//! chat member and message, one object per line with a `type`, in key order, each section
-//! whole before the next. An export reads one read transaction and writes as it goes, so its
+//! chat member, message and read position, one object per line with a `type`, in key order,
+//! each section whole before the next. A group's chat line carries its `group` name, its member
+//! lines their `joinedMs` (in joining order, the owner first), and a system message its `event`;
+//! the indexes derived from them (pairs of 1:1 chats, a chat's running count of system
+//! messages, the counts kept with read positions) are rebuilt on import. An export reads one read transaction and writes as it goes, so its
 //! memory does not grow with the database. Without `include_secrets` users carry no password
 //! hash (they sign in again after `palaver user set-password`). Members are lines of their own
 //! (`{"type":"member","chat","user"}`), so that a member can grow a role or a join time.
@@ -20,18 +23,26 @@ use std::path::Path;
 
 use redb::backends::FileBackend;
 use redb::{
-    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, WriteTransaction,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
 use super::backup::BackupError;
-use super::records::{ChatRecord, MessageRecord, UserRecord, decode, encode};
+use super::records::{
+    ChatRecord, GroupRecord, MemberRecord, MessageRecord, ReadRecord, SystemEvent, SystemKind,
+    SystemRecord, UserRecord, decode, encode,
+};
 use super::tables::*;
 use super::{DB_FILE, FORMAT_VERSION, StoreError, private, sync_dir};
-use crate::limits::{COPY_CACHE_BYTES, COPY_ROWS_PER_COMMIT, EXPORT_LINE_BYTES_MAX};
+use crate::domain::reads;
+use crate::limits::{
+    CHAT_MEMBERS_MAX, COPY_CACHE_BYTES, COPY_ROWS_PER_COMMIT, EXPORT_LINE_BYTES_MAX,
+};
 
 /// The version of the export format (the lines' shapes), in its first line.
-pub const EXPORT_VERSION: u32 = 1;
+/// Version 2 added groups, system messages and read positions; version 1 files still import.
+pub const EXPORT_VERSION: u32 = 2;
 
 /// Meta key of the token secret (the server's `JWT_SECRET_KEY`).
 const JWT_SECRET_KEY: &str = "jwt_secret";
@@ -59,10 +70,17 @@ pub enum Line {
         created_ms: u64,
         last_seq: u64,
         last_message_ms: u64,
+        /// A group's name; absent for a 1:1 chat.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
     },
+    #[serde(rename_all = "camelCase")]
     Member {
         chat: String,
         user: String,
+        /// When a group member joined; absent for a 1:1 chat's members.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        joined_ms: Option<u64>,
     },
     #[serde(rename_all = "camelCase")]
     Message {
@@ -73,7 +91,56 @@ pub enum Line {
         text: String,
         client_msg_id: Option<String>,
         created_ms: u64,
+        /// What a system message records; absent for a message a user sent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<EventLine>,
     },
+    /// How far a user has read a chat (kept for former members too).
+    #[serde(rename_all = "camelCase")]
+    Read {
+        user: String,
+        chat: String,
+        last_read_seq: u64,
+    },
+}
+
+/// A system message's event, spelled as the contract spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventLine {
+    #[serde(rename = "type")]
+    kind: String,
+    user_id: String,
+    by: String,
+}
+
+impl From<SystemEvent> for EventLine {
+    fn from(event: SystemEvent) -> Self {
+        Self {
+            kind: event.kind.as_str().to_owned(),
+            user_id: event.user,
+            by: event.by,
+        }
+    }
+}
+
+impl TryFrom<EventLine> for SystemEvent {
+    type Error = String;
+
+    fn try_from(line: EventLine) -> Result<Self, String> {
+        let kind = match line.kind.as_str() {
+            "added" => SystemKind::Added,
+            "removed" => SystemKind::Removed,
+            "left" => SystemKind::Left,
+            "renamed" => SystemKind::Renamed,
+            other => return Err(format!("unknown event type {other:?}")),
+        };
+        Ok(SystemEvent {
+            kind,
+            user: line.user_id,
+            by: line.by,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +170,7 @@ impl Line {
             Line::Chat { .. } => 3,
             Line::Member { .. } => 4,
             Line::Message { .. } => 5,
+            Line::Read { .. } => 6,
         }
     }
 }
@@ -228,35 +296,96 @@ pub fn export(
         }))?;
         summary.users += 1;
     }
-    let chats = tx.open_table(CHATS)?;
-    for entry in chats.iter()? {
+    summary.chats = export_chats(&tx, &mut written)?;
+    export_members(&tx, &mut written)?;
+    summary.messages = export_messages(&tx, &mut written)?;
+    export_reads(&tx, &mut written)?;
+    written.out.flush().map_err(TransferError::Write)?;
+    Ok(summary)
+}
+
+fn chat_record(id: &str, bytes: &[u8]) -> Result<ChatRecord, StoreError> {
+    decode(bytes).map_err(StoreError::corrupt("chats", id))
+}
+
+fn export_chats<W: Write>(
+    tx: &ReadTransaction,
+    written: &mut Writer<'_, W>,
+) -> Result<u64, TransferError> {
+    let groups = tx.open_table(GROUPS)?;
+    let mut chats = 0;
+    for entry in tx.open_table(CHATS)?.iter()? {
         let (id, bytes) = entry?;
-        let chat: ChatRecord =
-            decode(bytes.value()).map_err(StoreError::corrupt("chats", id.value()))?;
+        let chat = chat_record(id.value(), bytes.value())?;
+        let group = match groups.get(id.value())? {
+            Some(bytes) => {
+                let record: GroupRecord =
+                    decode(bytes.value()).map_err(StoreError::corrupt("groups", id.value()))?;
+                Some(record.name)
+            }
+            None => None,
+        };
         written.row(&Line::Chat {
             id: chat.id,
             created_ms: chat.created_ms,
             last_seq: chat.last_seq,
             last_message_ms: chat.last_message_ms,
+            group,
         })?;
-        summary.chats += 1;
+        chats += 1;
     }
-    for entry in chats.iter()? {
+    Ok(chats)
+}
+
+/// Each chat's members in the chat record's order (a group's owner first, then by joining).
+fn export_members<W: Write>(
+    tx: &ReadTransaction,
+    written: &mut Writer<'_, W>,
+) -> Result<(), TransferError> {
+    let group_members = tx.open_table(GROUP_MEMBERS)?;
+    for entry in tx.open_table(CHATS)?.iter()? {
         let (id, bytes) = entry?;
-        let chat: ChatRecord =
-            decode(bytes.value()).map_err(StoreError::corrupt("chats", id.value()))?;
+        let chat = chat_record(id.value(), bytes.value())?;
         for user in chat.members {
+            let joined_ms = match group_members.get((chat.id.as_str(), user.as_str()))? {
+                Some(bytes) => {
+                    let record: MemberRecord = decode(bytes.value()).map_err(
+                        StoreError::corrupt("group_members", format!("({}, {user})", chat.id)),
+                    )?;
+                    Some(record.joined_ms)
+                }
+                None => None,
+            };
             written.line(&Line::Member {
                 chat: chat.id.clone(),
                 user,
+                joined_ms,
             })?;
         }
     }
+    Ok(())
+}
+
+fn export_messages<W: Write>(
+    tx: &ReadTransaction,
+    written: &mut Writer<'_, W>,
+) -> Result<u64, TransferError> {
+    let systems = tx.open_table(SYSTEM_MESSAGES)?;
+    let mut messages = 0;
     for entry in tx.open_table(MESSAGES)?.iter()? {
         let (key, bytes) = entry?;
         let (chat, seq) = key.value();
-        let message: MessageRecord = decode(bytes.value())
-            .map_err(StoreError::corrupt("messages", format!("({chat}, {seq})")))?;
+        let where_ = || format!("({chat}, {seq})");
+        let message: MessageRecord =
+            decode(bytes.value()).map_err(StoreError::corrupt("messages", where_()))?;
+        let event = match systems.get((chat, seq))? {
+            Some(bytes) => {
+                let record: SystemRecord = decode(bytes.value())
+                    .map_err(StoreError::corrupt("system_messages", where_()))?;
+                Some(EventLine::from(record.event))
+            }
+            None => None,
+        };
         written.row(&Line::Message {
             chat: message.chat,
             seq: message.seq,
@@ -265,11 +394,29 @@ pub fn export(
             text: message.text,
             client_msg_id: message.client_msg_id,
             created_ms: message.created_ms,
+            event,
         })?;
-        summary.messages += 1;
+        messages += 1;
     }
-    written.out.flush().map_err(TransferError::Write)?;
-    Ok(summary)
+    Ok(messages)
+}
+
+fn export_reads<W: Write>(
+    tx: &ReadTransaction,
+    written: &mut Writer<'_, W>,
+) -> Result<(), TransferError> {
+    for entry in tx.open_table(READS)?.iter()? {
+        let (key, bytes) = entry?;
+        let (user, chat) = key.value();
+        let read: ReadRecord = decode(bytes.value())
+            .map_err(StoreError::corrupt("reads", format!("({user}, {chat})")))?;
+        written.line(&Line::Read {
+            user: user.to_owned(),
+            chat: chat.to_owned(),
+            last_read_seq: read.last_read_seq,
+        })?;
+    }
+    Ok(())
 }
 
 struct Writer<'a, W: Write> {
@@ -357,16 +504,19 @@ fn fill(
         number: 0,
         bytes: 0,
     };
-    match reader.read_line()? {
+    let source_format = match reader.read_line()? {
         Some(Line::Version { export, format, .. })
-            if export == EXPORT_VERSION && format <= FORMAT_VERSION => {}
+            if (1..=EXPORT_VERSION).contains(&export) && format <= FORMAT_VERSION =>
+        {
+            format
+        }
         Some(Line::Version { export, format, .. }) => {
             return Err(reader.invalid(format!(
                 "export version {export} of database format {format}: this build reads export version {EXPORT_VERSION} up to format {FORMAT_VERSION}"
             )));
         }
         _ => return Err(reader.invalid("the first line must be the version line".into())),
-    }
+    };
     let mut state = ImportState::default();
     loop {
         let mut tx = db.begin_write()?;
@@ -393,8 +543,13 @@ fn fill(
             break;
         }
     }
-    // The earlier commits were not made durable; this one makes them all so.
-    db.begin_write()?.commit()?;
+    // The earlier commits were not made durable; this one makes them all so, with the read
+    // positions a database of format 1 gets when it is opened (it had none).
+    let tx = db.begin_write()?;
+    if source_format < FORMAT_VERSION {
+        super::tables::read_everything_so_far(&tx)?;
+    }
+    tx.commit()?;
     Ok(state.summary)
 }
 
@@ -451,11 +606,14 @@ impl From<redb::StorageError> for Refused {
     }
 }
 
-/// What an import carries from line to line: the section reached and the message last seen.
+/// What an import carries from line to line: the section reached, the message last seen (and
+/// the system messages of its chat so far), and the read position last seen.
 #[derive(Default)]
 struct ImportState {
     section: u8,
     last_message: Option<(String, u64)>,
+    systems: u64,
+    last_read: Option<(String, String)>,
     summary: TransferSummary,
 }
 
@@ -471,6 +629,10 @@ struct ImportTables<'tx> {
     client_ids: Table<'tx, (&'static str, &'static str, &'static str), u64>,
     revocations: Table<'tx, &'static str, (u64, u64)>,
     disabled: Table<'tx, &'static str, u64>,
+    groups: Table<'tx, &'static str, &'static [u8]>,
+    group_members: Table<'tx, (&'static str, &'static str), &'static [u8]>,
+    systems: Table<'tx, (&'static str, u64), &'static [u8]>,
+    reads: Table<'tx, (&'static str, &'static str), &'static [u8]>,
 }
 
 impl<'tx> ImportTables<'tx> {
@@ -487,6 +649,10 @@ impl<'tx> ImportTables<'tx> {
             client_ids: tx.open_table(CLIENT_IDS)?,
             revocations: tx.open_table(TOKEN_REVOCATIONS)?,
             disabled: tx.open_table(DISABLED_USERS)?,
+            groups: tx.open_table(GROUPS)?,
+            group_members: tx.open_table(GROUP_MEMBERS)?,
+            systems: tx.open_table(SYSTEM_MESSAGES)?,
+            reads: tx.open_table(READS)?,
         })
     }
 
@@ -494,7 +660,7 @@ impl<'tx> ImportTables<'tx> {
         let section = line.section();
         if section < state.section || section == 0 {
             return Err(Refused::Invalid(
-                "out of order: versions, secret, users, chats, members, messages".into(),
+                "out of order: version, secret, users, chats, members, messages, reads".into(),
             ));
         }
         state.section = section;
@@ -514,6 +680,7 @@ impl<'tx> ImportTables<'tx> {
                 created_ms,
                 last_seq,
                 last_message_ms,
+                group,
             } => {
                 let chat = ChatRecord {
                     id,
@@ -522,16 +689,14 @@ impl<'tx> ImportTables<'tx> {
                     last_seq,
                     last_message_ms,
                 };
-                if self
-                    .chats
-                    .insert(chat.id.as_str(), encode(&chat).as_slice())?
-                    .is_some()
-                {
-                    return Err(Refused::Invalid(format!("chat {} twice", chat.id)));
-                }
+                self.new_chat(chat, group)?;
                 state.summary.chats += 1;
             }
-            Line::Member { chat, user } => self.member(&chat, &user)?,
+            Line::Member {
+                chat,
+                user,
+                joined_ms,
+            } => self.member(&chat, &user, joined_ms)?,
             Line::Message {
                 chat,
                 seq,
@@ -540,24 +705,8 @@ impl<'tx> ImportTables<'tx> {
                 text,
                 client_msg_id,
                 created_ms,
+                event,
             } => {
-                let expected = match &state.last_message {
-                    Some((last_chat, last_seq)) if *last_chat == chat => last_seq + 1,
-                    _ => 1,
-                };
-                if seq != expected {
-                    return Err(Refused::Invalid(format!(
-                        "chat {chat}: seq {seq} where {expected} was due"
-                    )));
-                }
-                let record = self
-                    .chat(&chat)?
-                    .ok_or_else(|| Refused::Invalid(format!("no chat {chat}")))?;
-                if !record.has_member(&sender) || seq > record.last_seq {
-                    return Err(Refused::Invalid(format!(
-                        "chat {chat}: message {seq} from a non-member or beyond its last seq"
-                    )));
-                }
                 let message = MessageRecord {
                     id,
                     chat,
@@ -567,22 +716,134 @@ impl<'tx> ImportTables<'tx> {
                     client_msg_id,
                     created_ms,
                 };
-                if let Some(cmid) = &message.client_msg_id {
-                    let key = (
-                        message.chat.as_str(),
-                        message.sender.as_str(),
-                        cmid.as_str(),
-                    );
-                    if self.client_ids.insert(key, seq)?.is_some() {
-                        return Err(Refused::Invalid(format!("clientMsgId {cmid} used twice")));
-                    }
-                }
-                self.messages
-                    .insert((message.chat.as_str(), seq), encode(&message).as_slice())?;
-                state.last_message = Some((message.chat, seq));
+                self.message(message, event, state)?;
                 state.summary.messages += 1;
             }
+            Line::Read {
+                user,
+                chat,
+                last_read_seq,
+            } => {
+                let key = (user, chat);
+                if state.last_read.as_ref().is_some_and(|last| *last >= key) {
+                    return Err(Refused::Invalid(format!(
+                        "read position of {} in chat {} out of order or twice",
+                        key.0, key.1
+                    )));
+                }
+                self.read(&key.0, &key.1, last_read_seq)?;
+                state.last_read = Some(key);
+            }
         }
+        Ok(())
+    }
+
+    fn new_chat(&mut self, chat: ChatRecord, group: Option<String>) -> Result<(), Refused> {
+        let id = chat.id.as_str();
+        if self.chats.insert(id, encode(&chat).as_slice())?.is_some() {
+            return Err(Refused::Invalid(format!("chat {id} twice")));
+        }
+        if let Some(name) = group {
+            self.groups
+                .insert(id, encode(&GroupRecord { name }).as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn is_group(&self, chat: &str) -> Result<bool, Refused> {
+        Ok(self.groups.get(chat)?.is_some())
+    }
+
+    fn message(
+        &mut self,
+        message: MessageRecord,
+        event: Option<EventLine>,
+        state: &mut ImportState,
+    ) -> Result<(), Refused> {
+        let (chat, seq) = (message.chat.clone(), message.seq);
+        let same_chat = matches!(&state.last_message, Some((last, _)) if *last == chat);
+        let expected = match &state.last_message {
+            Some((_, last_seq)) if same_chat => last_seq + 1,
+            _ => 1,
+        };
+        if seq != expected {
+            return Err(Refused::Invalid(format!(
+                "chat {chat}: seq {seq} where {expected} was due"
+            )));
+        }
+        if !same_chat {
+            state.systems = 0;
+        }
+        let record = self
+            .chat(&chat)?
+            .ok_or_else(|| Refused::Invalid(format!("no chat {chat}")))?;
+        let is_group = self.is_group(&chat)?;
+        // A group's earlier members may have left; a 1:1 chat's members never change.
+        let sender_known = if is_group {
+            self.users.get(message.sender.as_str())?.is_some()
+        } else {
+            record.has_member(&message.sender)
+        };
+        if !sender_known || seq > record.last_seq {
+            return Err(Refused::Invalid(format!(
+                "chat {chat}: message {seq} from an unknown sender or beyond its last seq"
+            )));
+        }
+        if let Some(event) = event {
+            if !is_group {
+                return Err(Refused::Invalid(format!(
+                    "chat {chat}: a system message in a 1:1 chat"
+                )));
+            }
+            let event = SystemEvent::try_from(event)
+                .map_err(|reason| Refused::Invalid(format!("chat {chat}, seq {seq}: {reason}")))?;
+            state.systems += 1;
+            let system = SystemRecord {
+                event,
+                systems_through: state.systems,
+            };
+            self.systems
+                .insert((chat.as_str(), seq), encode(&system).as_slice())?;
+        }
+        if let Some(cmid) = &message.client_msg_id {
+            let key = (
+                message.chat.as_str(),
+                message.sender.as_str(),
+                cmid.as_str(),
+            );
+            if self.client_ids.insert(key, seq)?.is_some() {
+                return Err(Refused::Invalid(format!("clientMsgId {cmid} used twice")));
+            }
+        }
+        self.messages
+            .insert((chat.as_str(), seq), encode(&message).as_slice())?;
+        state.last_message = Some((chat, seq));
+        Ok(())
+    }
+
+    /// A read position, with the count kept beside it rebuilt from the chat's system messages.
+    fn read(&mut self, user: &str, chat: &str, last_read_seq: u64) -> Result<(), Refused> {
+        let record = self
+            .chat(chat)?
+            .ok_or_else(|| Refused::Invalid(format!("no chat {chat}")))?;
+        if self.users.get(user)?.is_none() {
+            return Err(Refused::Invalid(format!("no user {user}")));
+        }
+        if last_read_seq > record.last_seq {
+            return Err(Refused::Invalid(format!(
+                "{user}'s read position {last_read_seq} in chat {chat} beyond its last seq"
+            )));
+        }
+        let systems = self
+            .systems
+            .range((chat, 0)..=(chat, last_read_seq))?
+            .count() as u64;
+        let position = ReadRecord {
+            last_read_seq,
+            counted: reads::counted_through(last_read_seq, systems),
+        };
+        self.reads
+            .insert((user, chat), encode(&position).as_slice())?;
         Ok(())
     }
 
@@ -626,7 +887,7 @@ impl<'tx> ImportTables<'tx> {
             .transpose()?)
     }
 
-    fn member(&mut self, chat: &str, user: &str) -> Result<(), Refused> {
+    fn member(&mut self, chat: &str, user: &str, joined_ms: Option<u64>) -> Result<(), Refused> {
         let mut record = self
             .chat(chat)?
             .ok_or_else(|| Refused::Invalid(format!("no chat {chat}")))?;
@@ -637,18 +898,51 @@ impl<'tx> ImportTables<'tx> {
             return Err(Refused::Invalid(format!("{user} twice in chat {chat}")));
         }
         record.members.push(user.to_owned());
-        if let [a, b] = record.members.as_slice() {
-            let pair = if a <= b {
-                (a.as_str(), b.as_str())
-            } else {
-                (b.as_str(), a.as_str())
-            };
-            if self.pairs.insert(pair, chat)?.is_some() {
-                return Err(Refused::Invalid(format!("a second chat of {a} and {b}")));
+        match (self.is_group(chat)?, joined_ms) {
+            (true, Some(joined_ms)) if record.members.len() <= CHAT_MEMBERS_MAX => {
+                let joined = encode(&MemberRecord { joined_ms });
+                self.group_members.insert((chat, user), joined.as_slice())?;
             }
+            (true, Some(_)) => {
+                return Err(Refused::Invalid(format!(
+                    "group {chat} has more than {CHAT_MEMBERS_MAX} members"
+                )));
+            }
+            (true, None) => {
+                return Err(Refused::Invalid(format!(
+                    "{user} in group {chat} without joinedMs"
+                )));
+            }
+            (false, Some(_)) => {
+                return Err(Refused::Invalid(format!(
+                    "joinedMs of {user} in 1:1 chat {chat}"
+                )));
+            }
+            (false, None) => self.pair(chat, &record.members)?,
         }
         self.chats.insert(chat, encode(&record).as_slice())?;
         self.user_chats.insert((user, chat), ())?;
         Ok(())
+    }
+
+    /// A 1:1 chat has two members and is the one chat of its pair.
+    fn pair(&mut self, chat: &str, members: &[String]) -> Result<(), Refused> {
+        match members {
+            [_] => Ok(()),
+            [a, b] => {
+                let pair = if a <= b {
+                    (a.as_str(), b.as_str())
+                } else {
+                    (b.as_str(), a.as_str())
+                };
+                if self.pairs.insert(pair, chat)?.is_some() {
+                    return Err(Refused::Invalid(format!("a second chat of {a} and {b}")));
+                }
+                Ok(())
+            }
+            _ => Err(Refused::Invalid(format!(
+                "1:1 chat {chat} with more than two members"
+            ))),
+        }
     }
 }

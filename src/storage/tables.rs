@@ -120,7 +120,7 @@ pub fn prepare(db: &Database) -> Result<(), StoreError> {
 /// sent (those count as read) short of scanning every chat's history. Every member's position
 /// starts at their chat's last seq instead: unread counts begin at the upgrade. One pass over
 /// the chats (format 1 has no system messages, so every message up to there counts).
-fn read_everything_so_far(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+pub(super) fn read_everything_so_far(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     let chats = tx.open_table(CHATS)?;
     let mut reads = tx.open_table(READS)?;
     for entry in chats.iter()? {
