@@ -14,8 +14,9 @@ use crate::domain::presence::PresenceScope;
 pub use crate::domain::validate::is_loopback_http;
 use crate::limits::{
     CONNECT_TIMEOUT, CONNECTION_TIMEOUT_CEILING, CONNECTIONS_MAX_DEFAULT,
-    CONNECTIONS_PER_ADDRESS_DEFAULT, FIRST_BYTE_TIMEOUT_DEFAULT, JWT_SECRET_BYTES_MIN,
-    PRESENCE_GRACE_CEILING, PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_CEILING, PRESENCE_TICK_DEFAULT,
+    CONNECTIONS_PER_ADDRESS_DEFAULT, DB_CACHE_MB_CEILING, DB_CACHE_MB_DEFAULT,
+    FIRST_BYTE_TIMEOUT_DEFAULT, JWT_SECRET_BYTES_MIN, PRESENCE_GRACE_CEILING,
+    PRESENCE_GRACE_DEFAULT, PRESENCE_TICK_CEILING, PRESENCE_TICK_DEFAULT,
     REGISTRATIONS_PER_ADDRESS_CEILING, REGISTRATIONS_PER_ADDRESS_DEFAULT,
     REQUEST_HEAD_TIMEOUT_DEFAULT, SEND_BURST_CEILING, SEND_RATE_CEILING, SOCKETS_PER_USER_CEILING,
     SOCKETS_PER_USER_DEFAULT, TEXT_CHARS_CEILING, TEXT_CHARS_DEFAULT, TOKEN_TTL_DEFAULT,
@@ -125,6 +126,9 @@ pub struct ServeArgs {
     /// A Socket.IO transport that sends no CONNECT packet within this is closed.
     #[arg(long, env = "PALAVER_SOCKET_IO_CONNECT_TIMEOUT")]
     pub socket_io_connect_timeout: Option<String>,
+    /// The database's page cache in MiB (the server's memory grows with the database up to it).
+    #[arg(long, env = "PALAVER_DB_CACHE_MB")]
+    pub db_cache_mb: Option<String>,
     /// Registrations per client address per hour.
     #[arg(long, env = "PALAVER_REGISTRATIONS_PER_ADDRESS")]
     pub registrations_per_address: Option<String>,
@@ -174,6 +178,7 @@ struct FileSettings {
     request_head_timeout: Option<toml::Value>,
     socket_io_connect_timeout: Option<toml::Value>,
     registrations_per_address: Option<toml::Value>,
+    db_cache_mb: Option<toml::Value>,
     max_sockets_per_user: Option<toml::Value>,
     registration: Option<String>,
     metrics_listen: Option<String>,
@@ -244,6 +249,8 @@ pub struct Config {
     pub connections: ConnectionSettings,
     /// Registrations per client address per `REGISTRATION_WINDOW_MS`.
     pub registrations_per_address: u32,
+    /// redb's page cache, in bytes.
+    pub db_cache_bytes: usize,
     pub max_sockets_per_user: u32,
     /// Whether `POST /api/auth/register` creates accounts (`--registration open`).
     pub registration_open: bool,
@@ -281,6 +288,7 @@ impl std::fmt::Debug for Config {
             .field("presence_scope", &self.presence_scope)
             .field("connections", &self.connections)
             .field("registrations_per_address", &self.registrations_per_address)
+            .field("db_cache_bytes", &self.db_cache_bytes)
             .field("max_sockets_per_user", &self.max_sockets_per_user)
             .field("registration_open", &self.registration_open)
             .field("metrics_listen", &self.metrics_listen)
@@ -288,6 +296,8 @@ impl std::fmt::Debug for Config {
             .finish()
     }
 }
+
+const MIB: usize = 1024 * 1024;
 
 /// Shortest accepted `PALAVER_JWT_SECRET`.
 
@@ -326,6 +336,7 @@ impl Default for Config {
             presence_scope: PresenceScope::All,
             connections: ConnectionSettings::default(),
             registrations_per_address: REGISTRATIONS_PER_ADDRESS_DEFAULT,
+            db_cache_bytes: DB_CACHE_MB_DEFAULT as usize * MIB,
             max_sockets_per_user: SOCKETS_PER_USER_DEFAULT,
             registration_open: true,
             metrics_listen: None,
@@ -407,6 +418,10 @@ impl Config {
             let ceiling = u32::try_from(TEXT_CHARS_CEILING).expect("small constant");
             config.max_text_chars =
                 parse_positive(&max, "PALAVER_MAX_TEXT_CHARS", ceiling)? as usize;
+        }
+        if let Some(mb) = text(args.db_cache_mb, file.db_cache_mb) {
+            let mb = parse_positive(&mb, "PALAVER_DB_CACHE_MB", DB_CACHE_MB_CEILING)?;
+            config.db_cache_bytes = mb as usize * MIB;
         }
         if let Some(web) = text(args.web, file.web) {
             config.web = parse_bool(&web, "PALAVER_WEB")?;

@@ -212,7 +212,9 @@ impl ServerBuilder {
     ) -> Result<(Service, WriterHandle), StartError> {
         let database = match self.database {
             Some(database) => database,
-            None => storage::open_dir(&self.config.data_dir)?,
+            None => {
+                storage::open_dir_with_cache(&self.config.data_dir, self.config.db_cache_bytes)?
+            }
         };
         let metrics = match self.config.metrics_listen {
             Some(_) => Metrics::prometheus(),

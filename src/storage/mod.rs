@@ -47,7 +47,8 @@ pub use writer::{
 
 use crate::domain::reads::{ReadPosition, counted_through};
 use crate::limits::{
-    MEMBERSHIP_CACHED_CHATS_MAX, MEMBERSHIP_CACHED_IDS_MAX, PAGE_PREALLOCATED_MAX,
+    DB_CACHE_MB_DEFAULT, MEMBERSHIP_CACHED_CHATS_MAX, MEMBERSHIP_CACHED_IDS_MAX,
+    PAGE_PREALLOCATED_MAX,
 };
 use members::MembersCache;
 use records::{SystemRecord, decode};
@@ -93,15 +94,20 @@ pub struct MemberDetail {
     pub last_read_seq: u64,
 }
 
-/// Opens (or creates) the database in `dir`. Runs redb's repair if the last process died
-/// without closing it.
+/// Opens (or creates) the database in `dir` with the default page cache
+/// ([`DB_CACHE_MB_DEFAULT`]). Runs redb's repair if the last process died without closing it.
 pub fn open_dir(dir: &Path) -> Result<Database, StoreError> {
+    open_dir_with_cache(dir, DB_CACHE_MB_DEFAULT as usize * 1024 * 1024)
+}
+
+/// [`open_dir`] with a page cache of `cache_bytes` (the server's `--db-cache-mb`).
+pub fn open_dir_with_cache(dir: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     private::create_dir(dir).map_err(StoreError::data_dir(dir))?;
     // What `Builder::create(path)` does, with the backend in our hands first.
     let path = dir.join(DB_FILE);
     let file = private::open_file(&path).map_err(StoreError::data_dir(&path))?;
     let backend = redb::backends::FileBackend::new(file).map_err(redb::Error::from)?;
-    let db = open_backend(backend)?;
+    let db = open_backend_with_cache(backend, cache_bytes)?;
     // A new file survives a power cut only once the directory entry naming it is durable, which
     // takes an fsync of its directory (and a new directory's, of its parent); fsyncing the file
     // is not enough. Without this, a power cut soon after the first start can lose the whole
@@ -124,12 +130,21 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Opens (or creates) a database on any redb storage backend (a file, in-memory, a simulated
 /// or crash-testing disk).
 pub fn open_backend(backend: impl StorageBackend) -> Result<Database, StoreError> {
+    open_backend_with_cache(backend, DB_CACHE_MB_DEFAULT as usize * 1024 * 1024)
+}
+
+/// [`open_backend`] with a page cache of `cache_bytes`.
+pub fn open_backend_with_cache(
+    backend: impl StorageBackend,
+    cache_bytes: usize,
+) -> Result<Database, StoreError> {
     if restart_interrupted_creation(&backend)? {
         tracing::warn!(
             "the database file was left half-created by a first start that was cut short; creating it again"
         );
     }
     Ok(Database::builder()
+        .set_cache_size(cache_bytes)
         .set_repair_callback(|session| {
             tracing::warn!(
                 progress = session.progress(),

@@ -29,8 +29,11 @@ use tokio::sync::mpsc;
 #[path = "palaver-load/churn.rs"]
 mod churn;
 
-/// Times a `503 Server busy` answer to a setup request is retried.
-const BUSY_RETRIES: u64 = 8;
+/// Times a `503 Server busy` answer to a setup request is retried, with pauses growing by
+/// 250 ms up to `BUSY_PAUSE_MAX` (about a minute in all: registering thousands of users on a
+/// machine that is busy with other work overflows the server's hashing queue for that long).
+const BUSY_RETRIES: u64 = 36;
+const BUSY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Time after the last send during which deliveries and acks still count.
 const GRACE: Duration = Duration::from_secs(2);
@@ -194,7 +197,8 @@ impl Server {
             let status = response.status();
             let answer: Value = response.json().await?;
             if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < BUSY_RETRIES {
-                tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+                let pause = Duration::from_millis(250 * (attempt + 1)).min(BUSY_PAUSE_MAX);
+                tokio::time::sleep(pause).await;
                 continue;
             }
             if !status.is_success() {
