@@ -6,8 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   MessageList, OUTBOX_MAX, Outbox, OfflineCache, ReadMarks, chatAfterMemberAdded, chatAfterMemberRemoved,
-  chatAfterRead, chatFromServer, countsAsUnread, isOwner, membersAfterAdded, membersAfterRead,
-  membersAfterRemoved, newClientMsgId, seenBy, unreadOf,
+  chatAfterRead, chatFromServer, chatMerged, countsAsUnread, isOwner, membersAfterAdded, membersAfterRead,
+  membersAfterRemoved, membersLoaded, newClientMsgId, seenBy, unreadOf,
 } from '../../web/assets/store.js';
 
 const message = (seq, extra = {}) => ({ _id: `m${seq}`, seq, chat: 'c', text: `t${seq}`, sender: { _id: 'u' }, ...extra });
@@ -154,6 +154,18 @@ test('a chat from the server forgets that its viewer was removed from it', () =>
   assert.deepEqual([empty.countedSeq, empty.lastReadSeq, empty.unreadCount], [0, 0, 0]);
 });
 
+test('a chat read from the server before this tab\'s mark-read was committed keeps the newer position', () => {
+  const messages = held(from(3, 'ada'), from(4, 'bob'), from(5, 'ada'));
+  const ahead = chatAfterRead(serverChat(5, 2, 3), 5, messages, ME).chat;
+  const merged = chatMerged({ _id: 'c', lastReadSeq: 2, unreadCount: 3, lastMessage: from(5, 'ada') }, ahead, messages, ME);
+  assert.equal(merged.lastReadSeq, 5);
+  assert.equal(unreadOf(merged, messages, ME), 0);
+  const behind = chatMerged({ _id: 'c', lastReadSeq: 5, unreadCount: 0, lastMessage: from(5, 'ada') }, serverChat(5, 2, 3), messages, ME);
+  assert.equal(behind.lastReadSeq, 5, 'the server\'s position when it is ahead');
+  const removed = chatMerged({ _id: 'c', lastMessage: null }, { _id: 'c', removed: true, lastReadSeq: 0 }, [], ME);
+  assert.equal(removed.removed, undefined, 'a chat the server sends is one the user is in');
+});
+
 test('mark-read: one request in flight per chat, the marks meanwhile coalesced into the highest', async () => {
   const sent = [];
   const answers = [];
@@ -231,6 +243,13 @@ test('members: adds, removals with the owner handed on, reads that only grow', (
   assert.equal(members[1].lastReadSeq, 6);
   members = membersAfterRemoved(members, 'ada', 'bob');
   assert.deepEqual(members.map((m) => [m.user._id, m.role]), [['bob', 'owner'], ['cat', 'member']]);
+});
+
+test('members read from the server keep the positions events moved further meanwhile', () => {
+  const loaded = [member(ada, 'owner', 3), member(bob, 'member', 5)];
+  const previous = [member(ada, 'owner', 4), member(bob, 'member', 2)];
+  assert.deepEqual(membersLoaded(loaded, previous).map((m) => m.lastReadSeq), [4, 5]);
+  assert.equal(membersLoaded(loaded, undefined), loaded);
 });
 
 test('seen by: the others at or past the message, never its sender or the viewer', () => {

@@ -213,6 +213,18 @@ export function chatFromServer(chat) {
   };
 }
 
+/**
+ * A Chat object from the server in place of the copy held: a read position the held copy is
+ * ahead with stays (the server's copy may have been read before this client's latest `mark-read`
+ * was committed; positions only grow). A `removed` mark goes: the server sends a chat only to
+ * its members.
+ */
+export function chatMerged(serverChat, previous, messages, userId) {
+  const chat = chatFromServer(serverChat);
+  if (!previous || !((previous.lastReadSeq ?? 0) > chat.lastReadSeq)) return chat;
+  return chatAfterRead(chat, previous.lastReadSeq, messages, userId).chat;
+}
+
 /** The chat's unread messages: the server's count plus the countable messages held above it. */
 export function unreadOf(chat, messages, userId) {
   const floor = Math.max(chat.countedSeq ?? 0, chat.lastReadSeq ?? 0);
@@ -324,6 +336,13 @@ export function chatAfterMemberRemoved(chat, userId, ownerId, viewerId) {
 export function membersAfterAdded(members, user, role, seq) {
   if (!user?._id || members.some((m) => m.user._id === user._id)) return members;
   return [...members, { user, role: role || 'member', joinedAt: null, lastReadSeq: seq }];
+}
+
+/** Members as `GET /api/chats/:id/members` answered, keeping positions that events moved further meanwhile. */
+export function membersLoaded(loaded, previous) {
+  if (!previous) return loaded;
+  const known = new Map(previous.map((m) => [m.user._id, m.lastReadSeq ?? 0]));
+  return loaded.map((m) => ((known.get(m.user._id) ?? 0) > (m.lastReadSeq ?? 0) ? { ...m, lastReadSeq: known.get(m.user._id) } : m));
 }
 
 /** Members after `member-removed`: without that user, and the owner after it marked so. */
