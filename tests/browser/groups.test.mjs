@@ -4,6 +4,7 @@
 // owner's controls appear for the owner only, and a refusal shows the server's words. Each
 // step leaves a screenshot in screenshots/ (gitignored).
 import { after, before, describe, test } from 'node:test';
+import { axeViolations } from './axe.mjs';
 import {
   Server, assert, connected, eventually, launchBrowser, person, screenshot, send, shownTexts, signUp, sleep,
 } from './harness.mjs';
@@ -19,7 +20,8 @@ async function newPerson(name) {
   return p;
 }
 
-const chatRow = (page, name) => page.locator('#chat-list .chat', { hasText: name });
+/** The chat-list row whose title holds `name`. */
+const chatRow = (page, name) => page.locator('#chat-list .chat').filter({ has: page.locator('.chat-name', { hasText: name }) });
 
 /** The unread badge of the chat named `name` in the list ('' when none). */
 async function badge(page, name) {
@@ -49,6 +51,15 @@ async function openMembers(page) {
   const toggle = page.getByRole('button', { name: 'Members', exact: true });
   if ((await toggle.getAttribute('aria-expanded')) !== 'true') await toggle.click();
   await page.locator('#members-panel').waitFor({ state: 'visible' });
+}
+
+/** axe-core in the light and the dark scheme. */
+async function accessible(page, what) {
+  for (const colorScheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme });
+    await axeViolations(page, `${colorScheme} ${what}`);
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
 }
 
 const memberNames = (page) => page.locator('#member-list .member .chat-name').allTextContents();
@@ -96,6 +107,7 @@ describe('groups in the web client', () => {
     await pick(ada.page, '#group-search', '#group-found', 'Cat');
     assert.deepEqual(await ada.page.locator('#group-picked .chip > span').allTextContents(), ['Bob', 'Cat']);
     await screenshot(ada.page, 'groups-1-create');
+    await accessible(ada.page, 'new group');
     await ada.page.getByRole('button', { name: 'Create group' }).click();
     await ada.page.locator('#peer-name', { hasText: 'Crew' }).waitFor();
     assert.equal(await ada.page.locator('#peer-status').textContent(), '3 members');
@@ -140,6 +152,7 @@ describe('groups in the web client', () => {
     assert.equal(await bob.page.locator('#add-form').isVisible(), false);
     assert.equal(await bob.page.getByRole('button', { name: 'Leave group' }).isVisible(), true);
     await screenshot(bob.page, 'groups-4-members-of-a-member');
+    await accessible(bob.page, 'members, as a member');
     await openMembers(ada.page);
     await ada.page.getByRole('button', { name: 'Remove Cat' }).waitFor();
     assert.equal(await ada.page.getByRole('button', { name: 'Remove Bob' }).isVisible(), true);
@@ -147,6 +160,7 @@ describe('groups in the web client', () => {
     assert.equal(await ada.page.locator('#rename-form').isVisible(), true);
     assert.equal(await ada.page.locator('#add-form').isVisible(), true);
     await screenshot(ada.page, 'groups-4-members-of-the-owner');
+    await accessible(ada.page, 'members, as the owner');
 
     // A refusal shows the server's words; a rename reaches everyone, tabs and lists included.
     await ada.page.locator('#rename-name').fill('   ');
@@ -178,6 +192,7 @@ describe('groups in the web client', () => {
     assert.equal(await badge(cat.page, 'Crew'), '');
     assert.equal(await chatRow(cat.page, 'Crew').locator('.chat-last').textContent(), 'You are no longer a member of this group.');
     await screenshot(cat.page, 'groups-5-removed');
+    await accessible(cat.page, 'removed from the group');
 
     // Moving on, Cat's list forgets the group; her direct chats work as ever.
     await cat.page.getByRole('button', { name: 'New chat' }).click();
@@ -211,6 +226,12 @@ describe('groups in the web client', () => {
     await expectTexts(ada.page, ['Hello crew', 'Plans for today?', 'Sounds good', 'Now without Cat', 'Back again'], 'Ada hears Cat again');
     assert.equal(await badge(bob.page, 'Crew'), '', 'Bob, gone, hears nothing');
     await screenshot(ada.page, 'groups-6-owner');
+
+    // On a phone screen the conversation and its members panel fit without sideways scrolling.
+    await ada.page.setViewportSize({ width: 360, height: 640 });
+    const width = await ada.page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(width <= 360, `no horizontal scroll (${width})`);
+    await screenshot(ada.page, 'groups-7-phone');
 
     noErrors([ada.page], [400]);
     noErrors([bob.page, bobTab, cat.page]);
