@@ -1,8 +1,8 @@
 // Groups in the web client, in Debian's Chromium against the real release binary (issue 13, "The
 // web client"): three people in three browser contexts (Bob with a second tab) create a group,
 // write, read (unread badges, "seen by"), rename it, remove a member, leave and add back; the
-// owner's controls appear for the owner only, and a refusal shows the server's words. Each
-// step leaves a screenshot in screenshots/ (gitignored).
+// owner's controls appear for the owner only (and for the next owner when she leaves), and a
+// refusal shows the server's words. Each step leaves a screenshot in screenshots/ (gitignored).
 import { after, before, describe, test } from 'node:test';
 import { axeViolations } from './axe.mjs';
 import {
@@ -227,11 +227,22 @@ describe('groups in the web client', () => {
     assert.equal(await badge(bob.page, 'Crew'), '', 'Bob, gone, hears nothing');
     await screenshot(ada.page, 'groups-6-owner');
 
+    // When the owner leaves, the longest-standing member owns the group, and her controls appear.
+    await openMembers(cat.page);
+    await eventually(async () => JSON.stringify(await memberNames(cat.page)) === '["Ada","Cat (you)"]', 'Cat sees the members');
+    assert.equal(await cat.page.locator('#rename-form').isVisible(), false, 'not the owner yet');
+    await ada.page.getByRole('button', { name: 'Leave group' }).click();
+    await eventually(async () => (await chatRow(ada.page, 'Crew').count()) === 0, 'the group left Ada\'s list');
+    await cat.page.locator('#rename-form').waitFor({ state: 'visible' });
+    assert.deepEqual(await cat.page.locator('#member-list .role').allTextContents(), ['Owner']);
+    assert.equal(await cat.page.locator('#add-form').isVisible(), true);
+    await eventually(async () => (await systemTexts(cat.page)).includes('Ada left'), 'Cat sees Ada leave');
+
     // On a phone screen the conversation and its members panel fit without sideways scrolling.
-    await ada.page.setViewportSize({ width: 360, height: 640 });
-    const width = await ada.page.evaluate(() => document.documentElement.scrollWidth);
+    await cat.page.setViewportSize({ width: 360, height: 640 });
+    const width = await cat.page.evaluate(() => document.documentElement.scrollWidth);
     assert.ok(width <= 360, `no horizontal scroll (${width})`);
-    await screenshot(ada.page, 'groups-7-phone');
+    await screenshot(cat.page, 'groups-7-phone');
 
     noErrors([ada.page], [400]);
     noErrors([bob.page, bobTab, cat.page]);

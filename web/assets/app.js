@@ -1161,6 +1161,8 @@ const addPicker = new PeoplePicker({
   excluded: () => new Set((chatById(state.current)?.participants || []).map((p) => p._id)),
   refused: sessionRefused,
 });
+/** The group the add picker was started for (it starts afresh for another, or a new owner). */
+let addPickerChat = null;
 
 function toggleMembers(open) {
   const chat = chatById(state.current);
@@ -1168,7 +1170,7 @@ function toggleMembers(open) {
   if (state.membersOpen) {
     $('members-error').textContent = '';
     $('rename-name').value = chat.name || '';
-    if (isOwner(chat, me()._id)) addPicker.start();
+    addPickerChat = null;
     loadMembers(chat._id);
   }
   renderMembers();
@@ -1188,7 +1190,12 @@ function renderMembers() {
   const members = state.members.get(chat._id)
     ?? (chat.participants || []).map((user) => ({ user, role: user._id === chat.ownerId ? 'owner' : 'member' }));
   replaceKeepingFocus($('member-list'), members.map((member) => memberItem(chat, member, owner)));
-  if (owner) addPicker.render();
+  if (owner && addPickerChat !== chat._id) {
+    addPickerChat = chat._id;
+    addPicker.start();
+  } else if (owner) {
+    addPicker.render();
+  }
 }
 
 function memberItem(chat, member, owner) {
