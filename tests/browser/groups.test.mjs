@@ -187,6 +187,8 @@ describe('groups in the web client', () => {
     await eventually(async () => JSON.stringify(await memberNames(ada.page)) === '["Ada (you)","Bob"]', 'Cat left Ada\'s member list');
     await send(ada.page, 'Now without Cat');
     await expectTexts(bob.page, ['Hello crew', 'Plans for today?', 'Sounds good', 'Now without Cat'], 'Bob still gets messages');
+    await eventually(async () => JSON.stringify(await seenByText(ada.page)) === '["Seen by Bob"]', 'seen by Bob alone now');
+    await screenshot(ada.page, 'groups-5-owner');
     await sleep(500);
     assert.deepEqual(await shownTexts(cat.page), ['Hello crew', 'Plans for today?', 'Sounds good'], 'Cat gets nothing after her removal');
     assert.equal(await badge(cat.page, 'Crew'), '');

@@ -985,6 +985,8 @@ function systemItem(message) {
 function renderSeenBy() {
   const item = document.querySelector('#message-list .seen-by');
   if (!item) return;
+  // A line appearing under the last message keeps a conversation read to its end in view.
+  const pinned = atBottom();
   const members = state.members.get(state.current);
   const message = lastSpokenMessage(listFor(state.current));
   const users = members && message ? seenBy(members, message, me()._id) : [];
@@ -992,6 +994,7 @@ function renderSeenBy() {
   const more = users.length - names.length;
   item.textContent = users.length ? `Seen by ${names.join(', ')}${more > 0 ? ` and ${more} more` : ''}` : '';
   item.hidden = users.length === 0;
+  if (pinned) $('messages').scrollTop = $('messages').scrollHeight;
 }
 
 /** The composer, the notice and the members panel as the user's membership allows. */
