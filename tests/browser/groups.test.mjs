@@ -122,6 +122,10 @@ describe('groups in the web client', () => {
     for (const page of [bob.page, bobTab, cat.page]) await expectBadge(page, 'Crew', '2', 'two unread');
     assert.equal(await badge(ada.page, 'Crew'), '', 'her own messages are not unread');
     assert.equal(await chatRow(cat.page, 'Crew').locator('.chat-last').textContent(), 'Ada: Plans for today?');
+    // The count is the server's: a reload shows it again.
+    await cat.page.reload();
+    await connected(cat.page);
+    await expectBadge(cat.page, 'Crew', '2', 'two unread after a reload');
     await screenshot(cat.page, 'groups-2-unread');
 
     // Bob opens it in one tab: read there, and in his other tab by the `read` event.
@@ -203,7 +207,7 @@ describe('groups in the web client', () => {
     await cat.page.locator('#peer-name', { hasText: 'Ada' }).waitFor();
     await eventually(async () => (await chatRow(cat.page, 'Crew').count()) === 0, 'the group left Cat\'s list');
     await send(cat.page, 'Hi Ada, just us');
-    await chatRow(ada.page, 'Cat').waitFor();
+    await expectBadge(ada.page, 'Cat', '1', 'a direct chat counts unread too');
     assert.equal(await cat.page.locator('#peer-status').textContent(), 'online');
 
     // Bob leaves: the group leaves his list in both tabs; Ada sees it.
