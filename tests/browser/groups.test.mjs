@@ -103,6 +103,10 @@ describe('groups in the web client', () => {
     await ada.page.getByRole('button', { name: 'New chat' }).click();
     await ada.page.getByRole('button', { name: 'New group' }).click();
     await ada.page.locator('#group-name').fill('Crew');
+    await ada.page.locator('#group-search').fill('Bob');
+    await ada.page.locator('#group-search').press('Enter');
+    await ada.page.locator('#group-found .person', { hasText: 'Bob' }).waitFor();
+    assert.equal(await ada.page.locator('#chat-list .chat').count(), 0, 'Enter in the search box searches, it creates nothing');
     await pick(ada.page, '#group-search', '#group-found', 'Bob');
     await pick(ada.page, '#group-search', '#group-found', 'Cat');
     assert.deepEqual(await ada.page.locator('#group-picked .chip > span').allTextContents(), ['Bob', 'Cat']);

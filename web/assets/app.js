@@ -11,7 +11,7 @@ import { PeoplePicker } from './picker.js';
 import { SocketClient } from './socket.js';
 import {
   MessageList, OfflineCache, Outbox, ReadMarks, chatAfterMemberAdded, chatAfterMemberRemoved, chatAfterRead,
-  chatMerged, isOwner, membersAfterAdded, membersAfterRead, membersAfterRemoved, membersLoaded, seenBy, unreadOf,
+  chatFromServer, chatMerged, isOwner, membersAfterAdded, membersAfterRead, membersAfterRemoved, membersLoaded, seenBy, unreadOf,
 } from './store.js';
 
 const SESSION_KEY = 'palaver.session';
@@ -144,7 +144,11 @@ function startSession(session) {
   state.outbox = new Outbox(localStorage, `palaver.outbox.${userId}`);
   state.cache = new OfflineCache(localStorage, `palaver.cache.${userId}`);
   state.readMarks = new ReadMarks(sendMarkRead);
-  state.chats = state.cache.chats.filter((chat) => !chat.removed);
+  // Chats cached by a client without read state count as read up to their last message until
+  // the server's list comes.
+  state.chats = state.cache.chats
+    .filter((chat) => !chat.removed)
+    .map((chat) => ('countedSeq' in chat ? chat : chatFromServer(chat)));
   for (const [chatId, messages] of Object.entries(state.cache.messages)) listFor(chatId).add(messages);
   showApp();
   const remembered = localStorage.getItem(OPEN_CHAT_KEY);

@@ -29,6 +29,13 @@ export class PeoplePicker {
       clearTimeout(this.timer);
       this.timer = setTimeout(() => this.search(), SEARCH_DEBOUNCE_MS);
     });
+    // Enter in the search box searches; it must not submit the form around it half-picked.
+    input.addEventListener('keydown', (event) => {
+      if (event.key !== 'Enter' || event.isComposing) return;
+      event.preventDefault();
+      clearTimeout(this.timer);
+      this.search();
+    });
   }
 
   /** Empties the box and the picks, and lists everyone the search finds. */
