@@ -3,7 +3,10 @@
 // the copy only when the network fails. API and Socket.IO traffic is never touched.
 
 const CACHE = 'palaver-shell';
-const SHELL = ['/', '/assets/app.css', '/assets/app.js', '/assets/api.js', '/assets/socket.js', '/assets/store.js'];
+const SHELL = [
+  '/', '/assets/app.css', '/assets/app.js', '/assets/api.js', '/assets/dom.js', '/assets/picker.js',
+  '/assets/socket.js', '/assets/store.js',
+];
 
 self.addEventListener('install', (event) => {
   event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));

@@ -1,16 +1,12 @@
 // The web client in Debian's Chromium against the real release binary: the scenarios of
 // issue 12, each with two browser contexts (two people), each leaving a screenshot in
 // screenshots/ (gitignored).
-import fs from 'node:fs';
-import { createRequire } from 'node:module';
 import { after, before, describe, test } from 'node:test';
+import { axeViolations } from './axe.mjs';
 import {
   Server, assert, connected, emailFor, eventually, launchBrowser, logIn, openChatWith, person,
   screenshot, send, shownSeqs, shownTexts, signUp, sleep, startChatWith,
 } from './harness.mjs';
-
-const require = createRequire(import.meta.url);
-const AXE_SOURCE = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 
 // Raised send limits: scenario 4 seeds 250 messages through the API in one go.
 const server = new Server({ PALAVER_SEND_RATE_PER_SEC: '10000', PALAVER_SEND_BURST: '10000' });
@@ -51,16 +47,6 @@ async function tabTo(page, selector, max = 40) {
     await page.keyboard.press('Tab');
   }
   throw new Error(`Tab never reached ${selector}`);
-}
-
-async function axeViolations(page, what) {
-  await page.evaluate(AXE_SOURCE);
-  const violations = await page.evaluate(async () => {
-    const result = await window.axe.run(document, { resultTypes: ['violations'] });
-    return result.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')) }));
-  });
-  const grave = violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-  assert.deepEqual(grave, [], `${what}: ${JSON.stringify(grave, null, 1)}`);
 }
 
 /** A WebSocket the browser could not open (it logs those itself): expected while a server is down. */

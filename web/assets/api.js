@@ -65,6 +65,32 @@ export class Api {
     return this.request('POST', `/api/chats/with/${encodeURIComponent(userId)}`, {});
   }
 
+  /** A new group with the caller as owner; `memberIds` its other members. */
+  createGroup(name, memberIds) {
+    return this.request('POST', '/api/chats', { name, memberIds });
+  }
+
+  chat(chatId) {
+    return this.request('GET', `/api/chats/${encodeURIComponent(chatId)}`);
+  }
+
+  members(chatId) {
+    return this.request('GET', `/api/chats/${encodeURIComponent(chatId)}/members`);
+  }
+
+  addMembers(chatId, userIds) {
+    return this.request('POST', `/api/chats/${encodeURIComponent(chatId)}/members`, { userIds });
+  }
+
+  /** The owner removes a member; a member removing themself leaves. */
+  removeMember(chatId, userId) {
+    return this.request('DELETE', `/api/chats/${encodeURIComponent(chatId)}/members/${encodeURIComponent(userId)}`);
+  }
+
+  renameGroup(chatId, name) {
+    return this.request('PATCH', `/api/chats/${encodeURIComponent(chatId)}`, { name });
+  }
+
   /** The newest `limit` messages, or the `limit` just below seq `before`. */
   history(chatId, { before, limit }) {
     const query = before ? `before=${before}&limit=${limit}` : `limit=${limit}`;

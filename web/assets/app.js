@@ -1,12 +1,18 @@
-// palaver's web client: log in, the chat list, a conversation, and sending that survives going
-// offline. The REST calls are in api.js, the Socket.IO client in socket.js, the message lists
-// and the outbox in store.js; this module wires them to the page.
+// palaver's web client: log in, the chat list with unread counts, a conversation, groups and
+// their members, and sending that survives going offline. The REST calls are in api.js, the
+// Socket.IO client in socket.js, the message lists, the outbox and the chats' state transitions
+// in store.js, the people picker in picker.js; this module wires them to the page.
 //
-// Every name and message text reaches the page through textContent, never as HTML.
+// Every name and message text reaches the page through textContent, never as HTML (dom.js).
 
 import { Api, ApiError } from './api.js';
+import { $, avatar, button, el, initial, replaceKeepingFocus } from './dom.js';
+import { PeoplePicker } from './picker.js';
 import { SocketClient } from './socket.js';
-import { MessageList, OfflineCache, Outbox } from './store.js';
+import {
+  MessageList, OfflineCache, Outbox, ReadMarks, chatAfterMemberAdded, chatAfterMemberRemoved, chatAfterRead,
+  chatFromServer, chatMerged, isOwner, membersAfterAdded, membersAfterRead, membersAfterRemoved, membersLoaded, seenBy, unreadOf,
+} from './store.js';
 
 const SESSION_KEY = 'palaver.session';
 const OPEN_CHAT_KEY = 'palaver.open-chat';
@@ -26,29 +32,11 @@ const RETRY_AFTER_TIMEOUT_MS = 2000;
 /** Distance from the top of the conversation (px) at which older messages are fetched. */
 const PAGE_IN_MARGIN_PX = 300;
 const SEARCH_DEBOUNCE_MS = 200;
-
-const $ = (id) => document.getElementById(id);
-
-/** An element with a class and text content (never HTML). */
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = text;
-  return node;
-}
-
-/**
- * Replaces a container's children, keeping the keyboard focus on the new element that stands
- * for the same thing (same `data-focus-key`), so a re-render never throws a keyboard user out.
- */
-function replaceKeepingFocus(container, children) {
-  const active = document.activeElement;
-  const key = container.contains(active) ? active.dataset.focusKey : undefined;
-  container.replaceChildren(...children);
-  if (key) container.querySelector(`[data-focus-key="${CSS.escape(key)}"]`)?.focus({ preventScroll: true });
-}
-
-const initial = (name) => (name || '?').trim().charAt(0).toUpperCase() || '?';
+/** Within this distance of the bottom (px), the conversation counts as read to its end. */
+const AT_BOTTOM_PX = 60;
+/** Names listed under "Seen by" before the rest are counted. */
+const SEEN_BY_NAMES_MAX = 3;
+const NOT_A_MEMBER = 'You are no longer a member of this group.';
 
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
 const dayFormat = new Intl.DateTimeFormat(undefined, { weekday: 'long', day: 'numeric', month: 'long', year: 'numeric' });
@@ -85,7 +73,12 @@ const state = {
   current: null,
   online: new Set(),
   typing: new Map(),
-  unread: new Map(),
+  /** chatId → its members (`GET /api/chats/:id/members`), for the groups opened. */
+  members: new Map(),
+  membersOpen: false,
+  /** Groups the user is leaving: their events until the leave are ignored. */
+  leaving: new Set(),
+  readMarks: null,
   flushing: false,
   syncing: new Set(),
   /** Chats asked to sync while their sync ran: it goes round once more. */
@@ -103,6 +96,14 @@ function listFor(chatId) {
 
 const me = () => state.session?.user;
 const chatById = (chatId) => state.chats.find((c) => c._id === chatId);
+const isGroup = (chat) => chat?.kind === 'group';
+
+/** Puts a chat object in the list in place of its older copy (or adds it). */
+function setChat(chat) {
+  const index = state.chats.findIndex((c) => c._id === chat._id);
+  if (index === -1) state.chats.push(chat);
+  else state.chats[index] = chat;
+}
 
 /** The other people of a chat, for its name and avatar. */
 function others(chat) {
@@ -111,9 +112,17 @@ function others(chat) {
 }
 
 function chatName(chat) {
+  if (isGroup(chat)) return chat.name || 'Group';
   const names = others(chat).map((p) => p.name);
   return names.length ? names.join(', ') : 'Just you';
 }
+
+function memberCountText(chat) {
+  const count = chat.memberCount ?? (chat.participants || []).length;
+  return count === 1 ? '1 member' : `${count} members`;
+}
+
+const chatInitial = (chat) => initial(isGroup(chat) ? chat.name : others(chat)[0]?.name);
 
 const chatPeerOnline = (chat) => others(chat).some((p) => state.online.has(p._id));
 
@@ -134,7 +143,12 @@ function startSession(session) {
   const userId = session.user._id;
   state.outbox = new Outbox(localStorage, `palaver.outbox.${userId}`);
   state.cache = new OfflineCache(localStorage, `palaver.cache.${userId}`);
-  state.chats = state.cache.chats;
+  state.readMarks = new ReadMarks(sendMarkRead);
+  // Chats cached by a client without read state count as read up to their last message until
+  // the server's list comes.
+  state.chats = state.cache.chats
+    .filter((chat) => !chat.removed)
+    .map((chat) => ('countedSeq' in chat ? chat : chatFromServer(chat)));
   for (const [chatId, messages] of Object.entries(state.cache.messages)) listFor(chatId).add(messages);
   showApp();
   const remembered = localStorage.getItem(OPEN_CHAT_KEY);
@@ -157,12 +171,14 @@ function endSession(message) {
   }
   Object.assign(state, {
     session: null, outbox: null, cache: null, chats: [], current: null, everConnected: false,
+    readMarks: null, membersOpen: false,
   });
   state.lists.clear();
   state.fetched.clear();
   state.online.clear();
   state.typing.clear();
-  state.unread.clear();
+  state.members.clear();
+  state.leaving.clear();
   showAuth(message);
 }
 
@@ -224,8 +240,8 @@ async function submitAuth(event) {
     $('auth-error').textContent = problem;
     return;
   }
-  const button = $('auth-submit');
-  button.disabled = true;
+  const submit = $('auth-submit');
+  submit.disabled = true;
   $('auth-error').textContent = '';
   try {
     const answer = signingUp
@@ -238,7 +254,7 @@ async function submitAuth(event) {
       ? 'Too many attempts, try again in a minute.'
       : error.message;
   } finally {
-    button.disabled = false;
+    submit.disabled = false;
   }
 }
 
@@ -252,8 +268,10 @@ function connectSocket() {
     renderBanner();
     refreshChats();
     if (state.current && !state.fetched.has(state.current)) fetchNewest(state.current);
+    if (isGroup(chatById(state.current))) loadMembers(state.current);
     syncAll();
     flushOutbox();
+    state.readMarks.flush();
   });
   socket.on('disconnect', () => {
     // Presence and typing are unknown until the next connect's online-users.
@@ -282,6 +300,11 @@ function connectSocket() {
   });
   socket.on('new-message', (message) => receive([message], { live: true }));
   socket.on('typing', onTyping);
+  socket.on('chat-created', chatArrived);
+  socket.on('chat-updated', chatArrived);
+  socket.on('member-added', onMemberAdded);
+  socket.on('member-removed', onMemberRemoved);
+  socket.on('read', onRead);
   socket.connect();
   renderBanner();
 }
@@ -318,20 +341,51 @@ async function refreshChats() {
   try {
     const chats = await state.api.chats();
     if (!state.session) return;
-    state.chats = chats;
-    for (const chat of chats) if (chat.lastMessage) listFor(chat._id).add([chat.lastMessage]);
+    // The open chat the user was removed from stays on screen until they move on.
+    const kept = state.chats.filter((c) => c.removed && c._id === state.current);
+    const previous = new Map(state.chats.map((c) => [c._id, c]));
+    state.chats = [];
+    for (const chat of chats) {
+      if (!state.leaving.has(chat._id)) upsertServerChat(chat, previous.get(chat._id));
+    }
+    for (const chat of kept) if (!chatById(chat._id)) state.chats.push(chat);
+    sortChats();
     remember();
     renderChats();
     if (state.current) renderConversation();
+    markShownRead();
   } catch (error) {
     if (!sessionRefused(error)) renderChats();
   }
 }
 
-function upsertChat(chat) {
-  const index = state.chats.findIndex((c) => c._id === chat._id);
-  if (index === -1) state.chats.push(chat);
-  else state.chats[index] = { ...state.chats[index], ...chat };
+/**
+ * Keeps a Chat object the server sent (REST answer, `chat-created`, `chat-updated`): its last
+ * message joins the chat's messages, a newer one held stays its last, and a read position this
+ * client is ahead with is kept (the server's copy may predate a `mark-read` of this tab).
+ */
+function upsertServerChat(serverChat, previous = chatById(serverChat._id)) {
+  const list = listFor(serverChat._id);
+  if (serverChat.lastMessage) list.add([serverChat.lastMessage]);
+  const chat = chatMerged(serverChat, previous, list.messages, me()._id);
+  const newest = list.messages[list.messages.length - 1];
+  const last = newest && (!chat.lastMessage || newest.seq > chat.lastMessage.seq)
+    ? { lastMessage: newest, lastMessageAt: newest.createdAt }
+    : {};
+  setChat({ ...chat, ...last });
+}
+
+/** Reads one chat again (its unread count could not be worked out here); gone means removed. */
+async function refreshChat(chatId) {
+  try {
+    const chat = await state.api.chat(chatId);
+    if (!state.session || state.leaving.has(chatId)) return;
+    upsertServerChat(chat);
+    remember();
+    renderChats();
+  } catch (error) {
+    if (!sessionRefused(error) && error.status === 404) removedFromChat(chatId, null);
+  }
 }
 
 function sortChats() {
@@ -347,8 +401,9 @@ function remember() {
 
 /**
  * Takes stored messages from any source (history, sync, ack, live event): adds them to their
- * chats, settles the outbox entries they answer, updates the chat list and, for live events,
- * unread counts, the announcement and a sync when a seq is missing.
+ * chats (which is what raises unread counts: see `unreadOf`), settles the outbox entries they
+ * answer, moves read positions (a sender has read up to their message), updates the chat list
+ * and, for live events, the announcement and a sync when a seq is missing.
  */
 function receive(messages, { live = false } = {}) {
   const touched = new Set();
@@ -356,22 +411,26 @@ function receive(messages, { live = false } = {}) {
     if (!message || typeof message.chat !== 'string') continue;
     const list = listFor(message.chat);
     const isNew = list.add([message]) > 0;
-    if (message.clientMsgId && message.sender?._id === me()?._id) state.outbox?.remove(message.clientMsgId);
+    const mine = message.sender?._id === me()?._id;
+    const system = message.kind === 'system';
+    if (message.clientMsgId && mine) state.outbox?.remove(message.clientMsgId);
     touched.add(message.chat);
     const chat = chatById(message.chat);
     if (!chat) {
-      if (live) refreshChats();
+      if (live && !state.leaving.has(message.chat)) refreshChats();
       continue;
     }
     if (!chat.lastMessage || message.seq > chat.lastMessage.seq) {
       chat.lastMessage = message;
       chat.lastMessageAt = message.createdAt;
     }
-    if (live && isNew && message.sender?._id !== me()?._id) {
-      clearTyping(message.chat, message.sender._id);
-      const reading = state.current === message.chat && document.visibilityState === 'visible';
-      if (!reading) state.unread.set(message.chat, (state.unread.get(message.chat) || 0) + 1);
-      announce(`${message.sender.name}: ${message.text}`);
+    if (!system) {
+      updateMembers(message.chat, (members) => membersAfterRead(members, message.sender?._id, message.seq));
+      if (mine) readUpTo(message.chat, message.seq);
+    }
+    if (live && isNew && !mine) {
+      if (!system) clearTyping(message.chat, message.sender._id);
+      announce(system ? message.text : `${message.sender.name}: ${message.text}`);
     }
   }
   for (const chatId of touched) {
@@ -381,7 +440,164 @@ function receive(messages, { live = false } = {}) {
   sortChats();
   remember();
   renderChats();
-  if (touched.has(state.current)) renderConversation();
+  if (touched.has(state.current)) {
+    renderConversation();
+    markShownRead();
+  }
+}
+
+// ---- read state ---------------------------------------------------------------------------------
+
+/** Moves the user's read position in a chat (a read event, an ack, their own message). */
+function readUpTo(chatId, seq) {
+  const chat = chatById(chatId);
+  if (!chat) return;
+  const { chat: after, exact } = chatAfterRead(chat, seq, listFor(chatId).messages, me()._id);
+  if (after !== chat) setChat(after);
+  if (!exact) refreshChat(chatId);
+}
+
+const atBottom = () => {
+  const box = $('messages');
+  return box.scrollHeight - box.scrollTop - box.clientHeight < AT_BOTTOM_PX;
+};
+
+/**
+ * Marks the open chat read up to its last message when the user can see it (the page is
+ * visible and the conversation scrolled to its end): at once here, and with `mark-read`, which
+ * ReadMarks coalesces however many messages arrive meanwhile.
+ */
+function markShownRead() {
+  const chatId = state.current;
+  const chat = chatId && chatById(chatId);
+  if (!chat || chat.removed || document.visibilityState !== 'visible' || !atBottom()) return;
+  const seq = listFor(chatId).lastSeq;
+  if (!(seq > (chat.lastReadSeq ?? 0))) return;
+  readUpTo(chatId, seq);
+  state.readMarks.mark(chatId, seq);
+  remember();
+  renderChats();
+}
+
+/** ReadMarks' request: resolves with the server's answer, rejects when it cannot be asked. */
+async function sendMarkRead(chatId, seq) {
+  const socket = state.socket;
+  if (!socket?.connected) throw new Error('not connected');
+  const answer = await socket.emitWithAck('mark-read', { chatId, seq });
+  if (answer?.ok && Number.isInteger(answer.lastReadSeq) && state.session) {
+    readUpTo(chatId, answer.lastReadSeq);
+    renderChats();
+  }
+}
+
+function onRead({ chatId, userId, lastReadSeq } = {}) {
+  if (typeof chatId !== 'string' || !Number.isInteger(lastReadSeq)) return;
+  // Another tab of this user read it: the badge clears here too.
+  if (userId === me()?._id) readUpTo(chatId, lastReadSeq);
+  updateMembers(chatId, (members) => membersAfterRead(members, userId, lastReadSeq));
+  remember();
+  renderChats();
+  if (chatId === state.current) renderSeenBy();
+}
+
+// ---- groups -------------------------------------------------------------------------------------
+
+/** Applies `change` to a chat's members, if they were read. */
+function updateMembers(chatId, change) {
+  const members = state.members.get(chatId);
+  if (members) state.members.set(chatId, change(members));
+}
+
+async function loadMembers(chatId) {
+  try {
+    const members = await state.api.members(chatId);
+    if (!state.session || !chatById(chatId)) return;
+    state.members.set(chatId, membersLoaded(members, state.members.get(chatId)));
+    if (chatId === state.current) {
+      renderSeenBy();
+      renderMembers();
+    }
+  } catch (error) {
+    if (!sessionRefused(error) && error.status === 404) removedFromChat(chatId, null);
+  }
+}
+
+/** A Chat object came (`chat-created`, `chat-updated`, a REST answer): a new group, an add, a rename. */
+function chatArrived(chat) {
+  if (!chat || typeof chat._id !== 'string' || state.leaving.has(chat._id)) return;
+  upsertServerChat(chat);
+  sortChats();
+  remember();
+  renderChats();
+  if (chat._id === state.current) renderConversation();
+}
+
+function onMemberAdded({ chatId, user, role } = {}) {
+  const chat = chatById(chatId);
+  // The added user's own list learns of the chat from the `chat-updated` that follows.
+  if (!chat || !user?._id || user._id === me()._id) return;
+  setChat(chatAfterMemberAdded(chat, user));
+  updateMembers(chatId, (members) => membersAfterAdded(members, user, role, listFor(chatId).lastSeq));
+  remember();
+  renderChats();
+  if (chatId === state.current) renderConversation();
+}
+
+function onMemberRemoved({ chatId, userId, ownerId } = {}) {
+  if (userId === me()?._id) return removedFromChat(chatId, ownerId);
+  const chat = chatById(chatId);
+  if (!chat) return undefined;
+  setChat(chatAfterMemberRemoved(chat, userId, ownerId, me()._id));
+  updateMembers(chatId, (members) => membersAfterRemoved(members, userId, ownerId));
+  remember();
+  renderChats();
+  if (chatId === state.current) renderConversation();
+  return undefined;
+}
+
+/**
+ * The user is no longer a member (removed, or they left in another tab). An open chat stays on
+ * screen, its composer disabled, until the user moves on; any other leaves the list at once.
+ */
+function removedFromChat(chatId, ownerId) {
+  const leaving = state.leaving.delete(chatId);
+  const chat = chatById(chatId);
+  if (!chat) return;
+  if (chatId !== state.current || leaving) {
+    dropChat(chatId);
+    return;
+  }
+  setChat(chatAfterMemberRemoved(chat, me()._id, ownerId, me()._id));
+  state.readMarks.forget(chatId);
+  clearChatTyping(chatId);
+  state.membersOpen = false;
+  remember();
+  renderChats();
+  renderConversation();
+  announce(NOT_A_MEMBER);
+}
+
+/** Forgets everything of a chat the user is no longer in. */
+function forgetChat(chatId) {
+  state.chats = state.chats.filter((c) => c._id !== chatId);
+  state.lists.delete(chatId);
+  state.fetched.delete(chatId);
+  state.members.delete(chatId);
+  state.readMarks?.forget(chatId);
+  state.outbox?.removeChat(chatId);
+  clearChatTyping(chatId);
+}
+
+function dropChat(chatId) {
+  forgetChat(chatId);
+  remember();
+  if (state.current === chatId) closeChat();
+  else renderChats();
+}
+
+/** Removed chats leave the list once the user moved on from them. */
+function forgetRemovedChats(except) {
+  for (const chat of state.chats.filter((c) => c.removed && c._id !== except)) forgetChat(chat._id);
 }
 
 /**
@@ -473,7 +689,7 @@ function fillViewport() {
 
 function send(text) {
   const chatId = state.current;
-  if (!chatId) return false;
+  if (!chatId || chatById(chatId)?.removed) return false;
   const entry = state.outbox.add(chatId, text);
   if (!entry) {
     announce('Too many unsent messages. Wait for the connection to come back.');
@@ -534,7 +750,7 @@ function discard(clientMsgId) {
 
 function composerInput() {
   const socket = state.socket;
-  if (!state.current || !socket?.connected) return;
+  if (!state.current || !socket?.connected || chatById(state.current)?.removed) return;
   const now = Date.now();
   if ($('composer-text').value.trim() && now - state.typingSentAt > TYPING_EVERY_MS) {
     socket.emit('typing', { chatId: state.current, isTyping: true });
@@ -564,9 +780,13 @@ function onTyping({ userId, chatId, isTyping }) {
 function clearTyping(chatId, userId) {
   const shown = state.typing.get(chatId);
   if (!shown || shown.userId !== userId) return;
-  clearTimeout(shown.timer);
-  state.typing.delete(chatId);
+  clearChatTyping(chatId);
   renderTyping();
+}
+
+function clearChatTyping(chatId) {
+  clearTimeout(state.typing.get(chatId)?.timer);
+  state.typing.delete(chatId);
 }
 
 // ---- rendering ----------------------------------------------------------------------------------
@@ -595,28 +815,35 @@ function renderChats() {
   $('no-chats').hidden = state.chats.length > 0;
 }
 
+/** The chat list's line under a chat's name for its last message. */
+function lastLine(chat, message) {
+  if (!message) return 'No messages yet';
+  if (!isGroup(chat) || message.kind === 'system') return message.text;
+  const author = message.sender?._id === me()?._id ? 'You' : message.sender?.name;
+  return `${author}: ${message.text}`;
+}
+
 function chatItem(chat) {
   const name = chatName(chat);
   const online = chatPeerOnline(chat);
-  const unread = state.unread.get(chat._id) || 0;
+  const unread = chat.removed ? 0 : unreadOf(chat, listFor(chat._id).messages, me()._id);
   const typing = state.typing.has(chat._id);
   const last = chat.lastMessage;
-  const lastText = typing ? 'typing…' : last ? last.text : 'No messages yet';
+  const lastText = chat.removed ? NOT_A_MEMBER : typing ? 'typing…' : lastLine(chat, last);
   const time = last ? shortTime(last.createdAt) : '';
 
   // The button's accessible name is its text: what is only drawn (the dot) is also said in
   // visually hidden text.
-  const button = el('button', 'chat');
-  button.type = 'button';
-  button.dataset.chatId = chat._id;
-  button.dataset.focusKey = `chat:${chat._id}`;
-  if (chat._id === state.current) button.setAttribute('aria-current', 'true');
+  const row = button('chat');
+  row.dataset.chatId = chat._id;
+  row.dataset.focusKey = `chat:${chat._id}`;
+  if (chat._id === state.current) row.setAttribute('aria-current', 'true');
 
-  const avatar = el('span', 'avatar', initial(others(chat)[0]?.name));
-  avatar.setAttribute('aria-hidden', 'true');
-  if (online) avatar.append(el('span', 'dot'));
+  const picture = avatar(isGroup(chat) ? chat.name : others(chat)[0]?.name);
+  if (online) picture.append(el('span', 'dot'));
   const main = el('span', 'chat-main');
   const title = el('span', 'chat-name', name);
+  if (isGroup(chat) && !chat.removed) title.append(el('span', 'chat-count', ` · ${memberCountText(chat)}`));
   if (online) title.append(el('span', 'visually-hidden', ' (online)'));
   main.append(title, el('span', typing ? 'chat-last typing-note' : 'chat-last', lastText));
   const side = el('span', 'chat-side');
@@ -626,11 +853,11 @@ function chatItem(chat) {
     badge.append(el('span', 'visually-hidden', ' unread'));
     side.append(badge);
   }
-  button.append(avatar, main, side);
-  button.addEventListener('click', () => openChat(chat._id));
+  row.append(picture, main, side);
+  row.addEventListener('click', () => openChat(chat._id));
 
   const item = el('li');
-  item.append(button);
+  item.append(row);
   return item;
 }
 
@@ -643,7 +870,13 @@ function renderPeer() {
   const chat = state.current && chatById(state.current);
   if (!chat) return;
   $('peer-name').textContent = chatName(chat);
-  $('peer-avatar').textContent = initial(others(chat)[0]?.name);
+  $('peer-avatar').textContent = chatInitial(chat);
+  $('members-toggle').hidden = !isGroup(chat) || Boolean(chat.removed);
+  if (isGroup(chat)) {
+    $('peer-status').textContent = chat.removed ? '' : memberCountText(chat);
+    $('peer-status').classList.remove('online');
+    return;
+  }
   // Presence is only known while connected.
   const online = chatPeerOnline(chat);
   const known = Boolean(state.socket?.connected);
@@ -659,10 +892,13 @@ function renderTyping() {
 }
 
 function openChat(chatId, { focus = true } = {}) {
-  if (state.current !== chatId) stopTyping();
+  if (state.current !== chatId) {
+    stopTyping();
+    state.membersOpen = false;
+  }
+  forgetRemovedChats(chatId);
   state.current = chatId;
   localStorage.setItem(OPEN_CHAT_KEY, chatId);
-  state.unread.delete(chatId);
   $('app-view').dataset.pane = 'chat';
   $('history-status').textContent = '';
   $('composer-text').value = '';
@@ -670,18 +906,22 @@ function openChat(chatId, { focus = true } = {}) {
   renderConversation({ toBottom: true });
   if (focus) $('composer-text').focus();
   if (!state.fetched.has(chatId)) fetchNewest(chatId);
+  if (isGroup(chatById(chatId))) loadMembers(chatId);
+  markShownRead();
 }
 
 function closeChat() {
   const chatId = state.current;
   stopTyping();
   state.current = null;
+  state.membersOpen = false;
+  forgetRemovedChats(null);
   localStorage.removeItem(OPEN_CHAT_KEY);
   $('app-view').dataset.pane = 'list';
   renderChats();
   renderConversation();
-  const button = chatId && document.querySelector(`[data-chat-id="${CSS.escape(chatId)}"]`);
-  (button || $('new-chat')).focus();
+  const row = chatId && document.querySelector(`[data-chat-id="${CSS.escape(chatId)}"]`);
+  (row || $('new-chat')).focus();
 }
 
 /**
@@ -712,10 +952,12 @@ function renderConversation({ toBottom = false, keepFromBottom = null } = {}) {
     separator.append(el('span', null, dayLabel(date)));
     items.push(separator);
   };
-  const group = others(chat).length > 1;
+  const group = isGroup(chat);
+  const lastSpoken = group ? lastSpokenMessage(list) : null;
   for (const message of list.messages) {
     addDay(message.createdAt);
-    items.push(messageItem(message, group));
+    items.push(message.kind === 'system' ? systemItem(message) : messageItem(message, group));
+    if (message === lastSpoken) items.push(el('li', message.sender?._id === me()._id ? 'seen-by mine' : 'seen-by'));
   }
   for (const entry of state.outbox.forChat(chat._id)) {
     addDay(entry.createdAt);
@@ -723,10 +965,50 @@ function renderConversation({ toBottom = false, keepFromBottom = null } = {}) {
   }
   replaceKeepingFocus($('message-list'), items);
   $('load-older').hidden = !list.hasOlder || state.loadingOlder;
+  renderSeenBy();
+  renderMembership(chat);
 
   if (keepFromBottom !== null) box.scrollTop = box.scrollHeight - keepFromBottom;
   else if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
   else box.scrollTop = top;
+}
+
+/** The message "seen by" stands under: the last one a person wrote. */
+const lastSpokenMessage = (list) => list.messages.findLast((m) => m.kind !== 'system');
+
+/** A membership change or rename: a centered, muted line ("Ada added Bob"). */
+function systemItem(message) {
+  const item = el('li', 'system');
+  item.dataset.id = message._id;
+  item.dataset.seq = String(message.seq);
+  item.append(el('span', null, message.text));
+  return item;
+}
+
+/** "Seen by …" under the last message a person wrote in a group: the members who read it. */
+function renderSeenBy() {
+  const item = document.querySelector('#message-list .seen-by');
+  if (!item) return;
+  // A line appearing under the last message keeps a conversation read to its end in view.
+  const pinned = atBottom();
+  const members = state.members.get(state.current);
+  const message = lastSpokenMessage(listFor(state.current));
+  const users = members && message ? seenBy(members, message, me()._id) : [];
+  const names = users.slice(0, SEEN_BY_NAMES_MAX).map((u) => u.name);
+  const more = users.length - names.length;
+  item.textContent = users.length ? `Seen by ${names.join(', ')}${more > 0 ? ` and ${more} more` : ''}` : '';
+  item.hidden = users.length === 0;
+  if (pinned) $('messages').scrollTop = $('messages').scrollHeight;
+}
+
+/** The composer, the notice and the members panel as the user's membership allows. */
+function renderMembership(chat) {
+  const closed = Boolean(chat.removed);
+  $('composer-text').disabled = closed;
+  $('composer-send').disabled = closed;
+  $('chat-notice').hidden = !closed;
+  $('chat-notice').textContent = closed ? NOT_A_MEMBER : '';
+  renderMembers();
 }
 
 function messageItem(message, showSender) {
@@ -772,6 +1054,7 @@ let searchTimer = null;
 let searchRun = 0;
 
 function togglePeople(open) {
+  $('group-section').hidden = true;
   $('people').hidden = !open;
   $('new-chat').setAttribute('aria-expanded', String(open));
   if (open) {
@@ -801,26 +1084,23 @@ async function searchPeople() {
 }
 
 function personItem(user) {
-  const button = el('button', 'person');
-  button.type = 'button';
-  button.dataset.focusKey = `person:${user._id}`;
-  const avatar = el('span', 'avatar', initial(user.name));
-  avatar.setAttribute('aria-hidden', 'true');
+  const row = button('person');
+  row.dataset.focusKey = `person:${user._id}`;
   const text = el('span', 'chat-main');
   text.append(el('span', 'chat-name', user.name));
   // Only someone found by their whole email address comes with it (docs/protocol.md).
   if (user.email) text.append(el('span', 'chat-last', user.email));
-  button.append(avatar, text);
-  button.addEventListener('click', () => startChat(user._id));
+  row.append(avatar(user.name), text);
+  row.addEventListener('click', () => startChat(user._id));
   const item = el('li');
-  item.append(button);
+  item.append(row);
   return item;
 }
 
 async function startChat(userId) {
   try {
     const chat = await state.api.openChat(userId);
-    upsertChat(chat);
+    upsertServerChat(chat);
     sortChats();
     remember();
     $('people').hidden = true;
@@ -832,6 +1112,158 @@ async function startChat(userId) {
       $('people-empty').textContent = error.message;
     }
   }
+}
+
+// ---- a new group ---------------------------------------------------------------------------------
+
+const groupPicker = new PeoplePicker({
+  input: $('group-search'),
+  results: $('group-found'),
+  status: $('group-found-status'),
+  picked: $('group-picked'),
+  search: (query) => state.api.users(query),
+  refused: sessionRefused,
+});
+
+function toggleGroupForm(open) {
+  $('people').hidden = true;
+  $('new-chat').setAttribute('aria-expanded', 'false');
+  $('group-section').hidden = !open;
+  if (!open) {
+    $('new-chat').focus();
+    return;
+  }
+  $('group-name').value = '';
+  $('group-error').textContent = '';
+  groupPicker.start();
+  $('group-name').focus();
+}
+
+/** Creates the group; a refusal (a bad name, too many people) is shown as the server says it. */
+async function createGroup(event) {
+  event.preventDefault();
+  const submit = $('group-create');
+  submit.disabled = true;
+  $('group-error').textContent = '';
+  try {
+    const chat = await state.api.createGroup($('group-name').value.trim(), groupPicker.ids);
+    chatArrived(chat);
+    $('group-section').hidden = true;
+    openChat(chat._id);
+  } catch (error) {
+    if (!sessionRefused(error)) $('group-error').textContent = error.message;
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+// ---- a group's members --------------------------------------------------------------------------
+
+const addPicker = new PeoplePicker({
+  input: $('add-search'),
+  results: $('add-found'),
+  status: $('add-found-status'),
+  picked: $('add-picked'),
+  search: (query) => state.api.users(query),
+  excluded: () => new Set((chatById(state.current)?.participants || []).map((p) => p._id)),
+  refused: sessionRefused,
+});
+/** The group the add picker was started for (it starts afresh for another, or a new owner). */
+let addPickerChat = null;
+
+function toggleMembers(open) {
+  const chat = chatById(state.current);
+  state.membersOpen = open && isGroup(chat);
+  if (state.membersOpen) {
+    $('members-error').textContent = '';
+    $('rename-name').value = chat.name || '';
+    addPickerChat = null;
+    loadMembers(chat._id);
+  }
+  renderMembers();
+  if (!open) $('members-toggle').focus();
+}
+
+/** The members panel: every member with their role; the owner's controls only for the owner. */
+function renderMembers() {
+  const chat = chatById(state.current);
+  const open = state.membersOpen && isGroup(chat) && !chat.removed;
+  $('members-panel').hidden = !open;
+  $('members-toggle').setAttribute('aria-expanded', String(open));
+  if (!open) return;
+  const owner = isOwner(chat, me()._id);
+  $('rename-form').hidden = !owner;
+  $('add-form').hidden = !owner;
+  const members = state.members.get(chat._id)
+    ?? (chat.participants || []).map((user) => ({ user, role: user._id === chat.ownerId ? 'owner' : 'member' }));
+  replaceKeepingFocus($('member-list'), members.map((member) => memberItem(chat, member, owner)));
+  if (owner && addPickerChat !== chat._id) {
+    addPickerChat = chat._id;
+    addPicker.start();
+  } else if (owner) {
+    addPicker.render();
+  }
+}
+
+function memberItem(chat, member, owner) {
+  const self = member.user._id === me()._id;
+  const item = el('li', 'member');
+  item.dataset.userId = member.user._id;
+  const text = el('span', 'chat-main');
+  text.append(
+    el('span', 'chat-name', self ? `${member.user.name} (you)` : member.user.name),
+    el('span', 'chat-last role', member.role === 'owner' ? 'Owner' : 'Member'),
+  );
+  item.append(avatar(member.user.name), text);
+  if (owner && !self) {
+    const remove = button(null, 'Remove');
+    remove.dataset.focusKey = `remove:${member.user._id}`;
+    remove.setAttribute('aria-label', `Remove ${member.user.name}`);
+    remove.addEventListener('click', () => groupAction(() => state.api.removeMember(chat._id, member.user._id)));
+    item.append(remove);
+  }
+  return item;
+}
+
+/** Runs a change of the open group; the server's refusal, if any, is shown in the panel. */
+async function groupAction(action) {
+  $('members-error').textContent = '';
+  try {
+    await action();
+    return true;
+  } catch (error) {
+    if (!sessionRefused(error)) $('members-error').textContent = error.message;
+    return false;
+  }
+}
+
+function renameGroup(event) {
+  event.preventDefault();
+  const chatId = state.current;
+  const name = $('rename-name').value.trim();
+  groupAction(async () => chatArrived(await state.api.renameGroup(chatId, name)));
+}
+
+function addMembers(event) {
+  event.preventDefault();
+  const chatId = state.current;
+  const ids = addPicker.ids;
+  if (!ids.length) {
+    $('members-error').textContent = 'Pick the people to add first.';
+    return;
+  }
+  groupAction(async () => {
+    chatArrived(await state.api.addMembers(chatId, ids));
+    addPicker.start();
+  });
+}
+
+async function leaveGroup() {
+  const chatId = state.current;
+  state.leaving.add(chatId);
+  const left = await groupAction(() => state.api.removeMember(chatId, me()._id));
+  if (left) dropChat(chatId);
+  else state.leaving.delete(chatId);
 }
 
 // ---- wiring -------------------------------------------------------------------------------------
@@ -848,6 +1280,19 @@ function wire() {
   $('people').addEventListener('keydown', (event) => {
     if (event.key === 'Escape') togglePeople(false);
   });
+  $('new-group').addEventListener('click', () => toggleGroupForm(true));
+  $('group-cancel').addEventListener('click', () => toggleGroupForm(false));
+  $('group-section').addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') toggleGroupForm(false);
+  });
+  $('group-form').addEventListener('submit', createGroup);
+  $('members-toggle').addEventListener('click', () => toggleMembers(!state.membersOpen));
+  $('members-panel').addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') toggleMembers(false);
+  });
+  $('rename-form').addEventListener('submit', renameGroup);
+  $('add-form').addEventListener('submit', addMembers);
+  $('leave-group').addEventListener('click', leaveGroup);
   $('people-search').addEventListener('input', () => {
     clearTimeout(searchTimer);
     searchTimer = setTimeout(searchPeople, SEARCH_DEBOUNCE_MS);
@@ -856,6 +1301,7 @@ function wire() {
   $('load-older').addEventListener('click', loadOlder);
   $('messages').addEventListener('scroll', () => {
     if ($('messages').scrollTop < PAGE_IN_MARGIN_PX) loadOlder();
+    markShownRead();
   });
   const composer = $('composer-text');
   composer.addEventListener('keydown', (event) => {
@@ -871,12 +1317,7 @@ function wire() {
     if (text && send(text)) composer.value = '';
     composer.focus();
   });
-  document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible' && state.current) {
-      state.unread.delete(state.current);
-      renderChats();
-    }
-  });
+  document.addEventListener('visibilitychange', markShownRead);
 }
 
 function boot() {

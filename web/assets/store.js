@@ -1,6 +1,7 @@
 // The client's state that outlives a connection: each chat's messages (kept sorted by `seq`,
-// one per `_id`), and the outbox of messages the user wrote that the server has not yet
-// acknowledged, persisted in localStorage so that a reload keeps them.
+// one per `_id`), the outbox of messages the user wrote that the server has not yet
+// acknowledged, persisted in localStorage so that a reload keeps them, and the state transitions
+// of chats under read state and membership events (unread counts, "seen by", members).
 //
 // Nothing here touches the DOM or the network, so it is tested on its own.
 
@@ -126,6 +127,13 @@ export class Outbox {
     if (this.entries.length !== before) this.save();
   }
 
+  /** Drops the entries of a chat the user is no longer in: the server would refuse them. */
+  removeChat(chatId) {
+    const before = this.entries.length;
+    this.entries = this.entries.filter((e) => e.chatId !== chatId);
+    if (this.entries.length !== before) this.save();
+  }
+
   /** Marks an entry refused (shown with a retry) or, with `null`, ready again. */
   setError(clientMsgId, error) {
     const entry = this.get(clientMsgId);
@@ -180,4 +188,181 @@ function save(storage, key, value) {
   } catch {
     // Storage full or disabled: the state still lives in memory for this page.
   }
+}
+
+// ---- read state ---------------------------------------------------------------------------------
+//
+// A chat's unread count comes from the server (`unreadCount` of a Chat object, counted up to its
+// last message) and grows with the messages this client holds above that message. `countedSeq`
+// records the seq the server's count reaches, so whatever arrives later (live, or a gap filled by
+// `sync`) is counted once, whatever the order of arrival.
+
+/** Whether a message above the user's read position is one of their unread: others' messages, no system ones. */
+export function countsAsUnread(message, userId) {
+  return message.kind !== 'system' && message.sender?._id !== userId;
+}
+
+/** A Chat object as the server sent it, ready to keep: its count is valid up to its last message. */
+export function chatFromServer(chat) {
+  const { removed: _removed, ...rest } = chat;
+  return {
+    ...rest,
+    lastReadSeq: chat.lastReadSeq ?? 0,
+    unreadCount: chat.unreadCount ?? 0,
+    countedSeq: chat.lastMessage?.seq ?? 0,
+  };
+}
+
+/**
+ * A Chat object from the server in place of the copy held: a read position the held copy is
+ * ahead with stays (the server's copy may have been read before this client's latest `mark-read`
+ * was committed; positions only grow). A `removed` mark goes: the server sends a chat only to
+ * its members.
+ */
+export function chatMerged(serverChat, previous, messages, userId) {
+  const chat = chatFromServer(serverChat);
+  if (!previous || !((previous.lastReadSeq ?? 0) > chat.lastReadSeq)) return chat;
+  return chatAfterRead(chat, previous.lastReadSeq, messages, userId).chat;
+}
+
+/** The chat's unread messages: the server's count plus the countable messages held above it. */
+export function unreadOf(chat, messages, userId) {
+  const floor = Math.max(chat.countedSeq ?? 0, chat.lastReadSeq ?? 0);
+  let count = chat.unreadCount ?? 0;
+  for (let i = messages.length - 1; i >= 0 && messages[i].seq > floor; i -= 1) {
+    if (countsAsUnread(messages[i], userId)) count += 1;
+  }
+  return count;
+}
+
+/**
+ * The chat once its user has read up to `seq` (a `read` event, a `mark-read` ack, a message of
+ * their own). `exact` is false when the new count could not be worked out from the messages held
+ * (some between the old and the new position are missing): read the chat from the server then.
+ */
+export function chatAfterRead(chat, seq, messages, userId) {
+  const from = chat.lastReadSeq ?? 0;
+  if (!(seq > from)) return { chat, exact: true };
+  if (seq >= (chat.countedSeq ?? 0)) {
+    return { chat: { ...chat, lastReadSeq: seq, unreadCount: 0, countedSeq: seq }, exact: true };
+  }
+  const between = messages.filter((m) => m.seq > from && m.seq <= seq);
+  const read = between.filter((m) => countsAsUnread(m, userId)).length;
+  const unreadCount = Math.max(0, (chat.unreadCount ?? 0) - read);
+  return { chat: { ...chat, lastReadSeq: seq, unreadCount }, exact: between.length === seq - from };
+}
+
+/**
+ * The read positions a client reports with `mark-read`: one request per chat in flight at a
+ * time, and the marks made meanwhile coalesced into one follow-up with the highest seq, so
+ * reading a burst of messages costs two requests, not one per message.
+ *
+ * `send(chatId, seq)` resolves once the server answered (whatever it answered) and rejects when
+ * it could not be asked (not connected, no answer): that position waits for `flush`.
+ */
+export class ReadMarks {
+  constructor(send) {
+    this.send = send;
+    /** chatId → the highest seq marked and not yet answered. */
+    this.wanted = new Map();
+    /** chatId → the highest seq the server answered for. */
+    this.reported = new Map();
+    this.inFlight = new Set();
+  }
+
+  mark(chatId, seq) {
+    const known = Math.max(this.wanted.get(chatId) ?? 0, this.reported.get(chatId) ?? 0);
+    if (!(seq > known)) return;
+    this.wanted.set(chatId, seq);
+    this.pump(chatId);
+  }
+
+  /** Sends every position still unanswered (after a reconnect). */
+  flush() {
+    for (const chatId of this.wanted.keys()) this.pump(chatId);
+  }
+
+  /** Forgets a chat (the user left it): its marks would only be refused. */
+  forget(chatId) {
+    this.wanted.delete(chatId);
+    this.reported.delete(chatId);
+  }
+
+  async pump(chatId) {
+    if (this.inFlight.has(chatId)) return;
+    this.inFlight.add(chatId);
+    try {
+      for (let seq = this.wanted.get(chatId); seq !== undefined; seq = this.wanted.get(chatId)) {
+        try {
+          await this.send(chatId, seq);
+        } catch {
+          return;
+        }
+        if (this.wanted.get(chatId) === seq) this.wanted.delete(chatId);
+        this.reported.set(chatId, Math.max(this.reported.get(chatId) ?? 0, seq));
+      }
+    } finally {
+      this.inFlight.delete(chatId);
+    }
+  }
+}
+
+// ---- membership ---------------------------------------------------------------------------------
+
+/** Whether `userId` owns the group (and may add, remove and rename). */
+export function isOwner(chat, userId) {
+  return chat?.kind === 'group' && !chat.removed && chat.ownerId === userId;
+}
+
+/** The chat after `member-added`: the user joins its participants (once). */
+export function chatAfterMemberAdded(chat, user) {
+  if (!user?._id || (chat.participants || []).some((p) => p._id === user._id)) return chat;
+  const participants = [...(chat.participants || []), user];
+  return { ...chat, participants, memberCount: participants.length };
+}
+
+/**
+ * The chat after `member-removed`: without that user, with the owner after it. When the user
+ * removed is the viewer, the chat is kept marked `removed` (its history stays on screen, it takes
+ * no more messages) until the viewer moves on.
+ */
+export function chatAfterMemberRemoved(chat, userId, ownerId, viewerId) {
+  if (userId === viewerId) return { ...chat, removed: true, ownerId: ownerId ?? null };
+  const participants = (chat.participants || []).filter((p) => p._id !== userId);
+  return { ...chat, participants, memberCount: participants.length, ownerId: ownerId ?? null };
+}
+
+/** Members (`GET /api/chats/:id/members`) after `member-added`; a new member has read up to `seq`, the add. */
+export function membersAfterAdded(members, user, role, seq) {
+  if (!user?._id || members.some((m) => m.user._id === user._id)) return members;
+  return [...members, { user, role: role || 'member', joinedAt: null, lastReadSeq: seq }];
+}
+
+/** Members as `GET /api/chats/:id/members` answered, keeping positions that events moved further meanwhile. */
+export function membersLoaded(loaded, previous) {
+  if (!previous) return loaded;
+  const known = new Map(previous.map((m) => [m.user._id, m.lastReadSeq ?? 0]));
+  return loaded.map((m) => ((known.get(m.user._id) ?? 0) > (m.lastReadSeq ?? 0) ? { ...m, lastReadSeq: known.get(m.user._id) } : m));
+}
+
+/** Members after `member-removed`: without that user, and the owner after it marked so. */
+export function membersAfterRemoved(members, userId, ownerId) {
+  return members
+    .filter((m) => m.user._id !== userId)
+    .map((m) => {
+      const role = m.user._id === ownerId ? 'owner' : 'member';
+      return m.role === role ? m : { ...m, role };
+    });
+}
+
+/** Members after a member read up to `seq` (a `read` event, or a message they sent); positions only grow. */
+export function membersAfterRead(members, userId, seq) {
+  return members.map((m) => (m.user._id === userId && seq > (m.lastReadSeq ?? 0) ? { ...m, lastReadSeq: seq } : m));
+}
+
+/** The members other than the viewer and the message's sender who have read it. */
+export function seenBy(members, message, viewerId) {
+  return members
+    .filter((m) => m.user._id !== viewerId && m.user._id !== message.sender?._id && (m.lastReadSeq ?? 0) >= message.seq)
+    .map((m) => m.user);
 }
