@@ -171,10 +171,10 @@ pub const CONTACTS_LOAD_ATTEMPTS: usize = 3;
 
 /// redb's page cache (`--db-cache-mb`), in MiB. redb's own default is 1 GiB, and the cache fills
 /// with the pages a server writes, so without a bound the server's memory grows with its
-/// database up to that gigabyte (seen as RSS growing under a steady load, BENCHMARKS.md run I).
+/// database up to that gigabyte (seen as RSS growing under a steady load, BENCHMARKS.md run J).
 /// Misses are read from the kernel's page cache, which holds the file's hot pages without
 /// counting against the process: under churn with 1,000 messages a second a 1 MiB cache
-/// acknowledged as fast as an unbounded one (run I). 64 MiB keeps the B-tree's inner pages and
+/// acknowledged as fast as an unbounded one (run J). 64 MiB keeps the B-tree's inner pages and
 /// the newest pages of the busy chats.
 pub const DB_CACHE_MB_DEFAULT: u32 = 64;
 /// Largest `--db-cache-mb` (64 GiB).
