@@ -3,9 +3,12 @@
 # to the 19 other members) beside the 1:1 scenario (1,000 users in 500 pairs) at the same message
 # rate, alternating on a fresh release server each, ROUNDS rounds. Each line it appends to
 # "$OUT-results.jsonl" is palaver-load's report with the scenario, the round, the load average
-# before and after, and the server's fan-out time and commits from its metrics. With PERF=1 the
-# first group run is profiled (`perf record -g` on the server for 10 s of sending) and its report
-# goes to "$OUT-perf-groups.txt".
+# before and after, and the server's fan-out time and commits from its metrics (a run that fails,
+# e.g. when registration meets a busy server too often, is recorded as such and the rest goes on).
+# With PERF=1 the first group run is profiled (`perf record -g` on the server for 10 s of
+# sending); the inclusive share of each function goes to "$OUT-perf-groups.txt".
+# SCENARIOS="direct groups" chooses the scenarios of each round; FIRST_ROUND numbers the rounds
+# of a later invocation on.
 #
 #   cargo build --release -p palaver --bin palaver -p palaver-client --bin palaver-load
 #   PERF=1 benches/groups.sh
@@ -32,8 +35,8 @@ trap 'stop_server; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
 
 declare -A SCENARIO=(
-  [direct]="--users 1000"
-  [groups]="--groups 50 --group-size 20"
+  [direct]="${DIRECT:---users 1000}"
+  [groups]="${GROUPS_ARGS:---groups 50 --group-size 20}"
 )
 
 metric() { # name: the value of one unlabelled series of the server's metrics
@@ -59,24 +62,26 @@ profile_sending() { # once messages flow, 10 s of the server's stacks
   until [[ "$(metric palaver_messages_total)" =~ ^[1-9] ]]; do sleep 0.5; done
   sleep 2
   perf record -g -p "$pid" -o "$WORK/perf.data" -- sleep 10 >/dev/null 2>&1
-  perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
-    | grep -v '^$' | head -400 >"$OUT-perf-groups.txt"
+  perf report -i "$WORK/perf.data" --sort symbol --stdio 2>/dev/null \
+    --children -g none --percent-limit 0.3 | grep -v '^$' | cut -c1-200 >"$OUT-perf-groups.txt" || true
 }
 
-for round in $(seq "$ROUNDS"); do
-  for kind in direct groups; do
+FIRST_ROUND=${FIRST_ROUND:-1}
+for round in $(seq "$FIRST_ROUND" $((FIRST_ROUND + ROUNDS - 1))); do
+  for kind in ${SCENARIOS:-direct groups}; do
     start_server "$WORK/data-$kind-$round"
     profiler=""
-    if [[ "${PERF:-0}" == 1 && "$kind" == groups && "$round" == 1 ]]; then
+    if [[ "${PERF:-0}" == 1 && "$kind" == groups && "$round" == "$FIRST_ROUND" ]]; then
       profile_sending &
       profiler=$!
     fi
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     # shellcheck disable=SC2086
     report=$("$LOAD" --url "http://127.0.0.1:$PORT" --server-pid "$pid" ${SCENARIO[$kind]} \
-      --rate "$RATE" --secs "$SECS")
+      --rate "$RATE" --secs "$SECS" --concurrency 8 2>"$WORK/load.err") ||
+      report="{\"failed\":\"$(tr -d '"\\' <"$WORK/load.err" | head -c 300)\"}"
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-    [[ -n "$profiler" ]] && wait "$profiler"
+    if [[ -n "$profiler" ]]; then wait "$profiler" || true; fi
     fanout_s=$(metric palaver_fanout_seconds_sum)
     fanouts=$(metric palaver_fanout_seconds_count)
     commits=$(metric palaver_commit_seconds_count)
