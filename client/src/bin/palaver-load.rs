@@ -5,7 +5,9 @@
 //! for `--secs` seconds, out of phase (user i starts i/users of a period late), and waits 2 s
 //! for stragglers. Each text carries its send time; the partner measures send→deliver latency
 //! and counts what arrived, so the one JSON line it prints says what was sent, delivered, lost,
-//! duplicated and refused. `--ramp` repeats that at rising rates on the same connections and
+//! duplicated and refused. `--groups G --group-size S` puts `G × S` users in G group chats of S
+//! instead (`POST /api/chats`), so every message is delivered to the S - 1 other members, each of
+//! whom measures and counts it. `--ramp` repeats that at rising rates on the same connections and
 //! prints, last, the highest step with nothing lost, no error and p99 under 50 ms. `--idle N`
 //! holds N idle sockets open instead, to measure the server's memory per connection
 //! (`--server-pid`). `--churn SECS` runs the churn scenario instead: every socket (`--tabs` per
@@ -14,6 +16,7 @@
 //! cheaper than the server it measures; it works against any server of the contract (palaver,
 //! the Node peer).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -41,6 +44,9 @@ const GRACE: Duration = Duration::from_secs(2);
 const RAMP_P99_MAX_MS: f64 = 50.0;
 /// Sends whose acks one user's collector may be waiting for; the sender waits beyond that.
 const ACKS_IN_FLIGHT_MAX: usize = 4096;
+/// Largest `--group-size`: a group is created in one request, whose `memberIds` the contract
+/// bounds to 100 (the owner comes on top).
+const GROUP_SIZE_MAX: usize = 101;
 /// How long a setup request (register, open chat, connect, join) may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -101,16 +107,38 @@ struct Args {
     /// Seed of the churn scenario's cut schedule.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Group scenario: this many group chats of --group-size users each (replaces --users and
+    /// the 1:1 pairs).
+    #[arg(long, conflicts_with_all = ["churn", "idle"])]
+    groups: Option<usize>,
+    /// Members of each group of --groups.
+    #[arg(long, default_value_t = 20, requires = "groups")]
+    group_size: usize,
+}
+
+impl Args {
+    /// Users of the run, and how many share each chat.
+    fn layout(&self) -> (usize, usize) {
+        match self.groups {
+            Some(groups) => (groups * self.group_size, self.group_size),
+            None => (self.users.max(2).div_ceil(2) * 2, 2),
+        }
+    }
 }
 
 /// The line printed per run (or ramp step); field order as documented in issue 4.
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     users: usize,
+    /// Members of each group chat (the group scenario); each message is due to all but its
+    /// sender, and `delivered` counts deliveries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_size: Option<usize>,
     rate: f64,
     secs: u64,
     connect_ms: u64,
     sent: u64,
+    acked: u64,
     delivered: u64,
     lost: u64,
     duplicates: u64,
@@ -121,6 +149,10 @@ struct Report {
     max_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     server_rss_mb: Option<f64>,
+    /// CPU seconds the server spent (user + system) from the step's first send to the end of
+    /// its grace: setup (registration's password hashing above all) is not in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,6 +187,17 @@ fn rss_mb(pid: Option<u32>) -> Option<f64> {
         .parse()
         .ok()?;
     Some((kib / 1024.0 * 10.0).round() / 10.0)
+}
+
+/// CPU seconds (user + system) the process has used, from /proc (clock ticks of 100 Hz, the
+/// kernel's `USER_HZ` on every common architecture).
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |field: usize| fields.get(field)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }
 
 struct Server {
@@ -233,6 +276,27 @@ impl Server {
         })
     }
 
+    /// A group of `owner` and `others`; its chat id.
+    async fn create_group(
+        &self,
+        name: &str,
+        owner: &Account,
+        others: &[Account],
+    ) -> Result<String, Failure> {
+        let ids: Vec<&str> = others.iter().map(|a| a.id.as_str()).collect();
+        let body = self
+            .post(
+                "/api/chats",
+                Some(&owner.token),
+                json!({ "name": name, "memberIds": ids }),
+            )
+            .await?;
+        Ok(body["_id"]
+            .as_str()
+            .ok_or("create group: no id")?
+            .to_owned())
+    }
+
     async fn open_chat(&self, caller: &Account, other: &Account) -> Result<String, Failure> {
         let body = self
             .post(
@@ -279,12 +343,12 @@ fn wall_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// What one recipient saw of its partner's messages during the current step.
+/// What one recipient saw of the other members' messages during the current step.
 #[derive(Default)]
 struct Inbox {
     step: u32,
-    /// Bit n set: the partner's message n of this step arrived.
-    seen: Vec<u64>,
+    /// Per sender, bit n set: the sender's message n of this step arrived.
+    seen: HashMap<usize, Vec<u64>>,
     delivered: u64,
     duplicates: u64,
     latencies_ms: Vec<f32>,
@@ -298,16 +362,17 @@ impl Inbox {
         };
     }
 
-    fn record(&mut self, n: usize, latency_ms: f32) {
+    fn record(&mut self, sender: usize, n: usize, latency_ms: f32) {
         let (word, bit) = (n / 64, 1u64 << (n % 64));
-        if self.seen.len() <= word {
-            self.seen.resize(word + 1, 0);
+        let seen = self.seen.entry(sender).or_default();
+        if seen.len() <= word {
+            seen.resize(word + 1, 0);
         }
-        if self.seen[word] & bit != 0 {
+        if seen[word] & bit != 0 {
             self.duplicates += 1;
             return;
         }
-        self.seen[word] |= bit;
+        seen[word] |= bit;
         self.delivered += 1;
         self.latencies_ms.push(latency_ms);
     }
@@ -325,6 +390,8 @@ struct User {
 #[derive(Default)]
 struct Counters {
     sent: AtomicU64,
+    /// Sends answered `{ ok: true }` within the grace.
+    acked: AtomicU64,
     /// Refused sends (`ok: false`), missing acks, broken connections.
     errors: AtomicU64,
     refused: AtomicU64,
@@ -385,7 +452,7 @@ async fn receive(
         let mut inbox = inbox.lock().expect("never poisoned");
         // A straggler of an earlier step was already counted as lost there.
         if step == inbox.step {
-            inbox.record(n, arrived.saturating_sub(at) as f32 / 1000.0);
+            inbox.record(sender, n, arrived.saturating_sub(at) as f32 / 1000.0);
         }
     }
     // The connection closed: during a run that is an error of the current step.
@@ -410,7 +477,9 @@ async fn send_step(
     let collector = tokio::spawn(async move {
         while let Some(pending) = acks_rx.recv().await {
             match pending.wait_until(deadline).await {
-                Ok(answer) if accepted(&answer) => {}
+                Ok(answer) if accepted(&answer) => {
+                    ack_counters.acked.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(_) => {
                     ack_counters.refused.fetch_add(1, Ordering::Relaxed);
                     ack_counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -477,10 +546,18 @@ struct Run {
 }
 
 async fn set_up(server: &Server, args: &Args) -> Result<Run, Failure> {
-    let n = args.users.max(2).div_ceil(2) * 2;
+    let (n, size) = args.layout();
     let accounts = register_all(server, n, args.concurrency).await?;
-    let chats: Vec<String> = futures_util::stream::iter(accounts.chunks(2))
-        .map(|pair| server.open_chat(&pair[0], &pair[1]))
+    let chats: Vec<String> = futures_util::stream::iter(accounts.chunks(size).enumerate())
+        .map(|(k, members)| async move {
+            match args.groups {
+                Some(_) => {
+                    let name = format!("load group {k}");
+                    server.create_group(&name, &members[0], &members[1..]).await
+                }
+                None => server.open_chat(&members[0], &members[1]).await,
+            }
+        })
         .buffered(args.concurrency)
         .collect::<Vec<_>>()
         .await
@@ -490,7 +567,7 @@ async fn set_up(server: &Server, args: &Args) -> Result<Run, Failure> {
     let started = Instant::now();
     let users: Vec<Arc<User>> = futures_util::stream::iter(accounts.iter().enumerate())
         .map(|(index, account)| {
-            let chat = chats[index / 2].clone();
+            let chat = chats[index / size].clone();
             let counters = Arc::clone(&counters);
             async move {
                 let (client, events) = server.connect(&account.token).await?;
@@ -530,6 +607,7 @@ async fn run_step(run: &Run, args: &Args, step: u32, rate: f64) -> Report {
     }
     let padding: Arc<str> = "x".repeat(args.padding).into();
     let period = Duration::from_secs_f64(1.0 / rate);
+    let cpu_before = cpu_seconds(args.server_pid);
     let start = tokio::time::Instant::now();
     let end = start + Duration::from_secs(args.secs);
     let count = run.users.len();
@@ -555,6 +633,9 @@ async fn run_step(run: &Run, args: &Args, step: u32, rate: f64) -> Report {
     }
     tokio::time::sleep_until(end + GRACE).await;
     let server_rss_mb = rss_mb(args.server_pid);
+    let server_cpu_s = cpu_seconds(args.server_pid)
+        .zip(cpu_before)
+        .map(|(after, before)| round2(after - before));
 
     let mut latencies = Vec::new();
     let (mut delivered, mut duplicates) = (0, 0);
@@ -569,14 +650,19 @@ async fn run_step(run: &Run, args: &Args, step: u32, rate: f64) -> Report {
     latencies.sort_unstable_by(f32::total_cmp);
     let sent = counters.sent.load(Ordering::Relaxed);
     let refused = counters.refused.load(Ordering::Relaxed);
+    let (_, size) = args.layout();
+    // Every message is due to every member but its sender.
+    let due = (sent.saturating_sub(refused)) * (size as u64 - 1);
     Report {
         users: count,
+        group_size: args.groups.map(|_| size),
         rate,
         secs: args.secs,
         connect_ms: run.connect_ms,
         sent,
+        acked: counters.acked.load(Ordering::Relaxed),
         delivered,
-        lost: sent.saturating_sub(delivered + refused),
+        lost: due.saturating_sub(delivered),
         duplicates,
         errors: counters.errors.load(Ordering::Relaxed),
         delivered_per_s: round2(delivered as f64 / args.secs as f64),
@@ -584,6 +670,7 @@ async fn run_step(run: &Run, args: &Args, step: u32, rate: f64) -> Report {
         p99_ms: round2(percentile(&latencies, 0.99)),
         max_ms: round2(latencies.last().copied().map_or(0.0, f64::from)),
         server_rss_mb,
+        server_cpu_s,
     }
 }
 
@@ -735,6 +822,12 @@ fn main() -> std::process::ExitCode {
         eprintln!("palaver-load: --rate and --secs must be positive and --ramp-factor above 1");
         return std::process::ExitCode::from(2);
     }
+    if args.groups == Some(0) || !(2..=GROUP_SIZE_MAX).contains(&args.group_size) {
+        eprintln!(
+            "palaver-load: --groups must be positive and --group-size from 2 to {GROUP_SIZE_MAX}"
+        );
+        return std::process::ExitCode::from(2);
+    }
     if args
         .churn
         .is_some_and(|secs| !(secs > 0.0 && secs.is_finite()))
@@ -777,10 +870,12 @@ mod tests {
     fn step(rate: f64, p99_ms: f64) -> Report {
         Report {
             users: 2,
+            group_size: None,
             rate,
             secs: 1,
             connect_ms: 0,
             sent: 10,
+            acked: 10,
             delivered: 10,
             lost: 0,
             duplicates: 0,
@@ -790,6 +885,7 @@ mod tests {
             p99_ms,
             max_ms: p99_ms,
             server_rss_mb: None,
+            server_cpu_s: None,
         }
     }
 
@@ -819,6 +915,19 @@ mod tests {
         assert!(ramp.record(step(225.0, 10.0)));
         assert_eq!(ramp.lowest_failure_above_best, None);
         assert_eq!(ramp.middle(), None);
+    }
+
+    #[test]
+    fn an_inbox_counts_each_senders_messages_once() {
+        let mut inbox = Inbox::default();
+        inbox.reset(3);
+        // Two members of a group both send their message 0: two deliveries, not a duplicate.
+        inbox.record(1, 0, 1.0);
+        inbox.record(2, 0, 2.0);
+        inbox.record(2, 70, 2.5);
+        inbox.record(1, 0, 3.0);
+        assert_eq!((inbox.delivered, inbox.duplicates), (3, 1));
+        assert_eq!(inbox.latencies_ms, [1.0, 2.0, 2.5]);
     }
 
     #[test]
