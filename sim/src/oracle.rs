@@ -360,9 +360,19 @@ pub fn on_mark_read_answer(
     }
 }
 
-/// A group change asked for, and how it ended.
-pub fn on_change_answer(model: &Model, change: ChangeRecord) {
-    model.state.borrow_mut().changes.push(change);
+/// A group change is asked for: until its answer comes it counts as unknown (a step cut short
+/// by a fault may still have been committed). Returns its index for [`on_change_answer`].
+pub fn on_change_asked(model: &Model, change: ChangeRecord) -> usize {
+    let mut state = model.state.borrow_mut();
+    state.changes.push(change);
+    state.changes.len() - 1
+}
+
+/// How change `index` ended.
+pub fn on_change_answer(model: &Model, index: usize, outcome: ChangeOutcome) {
+    if let Some(change) = model.state.borrow_mut().changes.get_mut(index) {
+        change.outcome = outcome;
+    }
 }
 
 /// An `online-users` snapshot: the start of the connection's presence (8).

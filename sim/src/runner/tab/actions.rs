@@ -36,6 +36,11 @@ impl Tab {
             let _ = self.sync_chat(&chat).await;
             return;
         }
+        let probe = self.state.borrow_mut().probes.pop_first();
+        if let Some(chat) = probe {
+            let _ = self.probe_removed(&chat).await;
+            return;
+        }
         let Some(Step { action, .. }) = step else {
             return;
         };
@@ -238,7 +243,7 @@ impl Tab {
     }
 
     /// Reads the newest page of a chat's history over REST (more sightings for the oracle).
-    async fn read_history_page(&self, chat: &str) {
+    pub(super) async fn read_history_page(&self, chat: &str) {
         let token = self.token();
         let label = self.model.chat_label(chat);
         let answer = net::rest(

@@ -120,7 +120,7 @@ impl Tab {
                     if name == "member-added" {
                         self.joined_group(&chat);
                     } else {
-                        self.left_group(&chat);
+                        self.removed_from(&chat);
                     }
                 }
             }

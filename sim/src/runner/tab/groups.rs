@@ -31,6 +31,28 @@ impl Tab {
         state.gaps.remove(chat);
     }
 
+    /// The tab's user left or was removed from `chat`: probe that its history is closed.
+    pub(super) fn removed_from(&self, chat: &str) {
+        self.left_group(chat);
+        self.state.borrow_mut().probes.insert(chat.to_owned());
+    }
+
+    /// Asks for the newest history page and a `sync` of a group the user was removed from:
+    /// refused with 404 / `Chat not found` unless the user is back (the oracle judges either
+    /// answer against the membership at the end).
+    pub(super) async fn probe_removed(&self, chat: &str) -> Result<(), Failure> {
+        if self.believes_member(chat) {
+            return Ok(());
+        }
+        self.trace(format!("probes {}", self.model.chat_label(chat)));
+        self.read_history_page(chat).await;
+        let answer = self
+            .ask("sync", &json!({ "chatId": chat, "afterSeq": 0, "limit": 1 }))
+            .await?;
+        oracle::on_sync_answer(&self.model, (self.index, self.user), chat, (true, 0), &answer);
+        Ok(())
+    }
+
     /// True for a 1:1 chat, and for a group the tab believes its user is in.
     pub(super) fn believes_member(&self, chat: &str) -> bool {
         self.model.group(chat).is_none() || self.state.borrow().groups.contains(chat)
@@ -60,7 +82,11 @@ impl Tab {
                 match (answer["ok"] == json!(true), answer["lastReadSeq"].as_u64()) {
                     (true, Some(read)) => ReadAnswer::Acked(read),
                     _ => match answer["error"].as_str() {
-                        Some("Failed to send message") => ReadAnswer::Unknown,
+                        // Storage trouble (a mark-read's refusal is a read's: `Storage
+                        // unavailable`): it may or may not have moved.
+                        Some("Failed to send message" | "Storage unavailable") => {
+                            ReadAnswer::Unknown
+                        }
                         Some(error) => ReadAnswer::Refused(static_refusal(error)),
                         None => ReadAnswer::Refused("malformed answer"),
                     },
@@ -137,6 +163,16 @@ impl Tab {
             ),
         };
         debug_assert!(users.contains(&target));
+        let asked = oracle::on_change_asked(
+            &self.model,
+            ChangeRecord {
+                chat: chat.clone(),
+                by: self.user,
+                kind,
+                user: target,
+                outcome: ChangeOutcome::Unknown,
+            },
+        );
         let token = self.token();
         let answer = net::rest(
             method.clone(),
@@ -165,18 +201,9 @@ impl Tab {
             answer.as_ref().map_or_else(|e| e.to_string(), |(s, _)| s.to_string())
         ));
         if outcome == ChangeOutcome::Done && kind != "renamed" && target == self.user {
-            self.left_group(&chat);
+            self.removed_from(&chat);
         }
-        oracle::on_change_answer(
-            &self.model,
-            ChangeRecord {
-                chat,
-                by: self.user,
-                kind,
-                user: target,
-                outcome,
-            },
-        );
+        oracle::on_change_answer(&self.model, asked, outcome);
     }
 
     /// The chat id of group `group` and every user who may be in it.

@@ -106,6 +106,9 @@ struct TabState {
     pending: BTreeMap<String, PendingSend>,
     /// Chats whose seqs showed a gap: `sync` them.
     gaps: BTreeSet<String>,
+    /// Groups the tab learned its user left or was removed from: ask for their history and
+    /// `sync` them once, which the server must refuse (unless the user is back by then).
+    probes: BTreeSet<String>,
     /// `clientMsgId`s minted so far.
     sends: u64,
     /// The next step of the plan.
