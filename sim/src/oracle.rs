@@ -350,7 +350,8 @@ pub fn on_mark_read_answer(
             let acked = state.read_acked.entry((user, chat.to_owned())).or_insert(0);
             *acked = (*acked).max(seq);
         }
-        ReadAnswer::Refused("Chat not found") if on_group_refused(model, tab, user, chat, "mark-read") => {}
+        ReadAnswer::Refused("Chat not found")
+            if on_group_refused(model, tab, user, chat, "mark-read") => {}
         ReadAnswer::Refused("Too many requests" | "Rate limited") => {}
         ReadAnswer::Refused(error) => model.record_violation(
             Invariant::Contract,
@@ -702,7 +703,14 @@ pub fn on_history_page(model: &Model, (tab, user): (usize, usize), chat: &str, m
         .filter_map(|m| on_sighting(model, m, "history"))
         .map(|facts| facts.seq)
         .collect();
-    on_group_answer(model, tab, user, chat, seqs.last().copied().unwrap_or(0), "history");
+    on_group_answer(
+        model,
+        tab,
+        user,
+        chat,
+        seqs.last().copied().unwrap_or(0),
+        "history",
+    );
     if seqs.windows(2).any(|w| w[1] != w[0] + 1) {
         model.record_violation(
             Invariant::SeqContiguous,
@@ -956,19 +964,31 @@ fn check_group_sightings(model: &Model, memberships: &BTreeMap<String, Membershi
         let breach = match &sighting.what {
             Shown::Message(seq) if !member_as_of(*seq) => Some((
                 Invariant::Authorization,
-                format!("{who} received new-message seq {seq} of {label}, committed while u{} was not a member", sighting.user),
+                format!(
+                    "{who} received new-message seq {seq} of {label}, committed while u{} was not a member",
+                    sighting.user
+                ),
             )),
             Shown::LastSeq(seq, what) if !member_as_of(*seq) => Some((
                 Invariant::Authorization,
-                format!("{who} was answered a {what} of {label} up to seq {seq}, while u{} was not a member", sighting.user),
+                format!(
+                    "{who} was answered a {what} of {label} up to seq {seq}, while u{} was not a member",
+                    sighting.user
+                ),
             )),
             Shown::Event(event) if !membership.ever.contains(user) => Some((
                 Invariant::Authorization,
-                format!("{who} received {event} of {label}, a group u{} was never in", sighting.user),
+                format!(
+                    "{who} received {event} of {label}, a group u{} was never in",
+                    sighting.user
+                ),
             )),
             Shown::Refused(what) if membership.at.iter().all(|m| m.contains(user)) => Some((
                 Invariant::Contract,
-                format!("{who}'s {what} of {label} was refused with Chat not found, though u{} was always a member", sighting.user),
+                format!(
+                    "{who}'s {what} of {label} was refused with Chat not found, though u{} was always a member",
+                    sighting.user
+                ),
             )),
             _ => None,
         };
@@ -1653,5 +1673,226 @@ mod tests {
         // A retry of `a` answered with the message committed before `b`.
         ack(&model, "a", 1, 1, false);
         assert!(invariants(&model).is_empty());
+    }
+
+    // ---- groups and read state ----
+
+    /// Users 0, 1, 2; the group "group" starts with users 0 (owner) and 1, user 2 may join.
+    fn group_model() -> Model {
+        let users = (0..3)
+            .map(|u| UserSlot {
+                id: Some(format!("user{u}")),
+                ..UserSlot::default()
+            })
+            .collect();
+        let chats = vec![ChatSlot {
+            a: 0,
+            b: 0,
+            id: Some("group".into()),
+            audit_tab: Some(0),
+            group: Some(crate::model::GroupSlot {
+                owner: 0,
+                initial: vec![0, 1],
+                users: vec![0, 1, 2],
+            }),
+        }];
+        Model::new(Trace::new(false), users, chats, 3, false)
+    }
+
+    fn system(seq: u64, kind: &str, user: usize) -> MessageFacts {
+        let by = if kind == "left" { user } else { 0 };
+        MessageFacts {
+            id: format!("sys-{seq}"),
+            chat: "group".into(),
+            seq,
+            sender: format!("user{by}"),
+            text: kind.into(),
+            client_msg_id: None,
+            system: Some(SystemFacts {
+                kind: kind.into(),
+                user: format!("user{user}"),
+                by: format!("user{by}"),
+            }),
+        }
+    }
+
+    fn said(seq: u64, cmid: &str) -> MessageFacts {
+        MessageFacts {
+            chat: "group".into(),
+            ..message(seq, cmid)
+        }
+    }
+
+    fn asked(model: &Model, kind: &'static str, user: usize, outcome: ChangeOutcome) {
+        let by = if kind == "left" { user } else { 0 };
+        let index = on_change_asked(
+            model,
+            ChangeRecord {
+                chat: "group".into(),
+                by,
+                kind,
+                user,
+                outcome: ChangeOutcome::Unknown,
+            },
+        );
+        on_change_answer(model, index, outcome);
+    }
+
+    /// History of "group": 1 said, 2 removes user 1, 3 said, 4 adds user 1 back, 5 said.
+    fn removal_history(model: &Model) -> BTreeMap<String, Vec<MessageFacts>> {
+        for (seq, cmid) in [(1, "a"), (3, "b"), (5, "c")] {
+            model.state.borrow_mut().sends.insert(
+                (0, cmid.into()),
+                SendRecord {
+                    user: 0,
+                    chat: "group".into(),
+                    text: format!("text-{cmid}"),
+                    valid: true,
+                    attempts: vec![acked(seq, cmid)],
+                },
+            );
+        }
+        asked(model, "removed", 1, ChangeOutcome::Done);
+        asked(model, "added", 1, ChangeOutcome::Done);
+        let history = vec![
+            said(1, "a"),
+            system(2, "removed", 1),
+            said(3, "b"),
+            system(4, "added", 1),
+            said(5, "c"),
+        ];
+        BTreeMap::from([("group".to_owned(), history)])
+    }
+
+    fn judge_sightings(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>>) {
+        let memberships = memberships(model, histories);
+        check_group_sightings(model, &memberships);
+    }
+
+    #[test]
+    fn a_removed_member_may_see_nothing_of_the_group_until_added_back() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        for seq in [1, 4, 5] {
+            model.record_group_sighting(1, Some(1), 1, "group", Shown::Message(seq));
+        }
+        model.record_group_sighting(1, None, 1, "group", Shown::Refused("sync"));
+        judge_sightings(&model, &histories);
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+
+        for seq in [2, 3] {
+            let model = group_model();
+            let histories = removal_history(&model);
+            model.record_group_sighting(1, Some(1), 1, "group", Shown::Message(seq));
+            judge_sightings(&model, &histories);
+            assert_eq!(
+                invariants(&model),
+                vec![Invariant::Authorization],
+                "seq {seq}"
+            );
+        }
+        let model = group_model();
+        let histories = removal_history(&model);
+        model.record_group_sighting(1, None, 1, "group", Shown::LastSeq(3, "sync"));
+        model.record_group_sighting(2, Some(1), 2, "group", Shown::Event("typing"));
+        judge_sightings(&model, &histories);
+        assert_eq!(invariants(&model), vec![Invariant::Authorization; 2]);
+    }
+
+    #[test]
+    fn a_member_who_never_left_is_never_refused() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        model.record_group_sighting(0, None, 0, "group", Shown::Refused("join"));
+        judge_sightings(&model, &histories);
+        assert_eq!(invariants(&model), vec![Invariant::Contract]);
+    }
+
+    #[test]
+    fn system_messages_must_be_asked_for_and_done_changes_must_be_there() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        check_histories(&model, &histories, "test");
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+
+        // A removal nobody asked for (the one asked was refused).
+        let model = group_model();
+        let mut histories = removal_history(&model);
+        model.state.borrow_mut().changes[0].outcome = ChangeOutcome::Refused;
+        check_histories(&model, &histories, "test");
+        assert_eq!(invariants(&model), vec![Invariant::NoPhantoms]);
+
+        // A leave answered as done whose system message is missing.
+        let model = group_model();
+        histories = removal_history(&model);
+        asked(&model, "left", 2, ChangeOutcome::Done);
+        check_histories(&model, &histories, "test");
+        assert_eq!(invariants(&model), vec![Invariant::Durability]);
+    }
+
+    #[test]
+    fn a_read_position_never_goes_back() {
+        let model = group_model();
+        let floor = on_mark_read_asked(&model, 1, "group");
+        on_mark_read_answer(&model, 1, 1, "group", 4, floor, ReadAnswer::Acked(4));
+        // Asked beyond the last seq: capped, not below what the tab holds.
+        let floor = on_mark_read_asked(&model, 1, "group");
+        on_mark_read_answer(&model, 1, 1, "group", 8, floor, ReadAnswer::Acked(5));
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+        // A lower mark answered below the position acknowledged before it.
+        let floor = on_mark_read_asked(&model, 1, "group");
+        on_mark_read_answer(&model, 1, 1, "group", 2, floor, ReadAnswer::Acked(2));
+        assert_eq!(invariants(&model), vec![Invariant::ReadMonotonic]);
+
+        let model = group_model();
+        let read = |seq: u64| json!({ "chatId": "group", "userId": "user1", "lastReadSeq": seq });
+        on_read_event(&model, to(1), &read(3));
+        on_read_event(&model, to(1), &read(3));
+        on_read_event(&model, to(2), &read(1));
+        assert!(invariants(&model).is_empty());
+        on_read_event(&model, to(1), &read(2));
+        assert_eq!(invariants(&model), vec![Invariant::ReadMonotonic]);
+    }
+
+    #[test]
+    fn unread_counts_and_positions_must_match_the_servers() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        let memberships = memberships(&model, &histories);
+        model
+            .state
+            .borrow_mut()
+            .read_acked
+            .insert((1, "group".into()), 4);
+        let figures = |client: (u64, u64), server: (u64, u64)| crate::model::ReadFigures {
+            client_last_read: client.0,
+            client_unread: client.1,
+            server_last_read: server.0,
+            server_unread: server.1,
+        };
+        let report = |f: crate::model::ReadFigures| TabReport {
+            user: 1,
+            connected: true,
+            reads: BTreeMap::from([("group".to_owned(), f)]),
+            ..TabReport::default()
+        };
+        model.state.borrow_mut().tabs[1].report = Some(report(figures((4, 1), (4, 1))));
+        check_reads(&model, &histories, &memberships);
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+
+        model.state.borrow_mut().tabs[1].report = Some(report(figures((4, 2), (4, 1))));
+        check_reads(&model, &histories, &memberships);
+        assert_eq!(invariants(&model), vec![Invariant::UnreadConvergence]);
+
+        let model = group_model();
+        let histories = removal_history(&model);
+        model
+            .state
+            .borrow_mut()
+            .read_acked
+            .insert((1, "group".into()), 5);
+        model.state.borrow_mut().tabs[1].report = Some(report(figures((4, 1), (4, 1))));
+        check_reads(&model, &histories, &memberships);
+        assert_eq!(invariants(&model), vec![Invariant::ReadDurability]);
     }
 }

@@ -179,11 +179,17 @@ pub enum Action {
 /// A change of a group, as a member (or former member) asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupAction {
-    Add { user: usize },
+    Add {
+        user: usize,
+    },
     /// Remove `user` (the user's own: leave).
-    Remove { user: usize },
+    Remove {
+        user: usize,
+    },
     Leave,
-    Rename { name: u32 },
+    Rename {
+        name: u32,
+    },
 }
 
 /// The hostile actions: each must be refused, and a refused send must never appear.
@@ -257,7 +263,9 @@ impl Plan {
             let users = group.users();
             let distinct: BTreeSet<usize> = users.iter().copied().collect();
             if distinct.len() != users.len() || users.iter().any(|&u| u >= self.users) {
-                return Err(format!("group g{g} names a user twice or one that is not there"));
+                return Err(format!(
+                    "group g{g} names a user twice or one that is not there"
+                ));
             }
         }
         for (t, tab) in self.tabs.iter().enumerate() {

@@ -86,5 +86,8 @@ fn planted_fan_out_in_wake_order_breaks_delivery_order() {
 
 #[test]
 fn planted_fan_out_to_former_members_breaks_authorization() {
-    caught(PlantedFault::FanOutToFormerMembers, Invariant::Authorization);
+    caught(
+        PlantedFault::FanOutToFormerMembers,
+        Invariant::Authorization,
+    );
 }

@@ -260,7 +260,13 @@ impl Tab {
                 self.trace(format!("history {label}: {} messages", messages.len()));
             }
             Ok((StatusCode::NOT_FOUND, _))
-                if oracle::on_group_refused(&self.model, self.index, self.user, chat, "history") =>
+                if oracle::on_group_refused(
+                    &self.model,
+                    self.index,
+                    self.user,
+                    chat,
+                    "history",
+                ) =>
             {
                 self.trace(format!("history {label}: not found"));
                 self.left_group(chat);

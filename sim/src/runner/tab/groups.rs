@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{Failure, REST_TIMEOUT, Tab};
 use crate::model::{ChangeOutcome, ChangeRecord, ReadFigures};
-use crate::oracle::{self, ReadAnswer};
 use crate::net;
+use crate::oracle::{self, ReadAnswer};
 use crate::plan::{GroupAction, MARK_BEYOND, Via};
 
 impl Tab {
@@ -47,9 +47,18 @@ impl Tab {
         self.trace(format!("probes {}", self.model.chat_label(chat)));
         self.read_history_page(chat).await;
         let answer = self
-            .ask("sync", &json!({ "chatId": chat, "afterSeq": 0, "limit": 1 }))
+            .ask(
+                "sync",
+                &json!({ "chatId": chat, "afterSeq": 0, "limit": 1 }),
+            )
             .await?;
-        oracle::on_sync_answer(&self.model, (self.index, self.user), chat, (true, 0), &answer);
+        oracle::on_sync_answer(
+            &self.model,
+            (self.index, self.user),
+            chat,
+            (true, 0),
+            &answer,
+        );
         Ok(())
     }
 
@@ -67,7 +76,12 @@ impl Tab {
 
     /// Marks `chat` read up to the last seq held without a gap (past it by [`MARK_BEYOND`]
     /// when `beyond`), over the socket or REST.
-    pub(super) async fn mark_read(&self, chat: &str, via: Via, beyond: bool) -> Result<(), Failure> {
+    pub(super) async fn mark_read(
+        &self,
+        chat: &str,
+        via: Via,
+        beyond: bool,
+    ) -> Result<(), Failure> {
         if !self.believes_member(chat) {
             return Ok(());
         }
@@ -115,7 +129,9 @@ impl Tab {
                 }
             }
         };
-        self.trace(format!("mark {label} read up to {seq} via {via:?}: {answer:?}"));
+        self.trace(format!(
+            "mark {label} read up to {seq} via {via:?}: {answer:?}"
+        ));
         oracle::on_mark_read_answer(&self.model, self.index, self.user, chat, seq, floor, answer);
         match answer {
             ReadAnswer::Acked(read) => self.read_up_to(chat, read),
@@ -131,7 +147,12 @@ impl Tab {
         let Some((chat, users)) = self.group_slot(group) else {
             return;
         };
-        let id_of = |u: usize| self.model.state.borrow().users[u].id.clone().unwrap_or_default();
+        let id_of = |u: usize| {
+            self.model.state.borrow().users[u]
+                .id
+                .clone()
+                .unwrap_or_default()
+        };
         let (method, path, body, kind, target) = match change {
             GroupAction::Add { user } => (
                 Method::POST,
@@ -190,7 +211,10 @@ impl Tab {
             Ok((status, body)) => {
                 oracle::on_unexpected_answer(
                     &self.model,
-                    format!("t{} {method} {label} ({kind}) answered {status} {body}", self.index),
+                    format!(
+                        "t{} {method} {label} ({kind}) answered {status} {body}",
+                        self.index
+                    ),
                 );
                 ChangeOutcome::Refused
             }
@@ -198,7 +222,9 @@ impl Tab {
         };
         self.trace(format!(
             "{kind} u{target} in {label}: {outcome:?} ({})",
-            answer.as_ref().map_or_else(|e| e.to_string(), |(s, _)| s.to_string())
+            answer
+                .as_ref()
+                .map_or_else(|e| e.to_string(), |(s, _)| s.to_string())
         ));
         if outcome == ChangeOutcome::Done && kind != "renamed" && target == self.user {
             self.removed_from(&chat);
@@ -209,7 +235,11 @@ impl Tab {
     /// The chat id of group `group` and every user who may be in it.
     fn group_slot(&self, group: usize) -> Option<(String, Vec<usize>)> {
         let state = self.model.state.borrow();
-        let slot = state.chats.iter().filter(|c| c.group.is_some()).nth(group)?;
+        let slot = state
+            .chats
+            .iter()
+            .filter(|c| c.group.is_some())
+            .nth(group)?;
         Some((slot.id.clone()?, slot.group.as_ref()?.users.clone()))
     }
 
