@@ -8,7 +8,8 @@
 //! contains none of this, nor any of the hooks that consult it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// The bugs the simulation knows how to plant, each a defect the seed application had or a
 /// plausible regression of the durability design.
@@ -29,17 +30,24 @@ pub enum PlantedFault {
     /// Each sender's task fans its own message out after the group commit, in whatever order
     /// the tasks wake, instead of the commit feed delivering in commit order.
     FanOutInWakeOrder,
+    /// A chat's messages (its system messages included) are fanned out to everyone who was ever
+    /// a member of it, as if from a member list copied before the removals: a removed member
+    /// keeps receiving the chat.
+    FanOutToFormerMembers,
 }
 
 thread_local! {
     static PLANTED: Cell<Option<PlantedFault>> = const { Cell::new(None) };
     /// Chats the current writer has appended to since it started (for `SeqReuseAfterRestart`).
     static APPENDED_SINCE_START: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    /// Per chat, everyone the fan-out has seen as a member (for `FanOutToFormerMembers`).
+    static FORMER_MEMBERS: RefCell<HashMap<String, Vec<String>>> = RefCell::new(HashMap::new());
 }
 
 /// Plants `fault` (or none) for everything that runs on this thread from now on.
 pub fn plant(fault: Option<PlantedFault>) {
     PLANTED.with(|p| p.set(fault));
+    FORMER_MEMBERS.with(|f| f.borrow_mut().clear());
 }
 
 /// True when `fault` is planted on this thread.
@@ -60,4 +68,22 @@ pub fn reuse_seq(chat: &str, last_seq: u64) -> bool {
     }
     let first = APPENDED_SINCE_START.with(|s| s.borrow_mut().insert(chat.to_owned()));
     first && last_seq > 0
+}
+
+/// With `FanOutToFormerMembers` planted: the members to fan a message of `chat` out to become
+/// everyone seen as a member of it so far, removed members included. Otherwise `members`.
+pub fn former_members(chat: &str, members: Arc<[String]>) -> Arc<[String]> {
+    if !is_planted(PlantedFault::FanOutToFormerMembers) {
+        return members;
+    }
+    FORMER_MEMBERS.with(|f| {
+        let mut former = f.borrow_mut();
+        let seen = former.entry(chat.to_owned()).or_default();
+        for member in members.iter() {
+            if !seen.contains(member) {
+                seen.push(member.clone());
+            }
+        }
+        Arc::from(seen.as_slice())
+    })
 }

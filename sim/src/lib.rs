@@ -32,7 +32,7 @@ pub mod trace;
 
 /// Every bug that can be planted, in the order `--plant` lists them.
 #[cfg(feature = "sim-faults")]
-pub const PLANTED: [palaver::faults::PlantedFault; 6] = {
+pub const PLANTED: [palaver::faults::PlantedFault; 7] = {
     use palaver::faults::PlantedFault::*;
     [
         AckBeforeCommit,
@@ -41,6 +41,7 @@ pub const PLANTED: [palaver::faults::PlantedFault; 6] = {
         DuplicateFanOut,
         SeqReuseAfterRestart,
         FanOutInWakeOrder,
+        FanOutToFormerMembers,
     ]
 };
 
@@ -55,6 +56,7 @@ pub fn planted_name(fault: palaver::faults::PlantedFault) -> &'static str {
         DuplicateFanOut => "duplicate-fan-out",
         SeqReuseAfterRestart => "seq-reuse-after-restart",
         FanOutInWakeOrder => "fan-out-in-wake-order",
+        FanOutToFormerMembers => "fan-out-to-former-members",
     }
 }
 

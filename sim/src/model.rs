@@ -1,8 +1,10 @@
 //! The model: what the simulation knows, shared by the driver, the tabs, the server host and
-//! the oracle. The users and chats of the plan (with the ids the server gave them), the phase,
-//! every send and the outcome of each attempt, the message each `(chat, seq)` was seen bound
-//! to, per connection what it was sent and what it received, the history read back at the
-//! audit, and the violations the oracle found. The model records; only the oracle judges.
+//! the oracle. The users, chats and groups of the plan (with the ids the server gave them), the
+//! phase, every send and the outcome of each attempt, every group change asked for and how it
+//! ended, the read positions acknowledged, the message each `(chat, seq)` was seen bound to, per
+//! connection what it was sent and what it received, what each user was shown of each group
+//! (judged against the membership at the end), the history read back at the audit, and the
+//! violations the oracle found. The model records; only the oracle judges.
 //!
 //! Everything is single-threaded (turmoil runs all hosts on the thread that steps the
 //! simulation), so the model is an `Rc<RefCell<_>>`, and every map is a `BTreeMap` so that
@@ -34,6 +36,9 @@ pub enum Invariant {
     Presence,
     SendOrder,
     DeliveryOrder,
+    ReadMonotonic,
+    ReadDurability,
+    UnreadConvergence,
 }
 
 impl Invariant {
@@ -50,6 +55,9 @@ impl Invariant {
             Invariant::Presence => 8,
             Invariant::SendOrder => 9,
             Invariant::DeliveryOrder => 10,
+            Invariant::ReadMonotonic => 11,
+            Invariant::ReadDurability => 12,
+            Invariant::UnreadConvergence => 13,
         }
     }
 
@@ -66,6 +74,9 @@ impl Invariant {
             Invariant::Presence => "presence",
             Invariant::SendOrder => "send order",
             Invariant::DeliveryOrder => "delivery order",
+            Invariant::ReadMonotonic => "read state monotonic",
+            Invariant::ReadDurability => "read state durable",
+            Invariant::UnreadConvergence => "unread convergence",
         }
     }
 }
@@ -107,11 +118,33 @@ pub struct MessageFacts {
     pub sender: String,
     pub text: String,
     pub client_msg_id: Option<String>,
+    /// A system message's event (a membership change or rename).
+    pub system: Option<SystemFacts>,
+}
+
+/// The event of a system message: `kind` is `added`, `removed`, `left` or `renamed`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SystemFacts {
+    pub kind: String,
+    pub user: String,
+    pub by: String,
 }
 
 impl MessageFacts {
-    /// Reads a Message object; `None` if it is not shaped like one.
+    /// Reads a Message object; `None` if it is not shaped like one (a system message without
+    /// its event, too).
     pub fn parse(value: &Value) -> Option<Self> {
+        let system = match value.get("kind") {
+            Some(kind) if kind == "system" => {
+                let event = value.get("event")?;
+                Some(SystemFacts {
+                    kind: event.get("type")?.as_str()?.to_owned(),
+                    user: event.get("userId")?.as_str()?.to_owned(),
+                    by: event.get("by")?.as_str()?.to_owned(),
+                })
+            }
+            _ => None,
+        };
         Some(Self {
             id: value.get("_id")?.as_str()?.to_owned(),
             chat: value.get("chat")?.as_str()?.to_owned(),
@@ -122,6 +155,7 @@ impl MessageFacts {
                 Some(Value::String(id)) => Some(id.clone()),
                 _ => None,
             },
+            system,
         })
     }
 }
@@ -135,7 +169,8 @@ pub struct UserSlot {
     pub token: Option<String>,
 }
 
-/// A planned 1:1 chat between users `a` < `b`.
+/// A planned chat: a 1:1 chat between users `a` < `b`, or a group (`group`; then `a` and `b`
+/// are its owner).
 #[derive(Debug, Clone)]
 pub struct ChatSlot {
     pub a: usize,
@@ -143,7 +178,71 @@ pub struct ChatSlot {
     pub id: Option<String>,
     /// The tab that reads this chat's history back at the audit.
     pub audit_tab: Option<usize>,
+    pub group: Option<GroupSlot>,
 }
+
+/// What the model knows of a group before the run: who it starts with and who may ever be in it.
+#[derive(Debug, Clone)]
+pub struct GroupSlot {
+    pub owner: usize,
+    /// The members it is created with, the owner first.
+    pub initial: Vec<usize>,
+    /// Every user who may ever be a member.
+    pub users: Vec<usize>,
+}
+
+/// A group change as asked for (over REST) and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    pub chat: String,
+    pub by: usize,
+    /// The system message it makes: `added`, `removed`, `left` or `renamed`.
+    pub kind: &'static str,
+    /// The user added, removed or leaving (`by` for a rename).
+    pub user: usize,
+    pub outcome: ChangeOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// 200/204: committed (an add of a member already in commits nothing).
+    Done,
+    /// Refused (not the owner, not a member...): nothing committed.
+    Refused,
+    /// No answer, or a storage failure: it may or may not have been committed.
+    Unknown,
+}
+
+/// Something of group `chat` shown to user `user` (on connection `conn`, or over REST):
+/// judged at the end against the group's membership in its final history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSighting {
+    pub at_ms: u64,
+    pub tab: usize,
+    pub conn: Option<u32>,
+    pub user: usize,
+    pub chat: String,
+    pub what: Shown,
+}
+
+/// What a group sighting showed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// The message of seq `seq` (`new-message`): the user must be a member as of it.
+    Message(u64),
+    /// An answer made when the chat's last seq was `seq` (a last `sync` page, a chat list, the
+    /// newest history page): the user must be a member as of it.
+    LastSeq(u64, &'static str),
+    /// An event with no seq (`typing`, `read`, membership events): the user must have been a
+    /// member at some time.
+    Event(&'static str),
+    /// A member's request refused with `Chat not found`: the user must have been out of the
+    /// group at some time.
+    Refused(&'static str),
+}
+
+/// Group sightings a run keeps; a run of the default size makes a few tens of thousands.
+pub const GROUP_SIGHTINGS_MAX: usize = 1_000_000;
 
 /// How one attempt of a send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +328,8 @@ pub struct ConnRecord {
     pub highest_seq: BTreeMap<String, u64>,
     /// Who it was told is online: `online-users`, then the transitions.
     pub online: BTreeMap<String, bool>,
+    /// Per `(user id, chat)`, the highest `lastReadSeq` of a `read` event received.
+    pub reads: BTreeMap<(String, String), u64>,
 }
 
 /// An event as a socket received it.
@@ -254,13 +355,25 @@ pub struct Delivery {
 /// few tens of thousands.
 pub const DELIVERIES_MAX: usize = 1_000_000;
 
-/// What a client reports at the audit: its view of each of its chats and who it sees online.
+/// What a client reports at the audit: its view of each of its chats and who it sees online,
+/// and per chat it lists its read position and unread count, its own and the server's.
 #[derive(Debug, Clone, Default)]
 pub struct TabReport {
     pub user: usize,
     pub connected: bool,
     pub views: BTreeMap<String, BTreeMap<u64, MessageFacts>>,
     pub online: BTreeSet<String>,
+    pub reads: BTreeMap<String, ReadFigures>,
+}
+
+/// A chat's read state at the audit: as the client computes it from what it received, and as
+/// `GET /api/chats` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadFigures {
+    pub client_last_read: u64,
+    pub client_unread: u64,
+    pub server_last_read: u64,
+    pub server_unread: u64,
 }
 
 /// Driver-side status of each client.
@@ -296,6 +409,12 @@ pub struct ModelState {
     pub violations: Vec<Violation>,
     /// Per connection `(tab, connection number)`: what it was sent and what it received.
     pub connections: BTreeMap<(usize, u32), ConnRecord>,
+    /// Every group change asked for.
+    pub changes: Vec<ChangeRecord>,
+    /// What each user was shown of each group (at most [`GROUP_SIGHTINGS_MAX`]).
+    pub group_sightings: Vec<GroupSighting>,
+    /// Per `(user, chat)`, the highest read position acknowledged (`mark-read` ack or 200).
+    pub read_acked: BTreeMap<(usize, String), u64>,
     /// Every event the sockets received, in order, if the run keeps them (at most
     /// [`DELIVERIES_MAX`]).
     pub deliveries: Option<Vec<Delivery>>,
@@ -436,15 +555,60 @@ impl Model {
             .position(|u| u.id.as_deref() == Some(id))
     }
 
-    /// The chats of user `u` (ids known so far), in plan order.
+    /// The 1:1 chats of user `u` (ids known so far), in plan order.
     pub fn chats_of(&self, u: usize) -> Vec<String> {
         self.state
             .borrow()
             .chats
             .iter()
-            .filter(|c| c.a == u || c.b == u)
+            .filter(|c| c.group.is_none() && (c.a == u || c.b == u))
             .filter_map(|c| c.id.clone())
             .collect()
+    }
+
+    /// The group with this chat id, if it is one.
+    pub fn group(&self, id: &str) -> Option<GroupSlot> {
+        self.state
+            .borrow()
+            .chats
+            .iter()
+            .find(|c| c.id.as_deref() == Some(id))?
+            .group
+            .clone()
+    }
+
+    /// Records what user `user` was shown of group `chat`, if the run still keeps sightings.
+    pub fn record_group_sighting(
+        &self,
+        tab: usize,
+        conn: Option<u32>,
+        user: usize,
+        chat: &str,
+        what: Shown,
+    ) {
+        let at_ms = self.trace.now_ms();
+        let mut state = self.state.borrow_mut();
+        if state.group_sightings.len() < GROUP_SIGHTINGS_MAX {
+            state.group_sightings.push(GroupSighting {
+                at_ms,
+                tab,
+                conn,
+                user,
+                chat: chat.to_owned(),
+                what,
+            });
+        }
+    }
+
+    /// Records a violation found later, at the simulated time `at_ms` it happened.
+    pub fn record_violation_at(&self, invariant: Invariant, at_ms: u64, detail: String) {
+        self.trace
+            .record(format!("VIOLATION {invariant}: {detail}"));
+        self.state.borrow_mut().violations.push(Violation {
+            invariant,
+            at_ms,
+            detail,
+        });
     }
 
     /// A short, stable name for a chat id in the trace (its plan index).

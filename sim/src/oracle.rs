@@ -23,7 +23,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use palaver::storage::Store;
 use serde_json::{Value, json};
 
-use crate::model::{AckedSend, Attempt, Delivered, Invariant, MessageFacts, Model, RefusalKind};
+use crate::model::{
+    AckedSend, Attempt, ChangeOutcome, ChangeRecord, Delivered, Invariant, MessageFacts, Model,
+    RefusalKind, Shown, SystemFacts,
+};
+use crate::plan::MARK_BEYOND;
 
 // ---- sightings and events ----
 
@@ -114,7 +118,15 @@ pub fn on_new_message(model: &Model, to: Receiver, data: &Value) -> Option<Messa
         },
     );
     let label = model.chat_label(&facts.chat);
-    if !model.chats_of(to.user).contains(&facts.chat) {
+    if model.group(&facts.chat).is_some() {
+        model.record_group_sighting(
+            to.tab,
+            Some(to.conn),
+            to.user,
+            &facts.chat,
+            Shown::Message(facts.seq),
+        );
+    } else if !model.chats_of(to.user).contains(&facts.chat) {
         model.record_violation(
             Invariant::Authorization,
             format!(
@@ -173,7 +185,9 @@ pub fn on_typing(model: &Model, to: Receiver, data: &Value) {
         },
     );
     let label = model.chat_label(chat);
-    if !model.chats_of(to.user).iter().any(|c| c == chat) {
+    if model.group(chat).is_some() {
+        model.record_group_sighting(to.tab, Some(to.conn), to.user, chat, Shown::Event("typing"));
+    } else if !model.chats_of(to.user).iter().any(|c| c == chat) {
         model.record_violation(
             Invariant::Authorization,
             format!(
@@ -189,6 +203,176 @@ pub fn on_typing(model: &Model, to: Receiver, data: &Value) {
             Invariant::Contract,
             format!("{} received its own user's typing", to.label()),
         );
+    }
+}
+
+/// A `read` event: its chat is one of the user's (6), and per connection the position of one
+/// user in one chat only rises (11). Returns `(chat, user, lastReadSeq)`.
+pub fn on_read_event(model: &Model, to: Receiver, data: &Value) -> Option<(String, String, u64)> {
+    let (Some(chat), Some(user), Some(seq)) = (
+        data["chatId"].as_str(),
+        data["userId"].as_str(),
+        data["lastReadSeq"].as_u64(),
+    ) else {
+        model.record_violation(Invariant::Contract, format!("malformed read event {data}"));
+        return None;
+    };
+    let label = model.chat_label(chat);
+    if model.group(chat).is_some() {
+        model.record_group_sighting(to.tab, Some(to.conn), to.user, chat, Shown::Event("read"));
+    } else if !model.chats_of(to.user).iter().any(|c| c == chat) {
+        model.record_violation(
+            Invariant::Authorization,
+            format!(
+                "{} (u{}) received read of {label}, a chat it is not in",
+                to.label(),
+                to.user
+            ),
+        );
+    }
+    let before = {
+        let mut state = model.state.borrow_mut();
+        let record = state.connections.entry((to.tab, to.conn)).or_default();
+        let position = record
+            .reads
+            .entry((user.to_owned(), chat.to_owned()))
+            .or_insert(0);
+        let before = *position;
+        *position = before.max(seq);
+        before
+    };
+    if seq < before {
+        model.record_violation(
+            Invariant::ReadMonotonic,
+            format!(
+                "{} was told {} read {label} up to {seq} after {before}",
+                to.label(),
+                model.user_label(user)
+            ),
+        );
+    }
+    Some((chat.to_owned(), user.to_owned(), seq))
+}
+
+/// A membership event (`member-added`, `member-removed`, `chat-created`, `chat-updated`) of a
+/// group: its user must have been a member at some time (6).
+pub fn on_group_event(model: &Model, to: Receiver, chat: &str, event: &'static str) {
+    if model.group(chat).is_some() {
+        model.record_group_sighting(to.tab, Some(to.conn), to.user, chat, Shown::Event(event));
+    } else {
+        model.record_violation(
+            Invariant::Contract,
+            format!(
+                "{} got {event} of {}, which is not a group",
+                to.label(),
+                model.chat_label(chat)
+            ),
+        );
+    }
+}
+
+/// A member's request (`what`) about `chat` refused with `Chat not found`: in a group, the
+/// user may have been removed meanwhile (judged at the end); returns whether it is a group.
+pub fn on_group_refused(
+    model: &Model,
+    tab: usize,
+    user: usize,
+    chat: &str,
+    what: &'static str,
+) -> bool {
+    let group = model.group(chat).is_some();
+    if group {
+        model.record_group_sighting(tab, None, user, chat, Shown::Refused(what));
+    }
+    group
+}
+
+/// An answer about group `chat` made when its last seq was `last_seq` (a last `sync` page, the
+/// newest history page, a chat list): the user must be a member as of it (6, at the end).
+pub fn on_group_answer(
+    model: &Model,
+    tab: usize,
+    user: usize,
+    chat: &str,
+    last_seq: u64,
+    what: &'static str,
+) {
+    if model.group(chat).is_some() {
+        model.record_group_sighting(tab, None, user, chat, Shown::LastSeq(last_seq, what));
+    }
+}
+
+/// A `mark-read` (socket or REST) is asked for: the position it must not fall below.
+pub fn on_mark_read_asked(model: &Model, user: usize, chat: &str) -> u64 {
+    model
+        .state
+        .borrow()
+        .read_acked
+        .get(&(user, chat.to_owned()))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// How a `mark-read` was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadAnswer<'a> {
+    Acked(u64),
+    Refused(&'a str),
+    /// No answer or a storage failure: it may or may not have moved.
+    Unknown,
+}
+
+/// A `mark-read` of `chat` by `tab` up to `asked` (`floor`: the position acknowledged when it
+/// was asked): an ack is never below either (11), a member is not refused (0).
+pub fn on_mark_read_answer(
+    model: &Model,
+    tab: usize,
+    user: usize,
+    chat: &str,
+    asked: u64,
+    floor: u64,
+    answer: ReadAnswer<'_>,
+) {
+    let label = model.chat_label(chat);
+    match answer {
+        ReadAnswer::Acked(seq) => {
+            // A `mark-read` beyond the last seq is capped; the tab asked past what it holds.
+            let least = floor.max(asked.saturating_sub(MARK_BEYOND));
+            if seq < least {
+                model.record_violation(
+                    Invariant::ReadMonotonic,
+                    format!(
+                        "t{tab} marked {label} read up to {asked} and was answered {seq}, below {least}"
+                    ),
+                );
+            }
+            let mut state = model.state.borrow_mut();
+            let acked = state.read_acked.entry((user, chat.to_owned())).or_insert(0);
+            *acked = (*acked).max(seq);
+        }
+        ReadAnswer::Refused("Chat not found")
+            if on_group_refused(model, tab, user, chat, "mark-read") => {}
+        ReadAnswer::Refused("Too many requests" | "Rate limited") => {}
+        ReadAnswer::Refused(error) => model.record_violation(
+            Invariant::Contract,
+            format!("t{tab} mark-read of {label} refused: {error:?}"),
+        ),
+        ReadAnswer::Unknown => {}
+    }
+}
+
+/// A group change is asked for: until its answer comes it counts as unknown (a step cut short
+/// by a fault may still have been committed). Returns its index for [`on_change_answer`].
+pub fn on_change_asked(model: &Model, change: ChangeRecord) -> usize {
+    let mut state = model.state.borrow_mut();
+    state.changes.push(change);
+    state.changes.len() - 1
+}
+
+/// How change `index` ended.
+pub fn on_change_answer(model: &Model, index: usize, outcome: ChangeOutcome) {
+    if let Some(change) = model.state.borrow_mut().changes.get_mut(index) {
+        change.outcome = outcome;
     }
 }
 
@@ -323,7 +507,9 @@ pub fn on_send_answer(
             }
             RefusalKind::Final => {
                 model.record_attempt(sent.user, cmid, Attempt::Refused(error.to_owned()));
-                if sent.valid {
+                let removed = error == "Chat not found"
+                    && on_group_refused(model, sent.tab, sent.user, sent.chat, "send");
+                if sent.valid && !removed {
                     model.record_violation(
                         Invariant::Contract,
                         format!(
@@ -387,8 +573,17 @@ fn check_send_order(
 
 /// The answer to `join-chat`: a member's join must succeed. (A foreign join that succeeds is no
 /// violation by itself: invariant 6 judges what the socket then receives.)
-pub fn on_join_answer(model: &Model, tab: usize, chat: &str, member: bool, answer: &Value) {
-    if member && answer["ok"] != json!(true) {
+pub fn on_join_answer(
+    model: &Model,
+    (tab, user): (usize, usize),
+    chat: &str,
+    member: bool,
+    answer: &Value,
+) {
+    let removed = answer["error"] == json!("Chat not found")
+        && member
+        && on_group_refused(model, tab, user, chat, "join");
+    if member && !removed && answer["ok"] != json!(true) {
         model.record_violation(
             Invariant::Contract,
             format!(
@@ -399,12 +594,32 @@ pub fn on_join_answer(model: &Model, tab: usize, chat: &str, member: bool, answe
     }
 }
 
-/// The answer to `sync`: refused for a member (0), answered for a non-member (6).
-pub fn on_sync_answer(model: &Model, tab: usize, chat: &str, member: bool, answer: &Value) {
+/// The answer to a `sync` after `after`: refused for a member (0), answered for a non-member
+/// (6); a group's last page must be shown to a member as of its last seq (6, at the end).
+pub fn on_sync_answer(
+    model: &Model,
+    (tab, user): (usize, usize),
+    chat: &str,
+    (member, after): (bool, u64),
+    answer: &Value,
+) {
     let label = model.chat_label(chat);
-    match (member, answer["ok"] == json!(true)) {
+    let ok = answer["ok"] == json!(true);
+    if ok && answer["hasMore"] != json!(true) {
+        let last = answer["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["seq"].as_u64())
+            .unwrap_or(after);
+        on_group_answer(model, tab, user, chat, last, "sync");
+    }
+    match (member, ok) {
         // A member may be asked to slow down (the per-user read limit), nothing else.
         (true, false) if answer["error"] == json!("Too many requests") => {}
+        // A member of a group may have been removed meanwhile.
+        (true, false)
+            if answer["error"] == json!("Chat not found")
+                && on_group_refused(model, tab, user, chat, "sync") => {}
         (true, false) => model.record_violation(
             Invariant::Contract,
             format!("t{tab} sync of {label} refused: {answer}"),
@@ -431,10 +646,28 @@ pub fn on_sync_stalled(model: &Model, chat: &str, after: u64) {
 /// `GET /api/chats`: exactly the user's chats (0); each last message is a sighting. Returns the
 /// last messages.
 pub fn on_chat_list(model: &Model, tab: usize, user: usize, chats: &[Value]) -> Vec<MessageFacts> {
-    let listed: BTreeSet<String> = chats
-        .iter()
-        .filter_map(|c| c["_id"].as_str().map(str::to_owned))
-        .collect();
+    let mut listed = BTreeSet::new();
+    for chat in chats {
+        let Some(id) = chat["_id"].as_str() else {
+            continue;
+        };
+        match model.group(id) {
+            Some(group) if group.users.contains(&user) => {
+                let last = chat["lastMessage"]["seq"].as_u64().unwrap_or(0);
+                on_group_answer(model, tab, user, id, last, "chat list");
+            }
+            Some(_) => model.record_violation(
+                Invariant::Authorization,
+                format!(
+                    "t{tab} (u{user}) lists group {}, which it may never be in",
+                    model.chat_label(id)
+                ),
+            ),
+            None => {
+                listed.insert(id.to_owned());
+            }
+        }
+    }
     let expected: BTreeSet<String> = model.chats_of(user).into_iter().collect();
     if listed != expected {
         model.record_violation(
@@ -462,13 +695,22 @@ pub fn parse_history_message(model: &Model, message: &Value) -> Option<MessageFa
     facts
 }
 
-/// A page of history: its messages are sightings and its seqs have no gap (3).
-pub fn on_history_page(model: &Model, tab: usize, chat: &str, messages: &[Value]) {
+/// The newest page of history: its messages are sightings and its seqs have no gap (3); in a
+/// group, the user must be a member as of its last seq (6, at the end).
+pub fn on_history_page(model: &Model, (tab, user): (usize, usize), chat: &str, messages: &[Value]) {
     let seqs: Vec<u64> = messages
         .iter()
         .filter_map(|m| on_sighting(model, m, "history"))
         .map(|facts| facts.seq)
         .collect();
+    on_group_answer(
+        model,
+        tab,
+        user,
+        chat,
+        seqs.last().copied().unwrap_or(0),
+        "history",
+    );
     if seqs.windows(2).any(|w| w[1] != w[0] + 1) {
         model.record_violation(
             Invariant::SeqContiguous,
@@ -547,17 +789,22 @@ pub fn check_recovered(store: &Store, model: &Model, boot: u32) {
                 continue;
             }
         };
-        match store.messages(&chat, 1..last_seq + 1) {
+        match store.messages_with_events(&chat, 1..last_seq + 1) {
             Ok(records) => {
                 let facts = records
                     .into_iter()
-                    .map(|m| MessageFacts {
+                    .map(|(m, event)| MessageFacts {
                         id: m.id,
                         chat: m.chat,
                         seq: m.seq,
                         sender: m.sender,
                         text: m.text,
                         client_msg_id: m.client_msg_id,
+                        system: event.map(|e| SystemFacts {
+                            kind: e.kind.as_str().to_owned(),
+                            user: e.user,
+                            by: e.by,
+                        }),
                     })
                     .collect::<Vec<_>>();
                 histories.insert(chat, facts);
@@ -565,7 +812,47 @@ pub fn check_recovered(store: &Store, model: &Model, boot: u32) {
             Err(error) => model.record_violation(Invariant::Contract, format!("{when}: {error}")),
         }
     }
+    check_recovered_reads(store, model, &when);
     check_histories(model, &histories, &when);
+}
+
+/// Invariant 12 on a recovered database: every acknowledged read position of a member is still
+/// there (at or above what was acknowledged).
+fn check_recovered_reads(store: &Store, model: &Model, when: &str) {
+    let acked: Vec<((usize, String), u64)> = model
+        .state
+        .borrow()
+        .read_acked
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    for ((user, chat), seq) in acked {
+        let Some(user_id) = model.state.borrow().users[user].id.clone() else {
+            continue;
+        };
+        let Ok(Some(record)) = store.chat(&chat) else {
+            continue;
+        };
+        let details = match store.member_details(&record) {
+            Ok(details) => details,
+            Err(error) => {
+                model.record_violation(Invariant::Contract, format!("{when}: {error}"));
+                continue;
+            }
+        };
+        if let Some(detail) = details.iter().find(|d| d.user == user_id)
+            && detail.last_read_seq < seq
+        {
+            model.record_violation(
+                Invariant::ReadDurability,
+                format!(
+                    "{when}: u{user}'s read position in {} is {}, below the acknowledged {seq}",
+                    model.chat_label(&chat),
+                    detail.last_read_seq
+                ),
+            );
+        }
+    }
 }
 
 /// The end-of-run checks on the history read back at the audit and on the clients' reports.
@@ -587,8 +874,212 @@ pub fn final_check(model: &Model) {
         }
     }
     check_histories(model, &histories, "at the end");
-    check_convergence(model, &histories);
+    let memberships = memberships(model, &histories);
+    check_group_sightings(model, &memberships);
+    check_convergence(model, &histories, &memberships);
     check_presence(model);
+    check_reads(model, &histories, &memberships);
+}
+
+/// A group's members as of each seq of its history (index 0: as created), by user id.
+pub struct Membership {
+    pub at: Vec<BTreeSet<String>>,
+    /// Everyone who was a member at some time.
+    pub ever: BTreeSet<String>,
+}
+
+impl Membership {
+    /// The members as of `seq` (`None` past the history).
+    pub fn at(&self, seq: u64) -> Option<&BTreeSet<String>> {
+        self.at.get(usize::try_from(seq).ok()?)
+    }
+
+    /// The members at the end.
+    pub fn last(&self) -> &BTreeSet<String> {
+        self.at.last().expect("as created, at least")
+    }
+}
+
+/// The membership of every group whose history was read back: its first members, then each
+/// system message applied in seq order.
+fn memberships(
+    model: &Model,
+    histories: &BTreeMap<String, Vec<MessageFacts>>,
+) -> BTreeMap<String, Membership> {
+    let state = model.state.borrow();
+    let mut found = BTreeMap::new();
+    for slot in &state.chats {
+        let (Some(id), Some(group)) = (&slot.id, &slot.group) else {
+            continue;
+        };
+        let Some(history) = histories.get(id) else {
+            continue;
+        };
+        let mut members: BTreeSet<String> = group
+            .initial
+            .iter()
+            .filter_map(|&u| state.users[u].id.clone())
+            .collect();
+        let mut ever = members.clone();
+        let mut at = vec![members.clone()];
+        for message in history {
+            if let Some(event) = &message.system {
+                match event.kind.as_str() {
+                    "added" => {
+                        members.insert(event.user.clone());
+                        ever.insert(event.user.clone());
+                    }
+                    "removed" | "left" => {
+                        members.remove(&event.user);
+                    }
+                    _ => {}
+                }
+            }
+            at.push(members.clone());
+        }
+        found.insert(id.clone(), Membership { at, ever });
+    }
+    found
+}
+
+/// Invariant 6 in groups: nothing of a group reached a user who was not a member as of it
+/// (a message: as of its seq; an answer: as of the chat's last seq then; an event without a seq:
+/// at some time), and a member's request was refused only if the user was out at some time.
+fn check_group_sightings(model: &Model, memberships: &BTreeMap<String, Membership>) {
+    let state = model.state.borrow();
+    let mut found = Vec::new();
+    for sighting in &state.group_sightings {
+        let Some(membership) = memberships.get(&sighting.chat) else {
+            continue;
+        };
+        let Some(user) = state.users[sighting.user].id.as_ref() else {
+            continue;
+        };
+        let label = chat_label(&state.chats, &sighting.chat);
+        let who = match sighting.conn {
+            Some(conn) => format!("t{}#{conn} (u{})", sighting.tab, sighting.user),
+            None => format!("t{} (u{})", sighting.tab, sighting.user),
+        };
+        let member_as_of = |seq: u64| membership.at(seq).is_none_or(|m| m.contains(user));
+        let breach = match &sighting.what {
+            Shown::Message(seq) if !member_as_of(*seq) => Some((
+                Invariant::Authorization,
+                format!(
+                    "{who} received new-message seq {seq} of {label}, committed while u{} was not a member",
+                    sighting.user
+                ),
+            )),
+            Shown::LastSeq(seq, what) if !member_as_of(*seq) => Some((
+                Invariant::Authorization,
+                format!(
+                    "{who} was answered a {what} of {label} up to seq {seq}, while u{} was not a member",
+                    sighting.user
+                ),
+            )),
+            Shown::Event(event) if !membership.ever.contains(user) => Some((
+                Invariant::Authorization,
+                format!(
+                    "{who} received {event} of {label}, a group u{} was never in",
+                    sighting.user
+                ),
+            )),
+            Shown::Refused(what) if membership.at.iter().all(|m| m.contains(user)) => Some((
+                Invariant::Contract,
+                format!(
+                    "{who}'s {what} of {label} was refused with Chat not found, though u{} was always a member",
+                    sighting.user
+                ),
+            )),
+            _ => None,
+        };
+        if let Some((invariant, detail)) = breach {
+            found.push((invariant, sighting.at_ms, detail));
+        }
+    }
+    drop(state);
+    for (invariant, at_ms, detail) in found {
+        model.record_violation_at(invariant, at_ms, detail);
+    }
+}
+
+/// Invariants 12 and 13 at the end: each client's chat list shows at least every position
+/// acknowledged to its user, and the read position and unread count the client computed from
+/// what it received equal the server's; no acknowledged position is past the chat's last seq.
+fn check_reads(
+    model: &Model,
+    histories: &BTreeMap<String, Vec<MessageFacts>>,
+    memberships: &BTreeMap<String, Membership>,
+) {
+    let state = model.state.borrow();
+    let mut found = Vec::new();
+    for ((user, chat), acked) in &state.read_acked {
+        let last = histories.get(chat).map_or(0, |h| h.len() as u64);
+        if *acked > last && histories.contains_key(chat) {
+            found.push((
+                Invariant::Contract,
+                format!(
+                    "u{user}'s read position in {} was acknowledged at {acked}, past its last seq {last}",
+                    chat_label(&state.chats, chat)
+                ),
+            ));
+        }
+    }
+    for (tab, status) in state.tabs.iter().enumerate() {
+        let Some(report) = status.report.as_ref().filter(|r| r.connected) else {
+            continue;
+        };
+        let user_id = state.users[report.user].id.clone().unwrap_or_default();
+        for (chat, membership) in memberships {
+            let member = membership.last().contains(&user_id);
+            if member != report.reads.contains_key(chat) {
+                found.push((
+                    Invariant::Convergence,
+                    format!(
+                        "t{tab}'s chat list at the end {} {}, but u{} is {}a member",
+                        if member { "lacks" } else { "shows" },
+                        chat_label(&state.chats, chat),
+                        report.user,
+                        if member { "" } else { "not " }
+                    ),
+                ));
+            }
+        }
+        for (chat, figures) in &report.reads {
+            let label = chat_label(&state.chats, chat);
+            let acked = state
+                .read_acked
+                .get(&(report.user, chat.clone()))
+                .copied()
+                .unwrap_or(0);
+            if figures.server_last_read < acked {
+                found.push((
+                    Invariant::ReadDurability,
+                    format!(
+                        "t{tab}'s chat list shows u{}'s read position in {label} at {}, below the acknowledged {acked}",
+                        report.user, figures.server_last_read
+                    ),
+                ));
+            }
+            if figures.client_last_read != figures.server_last_read
+                || figures.client_unread != figures.server_unread
+            {
+                found.push((
+                    Invariant::UnreadConvergence,
+                    format!(
+                        "t{tab} computes {label} read up to {} with {} unread; the server says {} and {}",
+                        figures.client_last_read,
+                        figures.client_unread,
+                        figures.server_last_read,
+                        figures.server_unread
+                    ),
+                ));
+            }
+        }
+    }
+    drop(state);
+    for (invariant, detail) in found {
+        model.record_violation(invariant, detail);
+    }
 }
 
 /// Invariants 1–4 on one reading of every chat's history.
@@ -653,7 +1144,7 @@ fn check_histories(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>
         }
         // 2. No phantoms: each message was sent by a client, to this chat, with this text, and
         // not definitely refused.
-        for message in history {
+        for message in history.iter().filter(|m| m.system.is_none()) {
             let user = user_of(&message.sender);
             let send = match (&message.client_msg_id, user) {
                 (Some(cmid), Some(user)) => state.sends.get(&(user, cmid.clone())),
@@ -684,11 +1175,84 @@ fn check_histories(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>
             }
         }
     }
+    found.extend(check_system_messages(&state, histories, when));
     drop(state);
     model.state.borrow_mut().lost.extend(lost);
     for (invariant, detail) in found {
         model.record_violation(invariant, detail);
     }
+}
+
+/// The key a system message and the change that made it share: chat, kind, user, by.
+type ChangeKey = (String, String, String, String);
+
+/// Invariants 1 and 2 for group changes: every change answered as done (other than an add,
+/// which commits nothing for a member already in) has its system message, sent by who made it;
+/// and no kind of change appears more often than it was asked for without a refusal.
+fn check_system_messages(
+    state: &crate::model::ModelState,
+    histories: &BTreeMap<String, Vec<MessageFacts>>,
+    when: &str,
+) -> Vec<(Invariant, String)> {
+    let id_of = |u: usize| state.users[u].id.clone().unwrap_or_default();
+    let mut asked: BTreeMap<ChangeKey, usize> = BTreeMap::new();
+    let mut done: BTreeSet<ChangeKey> = BTreeSet::new();
+    for change in &state.changes {
+        let key = (
+            change.chat.clone(),
+            change.kind.to_owned(),
+            id_of(change.user),
+            id_of(change.by),
+        );
+        if change.outcome != ChangeOutcome::Refused {
+            *asked.entry(key.clone()).or_default() += 1;
+        }
+        if change.outcome == ChangeOutcome::Done && change.kind != "added" {
+            done.insert(key);
+        }
+    }
+    let mut made: BTreeMap<ChangeKey, usize> = BTreeMap::new();
+    let mut found = Vec::new();
+    for (chat, history) in histories {
+        let label = chat_label(&state.chats, chat);
+        for message in history {
+            let Some(event) = &message.system else {
+                continue;
+            };
+            let key = (
+                chat.clone(),
+                event.kind.clone(),
+                event.user.clone(),
+                event.by.clone(),
+            );
+            let count = made.entry(key.clone()).or_default();
+            *count += 1;
+            if *count > asked.get(&key).copied().unwrap_or(0) || message.sender != event.by {
+                found.push((
+                    Invariant::NoPhantoms,
+                    format!(
+                        "{when}: {label} seq {} is a system message {event:?} (sender {}) no change asked for",
+                        message.seq, message.sender
+                    ),
+                ));
+            }
+        }
+    }
+    for key in done {
+        if histories.contains_key(&key.0) && !made.contains_key(&key) {
+            found.push((
+                Invariant::Durability,
+                format!(
+                    "{when}: {} has no system message of the {} of {} by {}, answered as done",
+                    chat_label(&state.chats, &key.0),
+                    key.1,
+                    key.2,
+                    key.3
+                ),
+            ));
+        }
+    }
+    found
 }
 
 fn chat_label(chats: &[crate::model::ChatSlot], id: &str) -> String {
@@ -698,10 +1262,17 @@ fn chat_label(chats: &[crate::model::ChatSlot], id: &str) -> String {
     }
 }
 
-/// Invariant 7: every connected client's view of each of its chats equals history.
-fn check_convergence(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>>) {
+/// Invariant 7: every connected client's view of each chat its user is in at the end (a 1:1
+/// chat, or a group it is a member of as of the last seq) equals history, system messages
+/// included.
+fn check_convergence(
+    model: &Model,
+    histories: &BTreeMap<String, Vec<MessageFacts>>,
+    memberships: &BTreeMap<String, Membership>,
+) {
     let state = model.state.borrow();
     let mut found = Vec::new();
+    let empty = BTreeMap::new();
     for (tab, status) in state.tabs.iter().enumerate() {
         if status.ends_offline {
             continue;
@@ -714,10 +1285,20 @@ fn check_convergence(model: &Model, histories: &BTreeMap<String, Vec<MessageFact
             found.push(format!("t{tab} is not connected at the end"));
             continue;
         }
-        for (chat, view) in &report.views {
-            let Some(history) = histories.get(chat) else {
-                continue;
+        let user_id = state.users[report.user].id.clone().unwrap_or_default();
+        for (chat, history) in histories {
+            let in_chat = match memberships.get(chat) {
+                Some(membership) => membership.last().contains(&user_id),
+                None => state.chats.iter().any(|c| {
+                    c.id.as_ref() == Some(chat)
+                        && c.group.is_none()
+                        && (c.a == report.user || c.b == report.user)
+                }),
             };
+            if !in_chat {
+                continue;
+            }
+            let view = report.views.get(chat).unwrap_or(&empty);
             let label = chat_label(&state.chats, chat);
             let expected: BTreeMap<u64, &MessageFacts> =
                 history.iter().map(|m| (m.seq, m)).collect();
@@ -818,6 +1399,7 @@ mod tests {
             b: 1,
             id: Some("chat".into()),
             audit_tab: Some(0),
+            group: None,
         }];
         Model::new(Trace::new(false), users, chats, 2, true)
     }
@@ -830,6 +1412,7 @@ mod tests {
             sender: "user0".into(),
             text: format!("text-{cmid}"),
             client_msg_id: Some(cmid.into()),
+            system: None,
         }
     }
 
@@ -958,6 +1541,7 @@ mod tests {
                 views.into_iter().map(|m| (m.seq, m)).collect(),
             )]),
             online: online.iter().map(|u| (*u).to_owned()).collect(),
+            reads: BTreeMap::new(),
         }
     }
 
@@ -971,7 +1555,7 @@ mod tests {
             state.tabs[1].report = Some(report(1, vec![message(1, "a")], &[]));
         }
         let histories = BTreeMap::from([("chat".to_owned(), history)]);
-        check_convergence(&model, &histories);
+        check_convergence(&model, &histories, &BTreeMap::new());
         let violations = model.state.borrow().violations.clone();
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert_eq!(violations[0].invariant, Invariant::Convergence);
@@ -1089,5 +1673,226 @@ mod tests {
         // A retry of `a` answered with the message committed before `b`.
         ack(&model, "a", 1, 1, false);
         assert!(invariants(&model).is_empty());
+    }
+
+    // ---- groups and read state ----
+
+    /// Users 0, 1, 2; the group "group" starts with users 0 (owner) and 1, user 2 may join.
+    fn group_model() -> Model {
+        let users = (0..3)
+            .map(|u| UserSlot {
+                id: Some(format!("user{u}")),
+                ..UserSlot::default()
+            })
+            .collect();
+        let chats = vec![ChatSlot {
+            a: 0,
+            b: 0,
+            id: Some("group".into()),
+            audit_tab: Some(0),
+            group: Some(crate::model::GroupSlot {
+                owner: 0,
+                initial: vec![0, 1],
+                users: vec![0, 1, 2],
+            }),
+        }];
+        Model::new(Trace::new(false), users, chats, 3, false)
+    }
+
+    fn system(seq: u64, kind: &str, user: usize) -> MessageFacts {
+        let by = if kind == "left" { user } else { 0 };
+        MessageFacts {
+            id: format!("sys-{seq}"),
+            chat: "group".into(),
+            seq,
+            sender: format!("user{by}"),
+            text: kind.into(),
+            client_msg_id: None,
+            system: Some(SystemFacts {
+                kind: kind.into(),
+                user: format!("user{user}"),
+                by: format!("user{by}"),
+            }),
+        }
+    }
+
+    fn said(seq: u64, cmid: &str) -> MessageFacts {
+        MessageFacts {
+            chat: "group".into(),
+            ..message(seq, cmid)
+        }
+    }
+
+    fn asked(model: &Model, kind: &'static str, user: usize, outcome: ChangeOutcome) {
+        let by = if kind == "left" { user } else { 0 };
+        let index = on_change_asked(
+            model,
+            ChangeRecord {
+                chat: "group".into(),
+                by,
+                kind,
+                user,
+                outcome: ChangeOutcome::Unknown,
+            },
+        );
+        on_change_answer(model, index, outcome);
+    }
+
+    /// History of "group": 1 said, 2 removes user 1, 3 said, 4 adds user 1 back, 5 said.
+    fn removal_history(model: &Model) -> BTreeMap<String, Vec<MessageFacts>> {
+        for (seq, cmid) in [(1, "a"), (3, "b"), (5, "c")] {
+            model.state.borrow_mut().sends.insert(
+                (0, cmid.into()),
+                SendRecord {
+                    user: 0,
+                    chat: "group".into(),
+                    text: format!("text-{cmid}"),
+                    valid: true,
+                    attempts: vec![acked(seq, cmid)],
+                },
+            );
+        }
+        asked(model, "removed", 1, ChangeOutcome::Done);
+        asked(model, "added", 1, ChangeOutcome::Done);
+        let history = vec![
+            said(1, "a"),
+            system(2, "removed", 1),
+            said(3, "b"),
+            system(4, "added", 1),
+            said(5, "c"),
+        ];
+        BTreeMap::from([("group".to_owned(), history)])
+    }
+
+    fn judge_sightings(model: &Model, histories: &BTreeMap<String, Vec<MessageFacts>>) {
+        let memberships = memberships(model, histories);
+        check_group_sightings(model, &memberships);
+    }
+
+    #[test]
+    fn a_removed_member_may_see_nothing_of_the_group_until_added_back() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        for seq in [1, 4, 5] {
+            model.record_group_sighting(1, Some(1), 1, "group", Shown::Message(seq));
+        }
+        model.record_group_sighting(1, None, 1, "group", Shown::Refused("sync"));
+        judge_sightings(&model, &histories);
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+
+        for seq in [2, 3] {
+            let model = group_model();
+            let histories = removal_history(&model);
+            model.record_group_sighting(1, Some(1), 1, "group", Shown::Message(seq));
+            judge_sightings(&model, &histories);
+            assert_eq!(
+                invariants(&model),
+                vec![Invariant::Authorization],
+                "seq {seq}"
+            );
+        }
+        let model = group_model();
+        let histories = removal_history(&model);
+        model.record_group_sighting(1, None, 1, "group", Shown::LastSeq(3, "sync"));
+        model.record_group_sighting(2, Some(1), 2, "group", Shown::Event("typing"));
+        judge_sightings(&model, &histories);
+        assert_eq!(invariants(&model), vec![Invariant::Authorization; 2]);
+    }
+
+    #[test]
+    fn a_member_who_never_left_is_never_refused() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        model.record_group_sighting(0, None, 0, "group", Shown::Refused("join"));
+        judge_sightings(&model, &histories);
+        assert_eq!(invariants(&model), vec![Invariant::Contract]);
+    }
+
+    #[test]
+    fn system_messages_must_be_asked_for_and_done_changes_must_be_there() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        check_histories(&model, &histories, "test");
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+
+        // A removal nobody asked for (the one asked was refused).
+        let model = group_model();
+        let mut histories = removal_history(&model);
+        model.state.borrow_mut().changes[0].outcome = ChangeOutcome::Refused;
+        check_histories(&model, &histories, "test");
+        assert_eq!(invariants(&model), vec![Invariant::NoPhantoms]);
+
+        // A leave answered as done whose system message is missing.
+        let model = group_model();
+        histories = removal_history(&model);
+        asked(&model, "left", 2, ChangeOutcome::Done);
+        check_histories(&model, &histories, "test");
+        assert_eq!(invariants(&model), vec![Invariant::Durability]);
+    }
+
+    #[test]
+    fn a_read_position_never_goes_back() {
+        let model = group_model();
+        let floor = on_mark_read_asked(&model, 1, "group");
+        on_mark_read_answer(&model, 1, 1, "group", 4, floor, ReadAnswer::Acked(4));
+        // Asked beyond the last seq: capped, not below what the tab holds.
+        let floor = on_mark_read_asked(&model, 1, "group");
+        on_mark_read_answer(&model, 1, 1, "group", 8, floor, ReadAnswer::Acked(5));
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+        // A lower mark answered below the position acknowledged before it.
+        let floor = on_mark_read_asked(&model, 1, "group");
+        on_mark_read_answer(&model, 1, 1, "group", 2, floor, ReadAnswer::Acked(2));
+        assert_eq!(invariants(&model), vec![Invariant::ReadMonotonic]);
+
+        let model = group_model();
+        let read = |seq: u64| json!({ "chatId": "group", "userId": "user1", "lastReadSeq": seq });
+        on_read_event(&model, to(1), &read(3));
+        on_read_event(&model, to(1), &read(3));
+        on_read_event(&model, to(2), &read(1));
+        assert!(invariants(&model).is_empty());
+        on_read_event(&model, to(1), &read(2));
+        assert_eq!(invariants(&model), vec![Invariant::ReadMonotonic]);
+    }
+
+    #[test]
+    fn unread_counts_and_positions_must_match_the_servers() {
+        let model = group_model();
+        let histories = removal_history(&model);
+        let memberships = memberships(&model, &histories);
+        model
+            .state
+            .borrow_mut()
+            .read_acked
+            .insert((1, "group".into()), 4);
+        let figures = |client: (u64, u64), server: (u64, u64)| crate::model::ReadFigures {
+            client_last_read: client.0,
+            client_unread: client.1,
+            server_last_read: server.0,
+            server_unread: server.1,
+        };
+        let report = |f: crate::model::ReadFigures| TabReport {
+            user: 1,
+            connected: true,
+            reads: BTreeMap::from([("group".to_owned(), f)]),
+            ..TabReport::default()
+        };
+        model.state.borrow_mut().tabs[1].report = Some(report(figures((4, 1), (4, 1))));
+        check_reads(&model, &histories, &memberships);
+        assert!(invariants(&model).is_empty(), "{:?}", invariants(&model));
+
+        model.state.borrow_mut().tabs[1].report = Some(report(figures((4, 2), (4, 1))));
+        check_reads(&model, &histories, &memberships);
+        assert_eq!(invariants(&model), vec![Invariant::UnreadConvergence]);
+
+        let model = group_model();
+        let histories = removal_history(&model);
+        model
+            .state
+            .borrow_mut()
+            .read_acked
+            .insert((1, "group".into()), 5);
+        model.state.borrow_mut().tabs[1].report = Some(report(figures((4, 1), (4, 1))));
+        check_reads(&model, &histories, &memberships);
+        assert_eq!(invariants(&model), vec![Invariant::ReadDurability]);
     }
 }

@@ -1,12 +1,14 @@
 //! Generation: the plan of a run, made from the seed before the run starts.
 //!
-//! A plan is plain data: the chats to open, and for every tab the steps it takes during the
-//! safety phase (a think time, then an action), and the fault schedule (`schedule`). The runner
+//! A plan is plain data: the 1:1 chats to open and the groups to create, and for every tab the
+//! steps it takes during the safety phase (a think time, then an action: sends, reads, membership
+//! changes of its groups...), and the fault schedule (`schedule`). The runner
 //! executes a plan; the shrinker removes faults, tabs' steps and single steps from a failing
 //! plan and runs it again. A plan is written and read as JSON (`--plan-out`, `--plan`), so a
 //! shrunk plan replays from the command line.
 //!
-//! Actions name chats by their index in the plan. The few choices that depend on what the tab
+//! Actions name chats by their index in the plan: the 1:1 chats first, then the groups (group
+//! `g` is chat `chats.len() + g`); membership changes name the group by its own index. The few choices that depend on what the tab
 //! holds when it acts (which joined chat to leave) carry a `pick`, resolved against the tab's
 //! state at that moment, so a shrunk plan stays valid.
 
@@ -26,6 +28,16 @@ pub const BURST_MAX: usize = 8;
 const THINK_MS: (u64, u64) = (200, 3000);
 /// Share of tabs (beyond each user's first) that close for good when the faults end.
 const ENDS_OFFLINE: f64 = 0.15;
+/// Users a group may ever have (its owner, its first members and those who may be added).
+const GROUP_USERS: (usize, usize) = (3, 8);
+/// One group per this many users (at least one).
+const USERS_PER_GROUP: usize = 4;
+/// Share of the steps of a user in some group that change a group's membership or name.
+const GROUP_CHANGES: f64 = 0.07;
+/// Share of steps that mark a chat read.
+const MARK_READS: f64 = 0.06;
+/// How far past its last seq a `mark-read` that asks for too much asks (the server caps it).
+pub const MARK_BEYOND: u64 = 3;
 
 /// The shape of the world a plan is generated for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +55,8 @@ pub struct Plan {
     pub users: usize,
     /// 1:1 chats between users `a` < `b`, opened by `a`'s first tab.
     pub chats: Vec<ChatPair>,
+    /// Groups, created by their owner's first tab during setup (chat `chats.len() + g`).
+    pub groups: Vec<GroupPlan>,
     pub tabs: Vec<TabPlan>,
     pub faults: Vec<Scheduled>,
 }
@@ -51,6 +65,34 @@ pub struct Plan {
 pub struct ChatPair {
     pub a: usize,
     pub b: usize,
+}
+
+/// A group: its owner never leaves and is never removed (only the owner removes others), so the
+/// owner's first tab can always read its history back at the audit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPlan {
+    pub owner: usize,
+    /// The other members it is created with.
+    pub members: Vec<usize>,
+    /// Users not in it at first whom its steps may add.
+    pub candidates: Vec<usize>,
+}
+
+impl GroupPlan {
+    /// Every user who may ever be a member: the owner, the first members, the candidates.
+    pub fn users(&self) -> Vec<usize> {
+        let mut users = vec![self.owner];
+        users.extend(&self.members);
+        users.extend(&self.candidates);
+        users
+    }
+
+    /// The members it is created with, the owner first.
+    pub fn initial(&self) -> Vec<usize> {
+        let mut users = vec![self.owner];
+        users.extend(&self.members);
+        users
+    }
 }
 
 /// What one tab does.
@@ -119,6 +161,35 @@ pub enum Action {
         clean: bool,
         back_after: Duration,
     },
+    /// Mark a chat read up to the last seq the tab holds without a gap (`beyond`: past it by
+    /// [`MARK_BEYOND`], which the server caps at the chat's last seq).
+    MarkRead {
+        chat: usize,
+        via: Via,
+        beyond: bool,
+    },
+    /// A change of group `group` (its own index), over REST; the server refuses what the
+    /// user may not do at that moment (not the owner, not a member).
+    Group {
+        group: usize,
+        change: GroupAction,
+    },
+}
+
+/// A change of a group, as a member (or former member) asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupAction {
+    Add {
+        user: usize,
+    },
+    /// Remove `user` (the user's own: leave).
+    Remove {
+        user: usize,
+    },
+    Leave,
+    Rename {
+        name: u32,
+    },
 }
 
 /// The hostile actions: each must be refused, and a refused send must never appear.
@@ -151,14 +222,26 @@ impl fmt::Display for Action {
                 if *clean { "close" } else { "drop" },
                 back_after.as_millis()
             ),
+            Action::MarkRead { chat, via, beyond } => write!(
+                f,
+                "mark c{chat} read via {via:?}{}",
+                if *beyond { " (beyond)" } else { "" }
+            ),
+            Action::Group { group, change } => write!(f, "group g{group}: {change:?}"),
         }
     }
 }
 
 impl Plan {
-    /// The plan indices of user `u`'s chats.
+    /// The plan indices of user `u`'s chats: the 1:1 chats, and every group the user may ever
+    /// be a member of.
     pub fn chats_of(&self, u: usize) -> Vec<usize> {
-        chats_of(&self.chats, u)
+        chats_of(&self.chats, &self.groups, u)
+    }
+
+    /// The chat index of group `g`.
+    pub fn group_chat(&self, g: usize) -> usize {
+        self.chats.len() + g
     }
 
     /// Steps over all tabs.
@@ -176,6 +259,15 @@ impl Plan {
                 return Err(format!("chat {pair:?} is not a pair of users a < b"));
             }
         }
+        for (g, group) in self.groups.iter().enumerate() {
+            let users = group.users();
+            let distinct: BTreeSet<usize> = users.iter().copied().collect();
+            if distinct.len() != users.len() || users.iter().any(|&u| u >= self.users) {
+                return Err(format!(
+                    "group g{g} names a user twice or one that is not there"
+                ));
+            }
+        }
         for (t, tab) in self.tabs.iter().enumerate() {
             if tab.user != t % self.users || tab.registers != (t < self.users) {
                 return Err(format!("tab {t} must belong to user {}", t % self.users));
@@ -191,6 +283,11 @@ impl Plan {
                         return Err(format!("t{t} has a burst longer than {BURST_MAX}"));
                     }
                     Action::Burst { chats } => (chats.clone(), true),
+                    Action::MarkRead { chat, .. } => (vec![*chat], true),
+                    Action::Group { group, change } => {
+                        self.validate_change(t, tab.user, *group, *change)?;
+                        (Vec::new(), true)
+                    }
                     Action::Hostile(
                         Hostile::JoinForeign { chat }
                         | Hostile::SyncForeign { chat }
@@ -209,15 +306,51 @@ impl Plan {
         }
         Ok(())
     }
+
+    /// A group change of tab `t` (user `user`) names a group of the user and spares its owner.
+    fn validate_change(
+        &self,
+        t: usize,
+        user: usize,
+        group: usize,
+        change: GroupAction,
+    ) -> Result<(), String> {
+        let Some(plan) = self.groups.get(group) else {
+            return Err(format!("t{t} names group g{group}, which is not there"));
+        };
+        let users = plan.users();
+        let target = match change {
+            GroupAction::Add { user } | GroupAction::Remove { user } => Some(user),
+            GroupAction::Leave => Some(user),
+            GroupAction::Rename { .. } => None,
+        };
+        if !users.contains(&user) || target.is_some_and(|u| !users.contains(&u)) {
+            return Err(format!("t{t}'s change of g{group} names a user outside it"));
+        }
+        let spares_owner = match change {
+            GroupAction::Remove { user } => user != plan.owner,
+            GroupAction::Leave => user != plan.owner,
+            _ => true,
+        };
+        if !spares_owner {
+            return Err(format!("t{t} would take g{group}'s owner out of it"));
+        }
+        Ok(())
+    }
 }
 
-fn chats_of(chats: &[ChatPair], u: usize) -> Vec<usize> {
-    chats
+fn chats_of(chats: &[ChatPair], groups: &[GroupPlan], u: usize) -> Vec<usize> {
+    let direct = chats
         .iter()
         .enumerate()
         .filter(|(_, c)| c.a == u || c.b == u)
-        .map(|(i, _)| i)
-        .collect()
+        .map(|(i, _)| i);
+    let grouped = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.users().contains(&u))
+        .map(|(g, _)| chats.len() + g);
+    direct.chain(grouped).collect()
 }
 
 /// A seed derived from the run's seed for one purpose (`salt`), so that each part of a run
@@ -235,6 +368,8 @@ pub fn mix(seed: u64, salt: &str) -> u64 {
 pub fn generate(seed: u64, shape: Shape) -> Plan {
     let mut world_rng = ChaCha8Rng::seed_from_u64(mix(seed, "plan"));
     let chats = plan_chats(shape.users, &mut world_rng);
+    let mut group_rng = ChaCha8Rng::seed_from_u64(mix(seed, "plan groups"));
+    let groups = plan_groups(shape.users, &mut group_rng);
     let tabs = (0..shape.clients)
         .map(|t| {
             let user = t % shape.users;
@@ -245,13 +380,14 @@ pub fn generate(seed: u64, shape: Shape) -> Plan {
                 user,
                 registers,
                 ends_offline,
-                steps: plan_steps(&chats, user, shape.duration, &mut rng),
+                steps: plan_steps(&chats, &groups, user, shape.duration, &mut rng),
             }
         })
         .collect();
     Plan {
         users: shape.users,
         chats,
+        groups,
         tabs,
         faults: schedule::generate(seed, shape.clients, shape.users, shape.duration),
     }
@@ -274,25 +410,104 @@ fn plan_chats(users: usize, rng: &mut ChaCha8Rng) -> Vec<ChatPair> {
     pairs.into_iter().map(|(a, b)| ChatPair { a, b }).collect()
 }
 
+/// Groups of 3 to 8 users (fewer if the world is smaller): an owner, 2 or more first members,
+/// and the rest candidates to add.
+fn plan_groups(users: usize, rng: &mut ChaCha8Rng) -> Vec<GroupPlan> {
+    if users < GROUP_USERS.0 {
+        return Vec::new();
+    }
+    let count = (users / USERS_PER_GROUP).max(1);
+    (0..count)
+        .map(|_| {
+            let size = rng.random_range(GROUP_USERS.0..=GROUP_USERS.1.min(users));
+            let mut pool: Vec<usize> = (0..users).collect();
+            let mut chosen = Vec::with_capacity(size);
+            for _ in 0..size {
+                chosen.push(pool.swap_remove(rng.random_range(0..pool.len())));
+            }
+            let first = rng.random_range(GROUP_USERS.0..=size);
+            GroupPlan {
+                owner: chosen[0],
+                members: chosen[1..first].to_vec(),
+                candidates: chosen[first..].to_vec(),
+            }
+        })
+        .collect()
+}
+
 /// Steps whose think times alone fill the safety phase: acting takes time too, so a tab does
 /// not run out before the phase ends.
 fn plan_steps(
     chats: &[ChatPair],
+    groups: &[GroupPlan],
     user: usize,
     duration: Duration,
     rng: &mut ChaCha8Rng,
 ) -> Vec<Step> {
-    let own = chats_of(chats, user);
-    let foreign: Vec<usize> = (0..chats.len()).filter(|c| !own.contains(c)).collect();
+    let own = chats_of(chats, groups, user);
+    let all = chats.len() + groups.len();
+    let foreign: Vec<usize> = (0..all).filter(|c| !own.contains(c)).collect();
+    let own_groups: Vec<usize> = (0..groups.len())
+        .filter(|&g| groups[g].users().contains(&user))
+        .collect();
     let mut steps = Vec::new();
     let mut thought = Duration::ZERO;
     while thought < duration {
         let think = Duration::from_millis(rng.random_range(THINK_MS.0..=THINK_MS.1));
         thought += think;
-        let action = plan_action(&own, &foreign, rng);
+        let action = if !own_groups.is_empty() && rng.random_bool(GROUP_CHANGES) {
+            let g = pick(&own_groups, rng);
+            plan_group_change(g, &groups[g], user, rng)
+        } else if rng.random_bool(MARK_READS) {
+            Action::MarkRead {
+                chat: pick(&own, rng),
+                via: if rng.random_bool(0.7) {
+                    Via::Socket
+                } else {
+                    Via::Rest
+                },
+                beyond: rng.random_bool(0.2),
+            }
+        } else {
+            plan_action(&own, &foreign, rng)
+        };
         steps.push(Step { think, action });
     }
     steps
+}
+
+/// A change of group `g` by `user`: the owner adds, removes and renames; the others mostly
+/// leave, and sometimes try what only the owner may do. Nobody leaves or removes the owner.
+fn plan_group_change(g: usize, group: &GroupPlan, user: usize, rng: &mut ChaCha8Rng) -> Action {
+    let others: Vec<usize> = group
+        .users()
+        .into_iter()
+        .filter(|&u| u != group.owner)
+        .collect();
+    let roll: f64 = rng.random();
+    let change = if user == group.owner {
+        match roll {
+            r if r < 0.5 => GroupAction::Add {
+                user: pick(&others, rng),
+            },
+            r if r < 0.85 => GroupAction::Remove {
+                user: pick(&others, rng),
+            },
+            _ => GroupAction::Rename { name: rng.random() },
+        }
+    } else {
+        match roll {
+            r if r < 0.4 => GroupAction::Leave,
+            r if r < 0.65 => GroupAction::Add {
+                user: pick(&others, rng),
+            },
+            r if r < 0.9 => GroupAction::Remove {
+                user: pick(&others, rng),
+            },
+            _ => GroupAction::Rename { name: rng.random() },
+        }
+    };
+    Action::Group { group: g, change }
 }
 
 fn pick(items: &[usize], rng: &mut ChaCha8Rng) -> usize {
@@ -380,6 +595,30 @@ mod tests {
         let text = serde_json::to_string(&plan).expect("serializes");
         let back: Plan = serde_json::from_str(&text).expect("parses");
         assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn groups_have_three_to_eight_users_and_changes_spare_the_owner() {
+        let plan = generate(11, shape());
+        assert!(!plan.groups.is_empty());
+        for group in &plan.groups {
+            assert!((3..=8).contains(&group.users().len()), "{group:?}");
+            assert!(group.initial().len() >= 3, "{group:?}");
+        }
+        let changes = plan
+            .tabs
+            .iter()
+            .flat_map(|t| &t.steps)
+            .filter(|s| matches!(s.action, Action::Group { .. }))
+            .count();
+        assert!(changes > 0);
+        let mut bad = plan.clone();
+        let owner = bad.groups[0].owner;
+        bad.tabs[owner].steps[0].action = Action::Group {
+            group: 0,
+            change: GroupAction::Leave,
+        };
+        assert!(bad.validate().unwrap_err().contains("owner"));
     }
 
     #[test]

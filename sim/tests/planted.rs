@@ -83,3 +83,11 @@ fn planted_seq_reuse_after_restart_breaks_seq_order() {
 fn planted_fan_out_in_wake_order_breaks_delivery_order() {
     caught(PlantedFault::FanOutInWakeOrder, Invariant::DeliveryOrder);
 }
+
+#[test]
+fn planted_fan_out_to_former_members_breaks_authorization() {
+    caught(
+        PlantedFault::FanOutToFormerMembers,
+        Invariant::Authorization,
+    );
+}

@@ -119,3 +119,22 @@ fn regression_seed_141_presence_events_follow_the_snapshot() {
         "the run must exercise presence: {connections} connections, {transitions} transitions"
     );
 }
+
+/// Seed 309 found it (on the groups sweep): a disk error stops the server, which closes
+/// Socket.IO and so removes its namespace; a socket still ending a typing indicator then called
+/// `io.to`, which panics without the namespace, and the simulated host died with it. The
+/// indicator's end is dropped instead. Seed 309 of the default world must pass, with a restart.
+#[test]
+fn regression_seed_309_typing_after_socket_io_closed_does_not_panic() {
+    let settings = Settings::default();
+    let outcome = run_guarded(&settings, 309);
+    assert!(
+        outcome.passed(),
+        "{}",
+        failure_report(&outcome, &settings, None)
+    );
+    assert!(
+        outcome.stats.server_boots > 1,
+        "seed 309 must restart the server"
+    );
+}

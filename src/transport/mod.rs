@@ -84,6 +84,8 @@ pub async fn deliver(io: SocketIo, app: Arc<App>, mut committed: CommitSubscribe
                 {
                     continue;
                 }
+                #[cfg(feature = "sim-faults")]
+                let members = crate::faults::former_members(&message.chat, members);
                 deliver_message(&io, &app, message, system, members).await;
             }
             Committed::ChatCreated { chat, members } => {

@@ -653,8 +653,12 @@ impl Handler {
             return;
         }
         let event = json!({ "userId": user_id, "chatId": chat_id, "isTyping": is_typing });
-        let _ = self
-            .io
+        // Once the server closes Socket.IO (a shutdown, or a storage failure) the namespace is
+        // gone and `io.to` panics; a socket still ending its indicator has nobody to tell.
+        let Some(namespace) = self.io.of("/") else {
+            return;
+        };
+        let _ = namespace
             .to(rooms)
             .except(user_room(user_id))
             .emit("typing", &event)

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::{ChatSlot, Delivery, Invariant, Model, UserSlot, Violation};
+use crate::model::{ChatSlot, Delivery, GroupSlot, Invariant, Model, UserSlot, Violation};
 use crate::net::SERVER_HOST;
 use crate::oracle;
 use crate::plan::{self, Plan, Shape, mix};
@@ -274,18 +274,27 @@ fn world_model(plan: &Plan, trace: Trace, keep_deliveries: bool) -> Model {
             ..UserSlot::default()
         })
         .collect();
-    // User u's first tab is tab u; it opens the chats it is `a` of and, at the audit, reads
-    // back their history.
-    let chats = plan
-        .chats
-        .iter()
-        .map(|pair| ChatSlot {
-            a: pair.a,
-            b: pair.b,
-            id: None,
-            audit_tab: Some(pair.a),
-        })
-        .collect();
+    // User u's first tab is tab u; it opens the chats it is `a` of and creates the groups it
+    // owns and, at the audit, reads back their history.
+    let direct = plan.chats.iter().map(|pair| ChatSlot {
+        a: pair.a,
+        b: pair.b,
+        id: None,
+        audit_tab: Some(pair.a),
+        group: None,
+    });
+    let groups = plan.groups.iter().map(|group| ChatSlot {
+        a: group.owner,
+        b: group.owner,
+        id: None,
+        audit_tab: Some(group.owner),
+        group: Some(GroupSlot {
+            owner: group.owner,
+            initial: group.initial(),
+            users: group.users(),
+        }),
+    });
+    let chats = direct.chain(groups).collect();
     let model = Model::new(trace, users, chats, plan.tabs.len(), keep_deliveries);
     for (status, tab) in model.state.borrow_mut().tabs.iter_mut().zip(&plan.tabs) {
         status.ends_offline = tab.ends_offline;

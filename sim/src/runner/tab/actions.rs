@@ -36,6 +36,11 @@ impl Tab {
             let _ = self.sync_chat(&chat).await;
             return;
         }
+        let probe = self.state.borrow_mut().probes.pop_first();
+        if let Some(chat) = probe {
+            let _ = self.probe_removed(&chat).await;
+            return;
+        }
         let Some(Step { action, .. }) = step else {
             return;
         };
@@ -49,15 +54,43 @@ impl Tab {
         self.model.chat_id(index).expect("setup opened every chat")
     }
 
+    /// Takes one step. Steps that name a group the tab believes its user is not in (any more,
+    /// or yet) are skipped, as a client does not offer them.
     async fn perform(&self, action: &Action) -> Result<(), Failure> {
         match action {
-            Action::Send { chat, via } => self.send_new(&self.chat(*chat), *via).await,
+            Action::Send { chat, via } => {
+                let chat = self.chat(*chat);
+                if !self.believes_member(&chat) {
+                    return Ok(());
+                }
+                self.send_new(&chat, *via).await
+            }
             Action::Burst { chats } => {
-                let chats: Vec<String> = chats.iter().map(|c| self.chat(*c)).collect();
+                let chats: Vec<String> = chats
+                    .iter()
+                    .map(|c| self.chat(*c))
+                    .filter(|c| self.believes_member(c))
+                    .collect();
+                if chats.is_empty() {
+                    return Ok(());
+                }
                 self.burst(&chats).await
             }
             Action::RetryPending => self.retry_one_pending().await,
-            Action::Type { chat, typing } => self.type_in(&self.chat(*chat), *typing).await,
+            Action::Type { chat, typing } => {
+                let chat = self.chat(*chat);
+                if !self.believes_member(&chat) {
+                    return Ok(());
+                }
+                self.type_in(&chat, *typing).await
+            }
+            Action::MarkRead { chat, via, beyond } => {
+                self.mark_read(&self.chat(*chat), *via, *beyond).await
+            }
+            Action::Group { group, change } => {
+                self.change_group(*group, *change).await;
+                Ok(())
+            }
             Action::Join { pick } => self.join_one(*pick).await,
             Action::Leave { pick } => self.leave_one(*pick).await,
             Action::Hostile(hostile) => self.hostile(*hostile).await,
@@ -66,7 +99,10 @@ impl Tab {
                 Ok(())
             }
             Action::ReadHistory { chat } => {
-                self.read_history_page(&self.chat(*chat)).await;
+                let chat = self.chat(*chat);
+                if self.believes_member(&chat) {
+                    self.read_history_page(&chat).await;
+                }
                 Ok(())
             }
             Action::Disconnect { clean, back_after } => {
@@ -129,7 +165,13 @@ impl Tab {
                 let answer = self
                     .ask("sync", &json!({ "chatId": chat, "afterSeq": 0 }))
                     .await?;
-                oracle::on_sync_answer(&self.model, self.index, &chat, false, &answer);
+                oracle::on_sync_answer(
+                    &self.model,
+                    (self.index, self.user),
+                    &chat,
+                    (false, 0),
+                    &answer,
+                );
                 Ok(())
             }
             Hostile::SendForeign { chat } => self.send_refused(&self.chat(chat), "intruder").await,
@@ -137,8 +179,10 @@ impl Tab {
         }
     }
 
-    /// `GET /api/chats`: the list goes to the oracle, the last messages into the views.
-    pub(super) async fn list_chats(&self) {
+    /// `GET /api/chats`: the list goes to the oracle, the last messages into the views, its
+    /// groups become the ones the tab believes its user is in, its read positions the tab's.
+    /// Returns the list, if it came.
+    pub(super) async fn list_chats(&self) -> Option<Vec<Value>> {
         let token = self.token();
         let answer = net::rest(
             Method::GET,
@@ -150,10 +194,13 @@ impl Tab {
         .await;
         match answer {
             Ok((StatusCode::OK, Value::Array(chats))) => {
-                for last in oracle::on_chat_list(&self.model, self.index, self.user, &chats) {
+                let lasts = oracle::on_chat_list(&self.model, self.index, self.user, &chats);
+                self.take_listed_groups(&chats);
+                for last in lasts {
                     self.add_to_view(last);
                 }
                 self.trace(format!("lists {} chats", chats.len()));
+                return Some(chats);
             }
             // A storage failure answers 500; the contract allows it.
             Ok((StatusCode::INTERNAL_SERVER_ERROR, _)) => {}
@@ -163,10 +210,40 @@ impl Tab {
             ),
             Err(error) => self.trace(format!("list chats failed: {error}")),
         }
+        None
+    }
+
+    /// The groups of a chat list are the ones the tab's user is in; its read positions are
+    /// the user's.
+    fn take_listed_groups(&self, chats: &[Value]) {
+        let listed: Vec<String> = chats
+            .iter()
+            .filter(|c| c["kind"] == json!("group"))
+            .filter_map(|c| c["_id"].as_str().map(str::to_owned))
+            .collect();
+        let gone: Vec<String> = self
+            .state
+            .borrow()
+            .groups
+            .iter()
+            .filter(|g| !listed.contains(g))
+            .cloned()
+            .collect();
+        for group in gone {
+            self.left_group(&group);
+        }
+        for group in &listed {
+            self.joined_group(group);
+        }
+        for chat in chats {
+            if let (Some(id), Some(seq)) = (chat["_id"].as_str(), chat["lastReadSeq"].as_u64()) {
+                self.read_up_to(id, seq);
+            }
+        }
     }
 
     /// Reads the newest page of a chat's history over REST (more sightings for the oracle).
-    async fn read_history_page(&self, chat: &str) {
+    pub(super) async fn read_history_page(&self, chat: &str) {
         let token = self.token();
         let label = self.model.chat_label(chat);
         let answer = net::rest(
@@ -179,9 +256,23 @@ impl Tab {
         .await;
         match answer {
             Ok((StatusCode::OK, Value::Array(messages))) => {
-                oracle::on_history_page(&self.model, self.index, chat, &messages);
+                oracle::on_history_page(&self.model, (self.index, self.user), chat, &messages);
                 self.trace(format!("history {label}: {} messages", messages.len()));
             }
+            Ok((StatusCode::NOT_FOUND, _))
+                if oracle::on_group_refused(
+                    &self.model,
+                    self.index,
+                    self.user,
+                    chat,
+                    "history",
+                ) =>
+            {
+                self.trace(format!("history {label}: not found"));
+                self.left_group(chat);
+            }
+            // A storage failure answers 500; the contract allows it.
+            Ok((StatusCode::INTERNAL_SERVER_ERROR, _)) => {}
             Ok((status, answer)) => oracle::on_unexpected_answer(
                 &self.model,
                 format!(

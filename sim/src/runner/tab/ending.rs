@@ -2,6 +2,7 @@
 //! pending, a final message acknowledged) and the audit (report the views and who is online,
 //! read back the history of the chats assigned to this tab).
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use rand::RngExt;
 use serde_json::Value;
 
 use super::{Failure, PendingSend, REST_TIMEOUT, Tab};
-use crate::model::{MessageFacts, Phase, TabReport};
+use crate::model::{MessageFacts, Phase, ReadFigures, TabReport};
 use crate::{net, oracle};
 
 /// History page size at the audit: random up to this (the contract's maximum).
@@ -73,6 +74,8 @@ impl Tab {
 
     async fn settle_once(self: &Rc<Self>) -> Result<(), Failure> {
         if self.is_connected() {
+            // Which groups the user is in now that the changes are over.
+            self.list_chats().await;
             // A connection that survived the faults may still be dead: probe it.
             for chat in self.own_chats() {
                 self.sync_chat(&chat).await?;
@@ -128,9 +131,42 @@ impl Tab {
         Ok(())
     }
 
-    /// Reports the tab's views and presence, and reads back the history of the chats the
-    /// driver assigned to it.
+    /// Reports the tab's views, presence and read figures (its own, then the chat list's), and
+    /// reads back the history of the chats the driver assigned to it.
     pub(super) async fn audit(&self) {
+        let own_figures: BTreeMap<String, ReadFigures> = self
+            .state
+            .borrow()
+            .views
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|chat| {
+                let figures = self.client_read_figures(&chat);
+                (chat, figures)
+            })
+            .collect();
+        let listed = if self.state.borrow().live.is_some() {
+            self.list_until_answered().await
+        } else {
+            Vec::new()
+        };
+        let reads = listed
+            .iter()
+            .filter_map(|chat| {
+                let id = chat["_id"].as_str()?.to_owned();
+                let own = own_figures.get(&id).copied().unwrap_or_default();
+                Some((
+                    id,
+                    ReadFigures {
+                        server_last_read: chat["lastReadSeq"].as_u64()?,
+                        server_unread: chat["unreadCount"].as_u64()?,
+                        ..own
+                    },
+                ))
+            })
+            .collect();
         let report = {
             let state = self.state.borrow();
             let online = state
@@ -154,6 +190,7 @@ impl Tab {
                 connected: state.live.is_some(),
                 views: state.views.clone(),
                 online,
+                reads,
             }
         };
         self.model.state.borrow_mut().tabs[self.index].report = Some(report);
@@ -176,6 +213,17 @@ impl Tab {
         }
         self.model.state.borrow_mut().tabs[self.index].audited = true;
         self.trace("audited");
+    }
+
+    /// `GET /api/chats` at the audit, retried until answered (the server is up and quiet).
+    async fn list_until_answered(&self) -> Vec<Value> {
+        for _ in 0..HISTORY_PAGES_MAX {
+            if let Some(chats) = self.list_chats().await {
+                return chats;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Vec::new()
     }
 
     async fn read_full_history(&self, chat: &str) -> Vec<MessageFacts> {

@@ -1,6 +1,7 @@
 //! Events from the server: each goes to the oracle (and to the trace) as it arrives, and a
 //! `new-message` of one of the user's chats into the tab's view (a gap in it makes the tab
-//! `sync` that chat).
+//! `sync` that chat). Membership events change which groups the tab believes its user is in,
+//! and `read` events its user's read positions.
 
 use std::rc::Rc;
 
@@ -79,6 +80,70 @@ impl Tab {
                     self.model.user_label(user)
                 ));
                 oracle::on_presence(&self.model, to, &data, online);
+            }
+            "read" => {
+                self.trace(format!(
+                    "#{no} read {} by {} up to {}",
+                    self.model
+                        .chat_label(data["chatId"].as_str().unwrap_or_default()),
+                    self.model
+                        .user_label(data["userId"].as_str().unwrap_or_default()),
+                    data["lastReadSeq"]
+                ));
+                if let Some((chat, user, seq)) = oracle::on_read_event(&self.model, to, &data)
+                    && user == self.own_id()
+                {
+                    self.read_up_to(&chat, seq);
+                }
+            }
+            "member-added" | "member-removed" => {
+                let chat = data["chatId"].as_str().unwrap_or_default().to_owned();
+                let user = match event.name.as_str() {
+                    "member-added" => data["user"]["_id"].as_str(),
+                    _ => data["userId"].as_str(),
+                }
+                .unwrap_or_default()
+                .to_owned();
+                self.trace(format!(
+                    "#{no} {} {} {}",
+                    event.name,
+                    self.model.chat_label(&chat),
+                    self.model.user_label(&user)
+                ));
+                let name = if event.name == "member-added" {
+                    "member-added"
+                } else {
+                    "member-removed"
+                };
+                oracle::on_group_event(&self.model, to, &chat, name);
+                if user == self.own_id() {
+                    if name == "member-added" {
+                        self.joined_group(&chat);
+                    } else {
+                        self.removed_from(&chat);
+                    }
+                }
+            }
+            "chat-created" | "chat-updated" => {
+                let chat = data["_id"].as_str().unwrap_or_default().to_owned();
+                self.trace(format!(
+                    "#{no} {} {}",
+                    event.name,
+                    self.model.chat_label(&chat)
+                ));
+                let name = if event.name == "chat-created" {
+                    "chat-created"
+                } else {
+                    "chat-updated"
+                };
+                oracle::on_group_event(&self.model, to, &chat, name);
+                let own = self.own_id();
+                let listed = data["participants"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|u| u["_id"].as_str() == Some(own.as_str())));
+                if listed {
+                    self.joined_group(&chat);
+                }
             }
             "socket-error" => {
                 self.trace(format!("#{no} socket-error {}", data["message"]));

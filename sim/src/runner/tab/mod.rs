@@ -16,6 +16,7 @@
 mod actions;
 mod ending;
 mod events;
+mod groups;
 mod sending;
 mod session;
 mod setup;
@@ -95,10 +96,19 @@ struct TabState {
     live: Option<Live>,
     /// The tab's view of each of its chats.
     views: BTreeMap<String, BTreeMap<u64, MessageFacts>>,
+    /// The groups its user is a member of, as far as the tab was told (chat lists, events,
+    /// refusals).
+    groups: BTreeSet<String>,
+    /// Its user's read position per chat, as far as the tab was told (acks, `read` events,
+    /// chat lists).
+    read_positions: BTreeMap<String, u64>,
     joined: BTreeSet<String>,
     pending: BTreeMap<String, PendingSend>,
     /// Chats whose seqs showed a gap: `sync` them.
     gaps: BTreeSet<String>,
+    /// Groups the tab learned its user left or was removed from: ask for their history and
+    /// `sync` them once, which the server must refuse (unless the user is back by then).
+    probes: BTreeSet<String>,
     /// `clientMsgId`s minted so far.
     sends: u64,
     /// The next step of the plan.
@@ -163,9 +173,20 @@ impl Tab {
         Duration::from_millis(self.rng.borrow_mut().random_range(low..=high))
     }
 
-    /// The chats of this tab's user (server ids), in plan order.
+    /// The chats of this tab's user (server ids): its 1:1 chats in plan order, then the groups
+    /// it believes its user is in.
     fn own_chats(&self) -> Vec<String> {
-        self.model.chats_of(self.user)
+        let mut chats = self.model.chats_of(self.user);
+        chats.extend(self.state.borrow().groups.iter().cloned());
+        chats
+    }
+
+    /// The user's own server id.
+    fn own_id(&self) -> String {
+        self.model.state.borrow().users[self.user]
+            .id
+            .clone()
+            .unwrap_or_default()
     }
 
     /// The tab's whole life.

@@ -179,6 +179,9 @@ impl Tab {
         if RefusalKind::of(error) == RefusalKind::Final {
             self.state.borrow_mut().pending.remove(sent.client_msg_id);
         }
+        if error == "Chat not found" {
+            self.left_group(sent.chat);
+        }
     }
 
     async fn send_rest(&self, cmid: &str, chat: &str, text: &str) {
@@ -201,6 +204,7 @@ impl Tab {
                 self.refused(sent, "Failed to send message");
             }
             Ok((StatusCode::TOO_MANY_REQUESTS, _)) => self.refused(sent, "Rate limited"),
+            Ok((StatusCode::NOT_FOUND, _)) => self.refused(sent, "Chat not found"),
             Ok((status, answer)) => self.refused(sent, &format!("{status} {answer}")),
             Err(error) => {
                 self.trace(format!("post {cmid}: no answer ({error})"));

@@ -115,8 +115,11 @@ impl Tab {
         self.state.borrow_mut().offline_until = Some(tokio::time::Instant::now() + wait);
     }
 
-    /// What every (re)connect does: re-join, sync every chat, resend pending sends.
+    /// What every (re)connect does: list the chats (which groups the user is in, how far it has
+    /// read: what the tab may have missed while away), re-join, sync every chat, resend pending
+    /// sends.
     async fn resync(&self) -> Result<(), Failure> {
+        self.list_chats().await;
         let joined: Vec<String> = self.state.borrow().joined.iter().cloned().collect();
         for chat in joined {
             self.join(&chat, true).await?;
@@ -152,7 +155,10 @@ impl Tab {
             "join {label}: {}",
             if ok { "ok" } else { "refused" }
         ));
-        oracle::on_join_answer(&self.model, self.index, chat, member, &answer);
+        oracle::on_join_answer(&self.model, (self.index, self.user), chat, member, &answer);
+        if member && answer["error"] == json!("Chat not found") {
+            self.left_group(chat);
+        }
         if ok && !member {
             self.trace(format!("joined foreign chat {label}"));
         }
@@ -187,7 +193,17 @@ impl Tab {
                     &json!({ "chatId": chat, "afterSeq": after, "limit": limit }),
                 )
                 .await?;
-            oracle::on_sync_answer(&self.model, self.index, chat, true, &answer);
+            oracle::on_sync_answer(
+                &self.model,
+                (self.index, self.user),
+                chat,
+                (true, after),
+                &answer,
+            );
+            if answer["error"] == json!("Chat not found") {
+                self.left_group(chat);
+                return Ok(());
+            }
             if answer["error"] == json!("Too many requests") {
                 // The user's read limit: the contract's answer to a flood; try again later.
                 self.trace(format!(

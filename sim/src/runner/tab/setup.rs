@@ -1,5 +1,6 @@
-//! Setup, without faults: the user's first tab registers the user and opens the chats the user
-//! is the first member of; every tab waits until all users and chats exist, and lists its chats.
+//! Setup, without faults: the user's first tab registers the user, opens the 1:1 chats the user
+//! is the first member of and creates the groups the user owns; every tab waits until all users
+//! and chats exist, and lists its chats.
 
 use std::time::Duration;
 
@@ -19,11 +20,13 @@ impl Tab {
             .await;
         if self.plan.registers {
             self.open_chats().await;
+            self.create_groups().await;
         }
         self.wait_until(|m| m.chats.iter().all(|c| c.id.is_some()))
             .await;
         self.list_chats().await;
         let chats = self.own_chats();
+        self.state.borrow_mut().gaps.clear();
         let mut state = self.state.borrow_mut();
         for chat in chats {
             state.views.entry(chat).or_default();
@@ -59,7 +62,7 @@ impl Tab {
                 .chats
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.a == self.user)
+                .filter(|(_, c)| c.group.is_none() && c.a == self.user)
                 .map(|(i, c)| (i, c.b))
                 .collect()
         };
@@ -82,6 +85,56 @@ impl Tab {
                 oracle::on_unexpected_answer(&self.model, format!("open chat answered {answer}"));
             }
             self.trace(format!("opened c{chat_index} with u{partner}"));
+            self.model.state.borrow_mut().chats[chat_index].id = id;
+        }
+    }
+
+    /// Creates the groups this tab's user owns, with their first members; the answer must list
+    /// exactly them.
+    async fn create_groups(&self) {
+        let owned: Vec<(usize, Vec<usize>)> = {
+            let state = self.model.state.borrow();
+            state
+                .chats
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| c.group.as_ref().map(|g| (i, g)))
+                .filter(|(_, g)| g.owner == self.user)
+                .map(|(i, g)| (i, g.initial.clone()))
+                .collect()
+        };
+        for (chat_index, initial) in owned {
+            let ids: Vec<String> = {
+                let state = self.model.state.borrow();
+                initial
+                    .iter()
+                    .filter_map(|&u| state.users[u].id.clone())
+                    .collect()
+            };
+            let body = json!({ "name": format!("c{chat_index}"), "memberIds": ids[1..] });
+            let token = self.token();
+            let answer = self
+                .rest_until_ok(Method::POST, "/api/chats", token.as_deref(), Some(&body))
+                .await;
+            let mut listed: Vec<String> = answer["participants"]
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|u| u["_id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            listed.sort();
+            let mut expected = ids.clone();
+            expected.sort();
+            let id = answer["_id"].as_str().map(str::to_owned);
+            if id.is_none() || listed != expected || answer["kind"] != json!("group") {
+                oracle::on_unexpected_answer(
+                    &self.model,
+                    format!("creating group c{chat_index} answered {answer}"),
+                );
+            }
+            self.trace(format!("created group c{chat_index} of {initial:?}"));
             self.model.state.borrow_mut().chats[chat_index].id = id;
         }
     }
