@@ -21,6 +21,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::operators::BroadcastOperators;
 
 use crate::domain::membership::Role;
 use crate::service::{ApiError, App, Delivery};
@@ -51,10 +53,19 @@ pub fn chat_room(chat_id: &str) -> String {
 /// so it is either refused or closed here.
 pub async fn revoke_sessions(app: &App, io: &SocketIo, user: &str) -> Result<(), ApiError> {
     app.revoke_tokens(user).await?;
-    for socket in io.to(user_room(user)).sockets() {
-        socket::force_close(&socket);
+    if let Some(namespace) = namespace(io) {
+        for socket in namespace.to(user_room(user)).sockets() {
+            socket::force_close(&socket);
+        }
     }
     Ok(())
+}
+
+/// The default namespace, to broadcast on; `None` once Socket.IO is closed (a shutdown, or a
+/// storage failure), where `io.to` would panic on the missing namespace (sim seed 309): nobody
+/// is left to tell then.
+pub fn namespace(io: &SocketIo) -> Option<BroadcastOperators<LocalAdapter>> {
+    io.of("/")
 }
 
 /// Every authenticated socket, for presence broadcasts (presence scope `all`).
@@ -102,7 +113,9 @@ pub async fn deliver(io: SocketIo, app: Arc<App>, mut committed: CommitSubscribe
             } => {
                 let event = json!({ "chatId": chat, "userId": user, "lastReadSeq": last_read_seq });
                 let rooms: Vec<String> = members.iter().map(|m| user_room(m)).collect();
-                let _ = io.to(rooms).emit("read", &event).await;
+                if let Some(namespace) = namespace(&io) {
+                    let _ = namespace.to(rooms).emit("read", &event).await;
+                }
             }
         }
     }
@@ -115,12 +128,19 @@ async fn deliver_message(
     system: Option<SystemEvent>,
     members: Members,
 ) {
+    let Some(sockets) = namespace(io) else {
+        return;
+    };
     let chat = message.chat.clone();
     if let Some(event) = &system
         && matches!(event.kind, SystemKind::Removed | SystemKind::Left)
     {
         // At once, and before any later message of the chat is fanned out (same shard).
-        let _ = io.to(user_room(&event.user)).leave(chat_room(&chat)).await;
+        let _ = sockets
+            .clone()
+            .to(user_room(&event.user))
+            .leave(chat_room(&chat))
+            .await;
     }
     let Some(delivery) = app.delivery(message, system.clone(), members) else {
         return;
@@ -140,7 +160,7 @@ async fn deliver_message(
                 "user": app.profile(&event.user),
                 "role": Role::Member.as_str(),
             });
-            let _ = io.to(rooms).emit("member-added", &body).await;
+            let _ = sockets.to(rooms).emit("member-added", &body).await;
             socket::introduce_to(io, app, &event.user, members).await;
             // The chat appears in the added user's list.
             announce_chat(
@@ -159,7 +179,7 @@ async fn deliver_message(
                 "userId": event.user,
                 "ownerId": members.first(),
             });
-            let _ = io.to(rooms).emit("member-removed", &body).await;
+            let _ = sockets.to(rooms).emit("member-removed", &body).await;
         }
         SystemKind::Renamed => announce_chat(io, app, "chat-updated", &chat, members).await,
     }
@@ -168,9 +188,16 @@ async fn deliver_message(
 /// Sends each of `members` the chat as they see it (a Chat object is per viewer: its
 /// `participant`, `lastReadSeq` and `unreadCount` are theirs).
 async fn announce_chat(io: &SocketIo, app: &App, event: &str, chat: &str, members: &[String]) {
+    let Some(sockets) = namespace(io) else {
+        return;
+    };
     for member in members {
         if let Some(view) = app.chat_for(chat, member) {
-            let _ = io.to(user_room(member)).emit(event, &view).await;
+            let _ = sockets
+                .clone()
+                .to(user_room(member))
+                .emit(event, &view)
+                .await;
         }
     }
 }
@@ -180,6 +207,9 @@ async fn announce_chat(io: &SocketIo, app: &App, event: &str, chat: &str, member
 /// socket. A socket whose outgoing buffer is full misses the event; its client sees the gap in
 /// `seq` and recovers it with `sync`.
 pub async fn fan_out(io: &SocketIo, delivery: &Delivery) {
+    let Some(sockets) = namespace(io) else {
+        return;
+    };
     #[cfg(feature = "sim-faults")]
     if crate::faults::is_planted(crate::faults::PlantedFault::DuplicateFanOut) {
         let _ = io
@@ -197,7 +227,11 @@ pub async fn fan_out(io: &SocketIo, delivery: &Delivery) {
     let mut rooms = Vec::with_capacity(delivery.members.len() + 1);
     rooms.push(chat_room(&delivery.message.chat));
     rooms.extend(delivery.members.iter().map(|m| user_room(m)));
-    if let Err(error) = io.to(rooms).emit("new-message", &delivery.message).await {
+    if let Err(error) = sockets
+        .to(rooms)
+        .emit("new-message", &delivery.message)
+        .await
+    {
         tracing::debug!(%error, chat = %delivery.message.chat, "new-message not delivered to every socket");
     }
 }

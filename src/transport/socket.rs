@@ -27,7 +27,7 @@ use socketioxide::socket::Socket;
 use tokio::sync::{Notify, mpsc};
 
 use super::wire::{self, Keep};
-use super::{PRESENCE_ROOM, chat_room, payload, presence_room, user_room};
+use super::{PRESENCE_ROOM, chat_room, namespace, payload, presence_room, user_room};
 use crate::domain::rate::{BucketShape, TokenBucket};
 use crate::domain::typing::Typing;
 use crate::limits::{
@@ -238,14 +238,17 @@ async fn announce(io: &SocketIo, announcements: Vec<Announcement>) {
         audience,
     } in announcements
     {
+        let Some(sockets) = namespace(io) else {
+            return;
+        };
         let own_sockets = user_room(transition.user());
         let (event, body) = presence_event(transition);
         let recipients = match audience {
-            Audience::Everyone => io.to(PRESENCE_ROOM).except(own_sockets),
+            Audience::Everyone => sockets.to(PRESENCE_ROOM).except(own_sockets),
             // `to` with no room at all would broadcast to every socket.
             Audience::Users(users) if users.is_empty() => continue,
             Audience::Users(users) => {
-                io.to(users.iter().map(|u| presence_room(u)).collect::<Vec<_>>())
+                sockets.to(users.iter().map(|u| presence_room(u)).collect::<Vec<_>>())
             }
         };
         let _ = recipients.emit(event, &body).await;
@@ -653,12 +656,11 @@ impl Handler {
             return;
         }
         let event = json!({ "userId": user_id, "chatId": chat_id, "isTyping": is_typing });
-        // Once the server closes Socket.IO (a shutdown, or a storage failure) the namespace is
-        // gone and `io.to` panics; a socket still ending its indicator has nobody to tell.
-        let Some(namespace) = self.io.of("/") else {
+        // A socket may still end its indicator after the server closed Socket.IO.
+        let Some(sockets) = namespace(&self.io) else {
             return;
         };
-        let _ = namespace
+        let _ = sockets
             .to(rooms)
             .except(user_room(user_id))
             .emit("typing", &event)
