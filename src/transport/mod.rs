@@ -53,8 +53,8 @@ pub fn chat_room(chat_id: &str) -> String {
 /// so it is either refused or closed here.
 pub async fn revoke_sessions(app: &App, io: &SocketIo, user: &str) -> Result<(), ApiError> {
     app.revoke_tokens(user).await?;
-    if let Some(namespace) = namespace(io) {
-        for socket in namespace.to(user_room(user)).sockets() {
+    if let Some(sockets) = namespace(io) {
+        for socket in sockets.to(user_room(user)).sockets() {
             socket::force_close(&socket);
         }
     }
@@ -113,8 +113,8 @@ pub async fn deliver(io: SocketIo, app: Arc<App>, mut committed: CommitSubscribe
             } => {
                 let event = json!({ "chatId": chat, "userId": user, "lastReadSeq": last_read_seq });
                 let rooms: Vec<String> = members.iter().map(|m| user_room(m)).collect();
-                if let Some(namespace) = namespace(&io) {
-                    let _ = namespace.to(rooms).emit("read", &event).await;
+                if let Some(sockets) = namespace(&io) {
+                    let _ = sockets.to(rooms).emit("read", &event).await;
                 }
             }
         }
