@@ -834,10 +834,7 @@ impl<'tx> ImportTables<'tx> {
                 "{user}'s read position {last_read_seq} in chat {chat} beyond its last seq"
             )));
         }
-        let systems = self
-            .systems
-            .range((chat, 0)..=(chat, last_read_seq))?
-            .count() as u64;
+        let systems = super::systems_through(&self.systems, chat, last_read_seq)?;
         let position = ReadRecord {
             last_read_seq,
             counted: reads::counted_through(last_read_seq, systems),

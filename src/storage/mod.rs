@@ -266,7 +266,16 @@ fn chat_in(tx: &ReadTx, id: &str) -> Result<Option<ChatRecord>, StoreError> {
 
 /// The system messages of `chat` at or below `seq`.
 fn systems_through_in(tx: &ReadTx, chat: &str, seq: u64) -> Result<u64, StoreError> {
-    let systems = tx.open_table(SYSTEM_MESSAGES)?;
+    systems_through(&tx.open_table(SYSTEM_MESSAGES)?, chat, seq)
+}
+
+/// The system messages of `chat` at or below `seq`, from the running count kept with the last
+/// of them: for readers and the writer alike.
+fn systems_through(
+    systems: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    chat: &str,
+    seq: u64,
+) -> Result<u64, StoreError> {
     let Some(entry) = systems.range((chat, 0)..=(chat, seq))?.next_back() else {
         return Ok(0);
     };

@@ -859,15 +859,7 @@ impl<'tx> Tables<'tx> {
 
     /// The system messages of `chat` at or below `seq` (the running count of the last one).
     fn systems_through(&self, chat: &str, seq: u64) -> Result<u64, StoreError> {
-        let Some(entry) = self.systems.range((chat, 0)..=(chat, seq))?.next_back() else {
-            return Ok(0);
-        };
-        let (key, bytes) = entry?;
-        let record: SystemRecord = decode(bytes.value()).map_err(StoreError::corrupt(
-            "system_messages",
-            format!("({chat}, {})", key.value().1),
-        ))?;
-        Ok(record.systems_through)
+        super::systems_through(&self.systems, chat, seq)
     }
 
     /// `user`'s read position in `chat`: this batch's, else the stored one.
