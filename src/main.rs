@@ -35,6 +35,7 @@ fn main() -> ExitCode {
 fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // reqwest (JWKS over HTTPS) needs a process-wide TLS provider; ring is the one we build.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    palaver::metrics::set_heap_probe(jemalloc_figures);
     // Each connection holds a descriptor; the connection cap stays below this limit.
     let open_files = palaver::transport::connections::raise_open_files_limit();
     tracing::info!(?open_files, "open-files limit");
@@ -84,6 +85,17 @@ fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 /// `mallopt`. jemalloc returns freed pages to the system on its own (docs/soak.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's figures for `/metrics`, read after advancing its epoch (it caches them).
+fn jemalloc_figures() -> Option<palaver::metrics::HeapFigures> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(palaver::metrics::HeapFigures {
+        allocated: stats::allocated::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+        retained: stats::retained::read().ok()? as u64,
+    })
+}
 
 /// A listening socket with a backlog of `LISTEN_BACKLOG` (tokio's `bind` uses 1,024): a burst
 /// of connects beyond the backlog overflows the kernel's accept queue, and a connection that

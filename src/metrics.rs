@@ -40,6 +40,36 @@ const COMMIT_SECONDS: &str = "palaver_commit_seconds";
 const FANOUT_SECONDS: &str = "palaver_fanout_seconds";
 const HTTP_REQUESTS: &str = "palaver_http_requests_total";
 const BUILD_INFO: &str = "palaver_build_info";
+const PROCESS_RESIDENT: &str = "palaver_process_resident_bytes";
+const HEAP_ALLOCATED: &str = "palaver_heap_allocated_bytes";
+const HEAP_RESIDENT: &str = "palaver_heap_resident_bytes";
+const HEAP_RETAINED: &str = "palaver_heap_retained_bytes";
+
+/// The allocator's own figures, read at each scrape. They tell live memory (`allocated`)
+/// from what the allocator keeps mapped for it (`resident`, `retained`): a process whose RSS
+/// grows while `allocated` stays flat is fragmenting, not leaking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeapFigures {
+    /// Bytes the program holds in live allocations.
+    pub allocated: u64,
+    /// Bytes of the allocator's pages in memory: live ones, its metadata and freed pages it
+    /// has not returned yet.
+    pub resident: u64,
+    /// Bytes of address space the allocator keeps for reuse without holding memory.
+    pub retained: u64,
+}
+
+/// Reads the allocator's figures; `None` when they cannot be read.
+pub type HeapProbe = fn() -> Option<HeapFigures>;
+
+/// The probe of the process's global allocator, installed once by the binary (the library
+/// does not choose the allocator; tests and embedders run without one).
+static HEAP_PROBE: std::sync::OnceLock<HeapProbe> = std::sync::OnceLock::new();
+
+/// Installs the probe of the global allocator; a second call is ignored.
+pub fn set_heap_probe(probe: HeapProbe) {
+    let _ = HEAP_PROBE.set(probe);
+}
 
 /// Requests taken in one commit; batches hold at most `WRITE_BATCH_MAX`.
 const BATCH_SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
@@ -123,6 +153,8 @@ struct Exporter {
     handle: PrometheusHandle,
     sockets: Gauge,
     users_online: Gauge,
+    process_resident: Gauge,
+    heap: [Gauge; 3],
     refusals: HashMap<&'static str, Counter>,
 }
 
@@ -190,6 +222,12 @@ impl Metrics {
             handle: recorder.handle(),
             sockets: gauge(SOCKETS),
             users_online: gauge(USERS_ONLINE),
+            process_resident: gauge(PROCESS_RESIDENT),
+            heap: [
+                gauge(HEAP_ALLOCATED),
+                gauge(HEAP_RESIDENT),
+                gauge(HEAP_RETAINED),
+            ],
             refusals,
             recorder,
         };
@@ -278,8 +316,43 @@ impl Metrics {
             exporter.sockets.set(state.connection_count() as f64);
             exporter.users_online.set(state.online_count() as f64);
         }
+        exporter.read_memory();
         exporter.handle.render()
     }
+}
+
+impl Exporter {
+    /// Sets the memory gauges from the kernel's and the allocator's figures of this moment.
+    fn read_memory(&self) {
+        if let Some(bytes) = process_resident_bytes() {
+            self.process_resident.set(bytes as f64);
+        }
+        if let Some(figures) = HEAP_PROBE.get().and_then(|probe| probe()) {
+            let [allocated, resident, retained] = &self.heap;
+            allocated.set(figures.allocated as f64);
+            resident.set(figures.resident as f64);
+            retained.set(figures.retained as f64);
+        }
+    }
+}
+
+/// The process's resident set (RSS), from `/proc/self/statm` where there is one.
+fn process_resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+#[cfg(unix)]
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+#[cfg(not(unix))]
+fn page_size() -> u64 {
+    4096
 }
 
 fn metadata() -> Metadata<'static> {
@@ -287,7 +360,7 @@ fn metadata() -> Metadata<'static> {
 }
 
 fn describe(recorder: &PrometheusRecorder) {
-    let descriptions: [(&'static str, Option<Unit>, &'static str); 10] = [
+    let descriptions: [(&'static str, Option<Unit>, &'static str); 14] = [
         (
             CONNECTIONS,
             None,
@@ -325,6 +398,28 @@ fn describe(recorder: &PrometheusRecorder) {
             BUILD_INFO,
             None,
             "Always 1; the version of the running binary.",
+        ),
+        (
+            PROCESS_RESIDENT,
+            Some(Unit::Bytes),
+            "The process's resident memory (RSS), as the kernel counts it.",
+        ),
+        (
+            HEAP_ALLOCATED,
+            Some(Unit::Bytes),
+            "Bytes in live allocations (jemalloc's stats.allocated).",
+        ),
+        (
+            HEAP_RESIDENT,
+            Some(Unit::Bytes),
+            "Bytes of the allocator's pages in memory, freed ones not yet returned included \
+             (jemalloc's stats.resident).",
+        ),
+        (
+            HEAP_RETAINED,
+            Some(Unit::Bytes),
+            "Address space the allocator keeps for reuse, holding no memory \
+             (jemalloc's stats.retained).",
         ),
     ];
     for (name, unit, text) in descriptions {
@@ -437,5 +532,35 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
         assert!(!Metrics::disabled().is_enabled());
+    }
+
+    #[test]
+    fn a_scrape_reads_the_memory_figures_of_this_moment() {
+        fn probe() -> Option<HeapFigures> {
+            Some(HeapFigures {
+                allocated: 3 << 20,
+                resident: 5 << 20,
+                retained: 7 << 20,
+            })
+        }
+        set_heap_probe(probe);
+        let metrics = Metrics::prometheus();
+        let exporter = metrics.exporter.as_ref().unwrap();
+        exporter.read_memory();
+        let text = exporter.handle.render();
+        for line in [
+            "palaver_heap_allocated_bytes 3145728",
+            "palaver_heap_resident_bytes 5242880",
+            "palaver_heap_retained_bytes 7340032",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        if cfg!(target_os = "linux") {
+            let rss = text
+                .lines()
+                .find_map(|l| l.strip_prefix("palaver_process_resident_bytes "))
+                .and_then(|v| v.parse::<f64>().ok());
+            assert!(rss.is_some_and(|bytes| bytes > 1e6), "no RSS in\n{text}");
+        }
     }
 }
