@@ -269,6 +269,63 @@ fn a_data_directory_from_a_newer_format_is_refused() {
 /// Started with an open-files limit of 200, the binary logs it, caps connections
 /// `FDS_RESERVED` (64) below it, closes the connections past the cap at once instead of running
 /// out of descriptors, and serves again as soon as connections close.
+/// The binary installs its allocator's probe: a scrape of its metrics listener reports
+/// jemalloc's live and resident bytes beside the kernel's RSS (the library alone cannot).
+#[test]
+fn the_binary_reports_its_memory_at_metrics() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let metrics_port = free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut child = spawn(
+        data.path(),
+        port,
+        &[("PALAVER_METRICS_LISTEN", metrics_listen.as_str())],
+    );
+    let url = format!("http://{metrics_listen}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        if let Some(text) = get_text(&url) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no metrics at {url}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let figure = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    };
+    let allocated = figure("palaver_heap_allocated_bytes");
+    let resident = figure("palaver_heap_resident_bytes");
+    let rss = figure("palaver_process_resident_bytes");
+    assert!(allocated > 0.0, "allocated {allocated}");
+    assert!(
+        resident >= allocated,
+        "resident {resident} < allocated {allocated}"
+    );
+    assert!(rss > 1e6, "rss {rss}");
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+}
+
+/// The body of a GET answered 200, as text.
+fn get_text(url: &str) -> Option<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::get(url).await.ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        response.text().await.ok()
+    })
+}
+
 #[test]
 fn connections_stay_below_the_open_files_limit() {
     use std::io::Read;
