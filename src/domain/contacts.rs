@@ -2,7 +2,12 @@
 //! chat), kept for the users the presence count needs them for.
 //!
 //! An entry is loaded from storage when a user connects and forgotten once the user is gone
-//! and announced offline, so the map holds only connected (or leaving) users. Loading reads
+//! and announced offline, so the map holds only connected (or leaving) users. Contacts are
+//! mutual among loaded entries: learning a user adds it to the lists of its loaded contacts,
+//! and forgetting it takes it out of them. So a contact that outlived the chats two users
+//! shared (one left a group) ends on both sides as soon as either is announced offline, and
+//! one side never announces to, or lists in a snapshot, a user the other side no longer
+//! hears from. Loading reads
 //! storage, which is not done under the presence lock; a chat created meanwhile would be
 //! missing from the loaded list, so every introduction bumps a generation, and a list loaded
 //! while the generation moved is loaded again ([`Contacts::generation`]).
@@ -35,9 +40,15 @@ impl Contacts {
         self.of.contains_key(user)
     }
 
-    /// Keeps `user`'s contacts as loaded from storage (the user left out).
+    /// Keeps `user`'s contacts as loaded from storage (the user left out), and adds `user` to
+    /// the lists of those loaded (see the module's docs).
     pub fn learn(&mut self, user: &str, mut contacts: HashSet<String>) {
         contacts.remove(user);
+        for contact in &contacts {
+            if let Some(theirs) = self.of.get_mut(contact) {
+                theirs.insert(user.to_owned());
+            }
+        }
         self.of.insert(user.to_owned(), contacts);
     }
 
@@ -69,8 +80,17 @@ impl Contacts {
         self.of.keys()
     }
 
+    /// Drops `user`'s contacts, and `user` from the lists of its loaded contacts (see the
+    /// module's docs).
     pub fn forget(&mut self, user: &str) {
-        self.of.remove(user);
+        let Some(contacts) = self.of.remove(user) else {
+            return;
+        };
+        for contact in contacts {
+            if let Some(theirs) = self.of.get_mut(&contact) {
+                theirs.remove(user);
+            }
+        }
     }
 
     /// How many users' contacts are loaded.
@@ -115,5 +135,24 @@ mod tests {
         assert_eq!(contacts.introduce("ada", "bob"), Introduced::default());
         contacts.forget("ada");
         assert!(contacts.is_empty());
+    }
+
+    #[test]
+    fn a_contact_ends_on_both_sides_when_either_is_forgotten() {
+        let mut contacts = Contacts::default();
+        // Ada and Bob shared a group that Bob left: both lists still hold the other.
+        contacts.learn("ada", set(&["bob", "cy"]));
+        contacts.learn("bob", set(&["ada"]));
+        contacts.learn("cy", set(&["ada"]));
+        // Bob went offline; back, he shares no chat with Ada any more.
+        contacts.forget("bob");
+        assert_eq!(contacts.of("ada"), Some(&set(&["cy"])));
+        contacts.learn("bob", set(&[]));
+        assert_eq!(contacts.of("ada"), Some(&set(&["cy"])));
+        // Ada went offline; back, she still shares a chat with Cy, who knows her again.
+        contacts.forget("ada");
+        assert_eq!(contacts.of("cy"), Some(&set(&[])));
+        contacts.learn("ada", set(&["cy"]));
+        assert_eq!(contacts.of("cy"), Some(&set(&["ada"])));
     }
 }
