@@ -331,6 +331,8 @@ pub struct ConnRecord {
     pub online: BTreeMap<String, bool>,
     /// Per `(user id, chat)`, the highest `lastReadSeq` of a `read` event received.
     pub reads: BTreeMap<(String, String), u64>,
+    /// `(chat, seq)` of the system messages received that took a member out of a group.
+    pub separations: BTreeSet<(String, u64)>,
 }
 
 /// An event as a socket received it.
@@ -405,6 +407,9 @@ pub struct ModelState {
     pub first_seen_ms: BTreeMap<(String, u64), u64>,
     /// When each server boot began (simulated ms), in order.
     pub boots_at_ms: Vec<u64>,
+    /// `(chat, seq, user)`: some connection received `user-offline` of the user after the
+    /// system message of that seq (a removal or a leave), so the announcement came after it.
+    pub offline_after_separation: BTreeSet<(String, u64, String)>,
     /// Whom the server tells of a user's presence in this run.
     pub presence_scope: PresenceScope,
     /// Conflicting sightings already reported, as `(chat, seq, _id)`: reported once each.

@@ -171,6 +171,15 @@ pub fn on_new_message(model: &Model, to: Receiver, data: &Value) -> Option<Messa
         );
     }
     check_binding(model, &facts, "new-message");
+    if facts
+        .system
+        .as_ref()
+        .is_some_and(|s| s.kind == "removed" || s.kind == "left")
+    {
+        let mut state = model.state.borrow_mut();
+        let record = state.connections.entry((to.tab, to.conn)).or_default();
+        record.separations.insert((facts.chat.clone(), facts.seq));
+    }
     Some(facts)
 }
 
@@ -407,10 +416,21 @@ pub fn on_presence(model: &Model, to: Receiver, data: &Value, online: bool) {
     let before = {
         let mut state = model.state.borrow_mut();
         let record = state.connections.entry((to.tab, to.conn)).or_default();
-        record
+        let before = record
             .online
             .insert(user.to_owned(), online)
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if !online {
+            // One connection's events come in the order they were sent: this announcement
+            // was made after every separation the connection heard of before it.
+            let after: Vec<(String, u64, String)> = record
+                .separations
+                .iter()
+                .map(|(chat, seq)| (chat.clone(), *seq, user.to_owned()))
+                .collect();
+            state.offline_after_separation.extend(after);
+        }
+        before
     };
     if before == online {
         model.record_violation(
@@ -1338,10 +1358,12 @@ struct Contacts {
     /// Pairs `(a, b)`, `a < b`, who share a chat at the end: a 1:1 chat, or a group both are
     /// members of as of its last seq.
     sharing: BTreeSet<(String, String)>,
-    /// Pairs who were members of a group together, stopped being (a removal or a leave) after
-    /// the last server boot, and share no chat at the end. The contract lets such a contact
-    /// linger "until the user's sockets have all gone and the user was announced offline";
-    /// a boot forgets every announcement, so a separation before it lingers no more.
+    /// Pairs who were members of a group together, stopped being (a removal or a leave), and
+    /// share no chat at the end, whose contact may still linger. The contract lets it linger
+    /// "until the user's sockets have all gone and the user was announced offline", which we
+    /// read as either of the two (it says "the user"); so it has surely ended when a server
+    /// boot came after the separation (a boot forgets every announcement), or when some
+    /// connection received `user-offline` of either after the separation's system message.
     lingering: BTreeSet<(String, String)>,
 }
 
@@ -1373,30 +1395,35 @@ impl Contacts {
         }
         let last_boot = state.boots_at_ms.last().copied().unwrap_or(0);
         for (chat, membership) in memberships {
-            // Per pair, whether its last separation in this group came after the last boot.
-            let mut after_last_boot = BTreeMap::new();
+            // Per pair, the seq of its last separation in this group.
+            let mut separated_at = BTreeMap::new();
             for (seq, now) in membership.at.iter().enumerate().skip(1) {
                 let before = &membership.at[seq - 1];
                 if before == now {
                     continue;
                 }
-                // Committed by the time it was first seen; a boot after that surely followed it.
-                let seen = state
-                    .first_seen_ms
-                    .get(&(chat.clone(), seq as u64))
-                    .copied()
-                    .unwrap_or(u64::MAX);
                 for gone in before.difference(now) {
                     for stayed in before.iter().filter(|u| *u != gone) {
-                        after_last_boot.insert(pair(gone, stayed), seen >= last_boot);
+                        separated_at.insert(pair(gone, stayed), seq as u64);
                     }
                 }
             }
-            contacts.lingering.extend(
-                after_last_boot
-                    .into_iter()
-                    .filter_map(|(separated, late)| late.then_some(separated)),
-            );
+            for ((a, b), seq) in separated_at {
+                // Committed by the time it was first seen; a boot after that surely followed it.
+                let seen = state
+                    .first_seen_ms
+                    .get(&(chat.clone(), seq))
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                let offline_after = |user: &String| {
+                    state
+                        .offline_after_separation
+                        .contains(&(chat.clone(), seq, user.clone()))
+                };
+                if seen >= last_boot && !offline_after(&a) && !offline_after(&b) {
+                    contacts.lingering.insert((a, b));
+                }
+            }
         }
         let sharing = &contacts.sharing;
         contacts.lingering.retain(|p| !sharing.contains(p));
@@ -1799,6 +1826,63 @@ mod tests {
             }),
         }];
         Model::new(Trace::new(false), users, chats, 3, false)
+    }
+
+    /// Under presence scope `contacts`: user1 left the group it shared with user0 (their only
+    /// chat), and each still sees the other online at the audit.
+    fn lingering_violations(boots_at_ms: Vec<u64>, offline_heard: Option<&str>) -> usize {
+        let model = group_model();
+        {
+            let mut state = model.state.borrow_mut();
+            state.presence_scope = PresenceScope::Contacts;
+            state.first_seen_ms.insert(("group".into(), 1), 1_000);
+            state.boots_at_ms = boots_at_ms;
+            if let Some(user) = offline_heard {
+                state
+                    .offline_after_separation
+                    .insert(("group".into(), 1, user.into()));
+            }
+            for (tab, other) in [(0, "user1"), (1, "user0")] {
+                let mut seen = report(tab, vec![], &[other]);
+                seen.views.clear();
+                state.tabs[tab].report = Some(seen);
+            }
+        }
+        let histories = BTreeMap::from([("group".to_owned(), vec![system(1, "left", 1)])]);
+        check_presence(&model, &memberships(&model, &histories));
+        let violations = model.state.borrow().violations.clone();
+        assert!(
+            violations
+                .iter()
+                .all(|v| v.invariant == Invariant::Presence),
+            "{violations:?}"
+        );
+        violations.len()
+    }
+
+    #[test]
+    fn a_contact_may_linger_after_a_leave_until_a_boot_or_either_goes_offline() {
+        assert_eq!(lingering_violations(vec![0], None), 0);
+        assert_eq!(
+            lingering_violations(vec![0, 2_000], None),
+            2,
+            "a boot ends it"
+        );
+        assert_eq!(
+            lingering_violations(vec![0], Some("user1")),
+            2,
+            "the leaver"
+        );
+        assert_eq!(
+            lingering_violations(vec![0], Some("user0")),
+            2,
+            "the one left"
+        );
+        assert_eq!(
+            lingering_violations(vec![0], Some("user2")),
+            0,
+            "someone else"
+        );
     }
 
     fn system(seq: u64, kind: &str, user: usize) -> MessageFacts {
