@@ -256,3 +256,23 @@ fn regression_contacts_end_for_both_when_the_leaver_goes_offline() {
         run_left_contacts(&left_contacts_plan(u1, u3, u3_ends_offline));
     }
 }
+
+/// A third case of one-sided contacts: u1 connected while u3 was offline, and loaded u3 (a
+/// member of its group) as a contact; u1 removed u3 from the group before u3 came back, with
+/// contacts loaded without u1. A new connection of u1 listed u3 in its snapshot and never
+/// heard u3 go offline for good. A contact list holds connected (or leaving) users only.
+#[test]
+fn regression_contacts_of_a_member_removed_while_offline_end() {
+    let u1 = vec![
+        step(
+            10000,
+            Action::Group {
+                group: 0,
+                change: GroupAction::Remove { user: 3 },
+            },
+        ),
+        step(5000, away(1000)),
+    ];
+    let u3 = vec![step(1000, away(20000))];
+    run_left_contacts(&left_contacts_plan(u1, u3, true));
+}
