@@ -34,6 +34,10 @@ pub enum PlantedFault {
     /// a member of it, as if from a member list copied before the removals: a removed member
     /// keeps receiving the chat.
     FanOutToFormerMembers,
+    /// With presence scoped to contacts, two users who first share a chat become contacts but
+    /// are not announced to each other: an observer hears of its new contact only at the
+    /// contact's next transition (its first `user-offline`, unmatched by any `user-online`).
+    SilentIntroductions,
 }
 
 thread_local! {

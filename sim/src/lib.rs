@@ -32,7 +32,7 @@ pub mod trace;
 
 /// Every bug that can be planted, in the order `--plant` lists them.
 #[cfg(feature = "sim-faults")]
-pub const PLANTED: [palaver::faults::PlantedFault; 7] = {
+pub const PLANTED: [palaver::faults::PlantedFault; 8] = {
     use palaver::faults::PlantedFault::*;
     [
         AckBeforeCommit,
@@ -42,6 +42,7 @@ pub const PLANTED: [palaver::faults::PlantedFault; 7] = {
         SeqReuseAfterRestart,
         FanOutInWakeOrder,
         FanOutToFormerMembers,
+        SilentIntroductions,
     ]
 };
 
@@ -57,6 +58,7 @@ pub fn planted_name(fault: palaver::faults::PlantedFault) -> &'static str {
         SeqReuseAfterRestart => "seq-reuse-after-restart",
         FanOutInWakeOrder => "fan-out-in-wake-order",
         FanOutToFormerMembers => "fan-out-to-former-members",
+        SilentIntroductions => "silent-introductions",
     }
 }
 

@@ -54,13 +54,18 @@ struct Cli {
     /// Print the fault schedule of a single-seed run.
     #[arg(long)]
     show_schedule: bool,
+    /// Run the server with this presence scope instead of the one each seed draws (half the
+    /// seeds run `all`, half `contacts`).
+    #[arg(long, value_enum)]
+    presence_scope: Option<palaver_sim::plan::PresenceScope>,
     /// Model a server that does not fsync its data directory after creating the database: the
     /// first power cut loses the whole file.
     #[arg(long)]
     no_dir_fsync: bool,
     /// Plant a known bug in the server (built with `--features sim-faults`): ack-before-commit,
     /// join-without-membership, presence-without-counting, duplicate-fan-out,
-    /// seq-reuse-after-restart, fan-out-in-wake-order.
+    /// seq-reuse-after-restart, fan-out-in-wake-order, fan-out-to-former-members,
+    /// silent-introductions (with `--presence-scope contacts`).
     #[cfg(feature = "sim-faults")]
     #[arg(long, value_parser = parse_planted)]
     plant: Option<palaver::faults::PlantedFault>,
@@ -110,7 +115,7 @@ fn write_plan(path: &std::path::Path, plan: &Plan) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let given_plan = match cli.plan.as_deref().map(read_plan).transpose() {
+    let mut given_plan = match cli.plan.as_deref().map(read_plan).transpose() {
         Ok(plan) => plan,
         Err(error) => {
             eprintln!("palaver-sim: {error}");
@@ -125,12 +130,16 @@ fn main() -> ExitCode {
             .faults
             .as_ref()
             .map(|f| f.iter().copied().collect::<BTreeSet<_>>()),
+        presence_scope: cli.presence_scope,
         keep_trace: cli.trace_out.is_some(),
         sync_dir_entries: !cli.no_dir_fsync,
         #[cfg(feature = "sim-faults")]
         planted: cli.plant,
         ..Settings::default()
     };
+    if let (Some(plan), Some(scope)) = (&mut given_plan, cli.presence_scope) {
+        plan.presence_scope = scope;
+    }
     if let Some(plan) = &given_plan {
         settings.users = plan.users;
         settings.clients = plan.tabs.len();

@@ -19,6 +19,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::Value;
 
+use crate::plan::PresenceScope;
 use crate::trace::Trace;
 
 /// The invariants of the oracle, numbered as in the README, plus the contract checks that are
@@ -330,6 +331,8 @@ pub struct ConnRecord {
     pub online: BTreeMap<String, bool>,
     /// Per `(user id, chat)`, the highest `lastReadSeq` of a `read` event received.
     pub reads: BTreeMap<(String, String), u64>,
+    /// `(chat, seq)` of the system messages received that took a member out of a group.
+    pub separations: BTreeSet<(String, u64)>,
 }
 
 /// An event as a socket received it.
@@ -400,6 +403,15 @@ pub struct ModelState {
     pub sends: BTreeMap<(usize, String), SendRecord>,
     /// The message each `(chat, seq)` was seen bound to, first sighting.
     pub bindings: BTreeMap<(String, u64), MessageFacts>,
+    /// When each `(chat, seq)` was first seen (simulated ms): it was committed by then.
+    pub first_seen_ms: BTreeMap<(String, u64), u64>,
+    /// When each server boot began (simulated ms), in order.
+    pub boots_at_ms: Vec<u64>,
+    /// `(chat, seq, user)`: some connection received `user-offline` of the user after the
+    /// system message of that seq (a removal or a leave), so the announcement came after it.
+    pub offline_after_separation: BTreeSet<(String, u64, String)>,
+    /// Whom the server tells of a user's presence in this run.
+    pub presence_scope: PresenceScope,
     /// Conflicting sightings already reported, as `(chat, seq, _id)`: reported once each.
     pub conflicts: BTreeSet<(String, u64, String)>,
     /// Acknowledged sends already reported missing, as `(user, clientMsgId)`.
@@ -474,6 +486,12 @@ impl Model {
             at_ms,
             detail,
         });
+    }
+
+    /// Records that a server boot begins now.
+    pub fn record_boot(&self) {
+        let now = self.trace.now_ms();
+        self.state.borrow_mut().boots_at_ms.push(now);
     }
 
     /// Records an event a socket received, if the run keeps them.

@@ -16,7 +16,8 @@
 //!   (4);
 //! - at the end, the same on the history read back over REST, plus convergence (7: every
 //!   connected client's view equals history) and presence (8: every connected client sees
-//!   online exactly the users with a connected client), and the time bounds of the phases.
+//!   online exactly the users with a connected client, or with presence scope `contacts` the
+//!   online users who share a chat with its user), and the time bounds of the phases.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,9 +26,9 @@ use serde_json::{Value, json};
 
 use crate::model::{
     AckedSend, Attempt, ChangeOutcome, ChangeRecord, Delivered, Invariant, MessageFacts, Model,
-    RefusalKind, Shown, SystemFacts,
+    ModelState, RefusalKind, Shown, SystemFacts,
 };
-use crate::plan::MARK_BEYOND;
+use crate::plan::{MARK_BEYOND, PresenceScope};
 
 // ---- sightings and events ----
 
@@ -61,7 +62,8 @@ fn check_binding(model: &Model, facts: &MessageFacts, source: &str) {
                 fresh.then_some(bound)
             }
             None => {
-                state.bindings.insert(key, facts.clone());
+                state.bindings.insert(key.clone(), facts.clone());
+                state.first_seen_ms.insert(key, model.trace.now_ms());
                 None
             }
         }
@@ -169,6 +171,15 @@ pub fn on_new_message(model: &Model, to: Receiver, data: &Value) -> Option<Messa
         );
     }
     check_binding(model, &facts, "new-message");
+    if facts
+        .system
+        .as_ref()
+        .is_some_and(|s| s.kind == "removed" || s.kind == "left")
+    {
+        let mut state = model.state.borrow_mut();
+        let record = state.connections.entry((to.tab, to.conn)).or_default();
+        record.separations.insert((facts.chat.clone(), facts.seq));
+    }
     Some(facts)
 }
 
@@ -405,10 +416,21 @@ pub fn on_presence(model: &Model, to: Receiver, data: &Value, online: bool) {
     let before = {
         let mut state = model.state.borrow_mut();
         let record = state.connections.entry((to.tab, to.conn)).or_default();
-        record
+        let before = record
             .online
             .insert(user.to_owned(), online)
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if !online {
+            // One connection's events come in the order they were sent: this announcement
+            // was made after every separation the connection heard of before it.
+            let after: Vec<(String, u64, String)> = record
+                .separations
+                .iter()
+                .map(|(chat, seq)| (chat.clone(), *seq, user.to_owned()))
+                .collect();
+            state.offline_after_separation.extend(after);
+        }
+        before
     };
     if before == online {
         model.record_violation(
@@ -877,7 +899,7 @@ pub fn final_check(model: &Model) {
     let memberships = memberships(model, &histories);
     check_group_sightings(model, &memberships);
     check_convergence(model, &histories, &memberships);
-    check_presence(model);
+    check_presence(model, &memberships);
     check_reads(model, &histories, &memberships);
 }
 
@@ -1330,8 +1352,97 @@ fn check_convergence(
     }
 }
 
-/// Invariant 8: every connected client sees online exactly the other users with a connected client.
-fn check_presence(model: &Model) {
+/// Who may see whose presence at the end, by user id, with presence scope `contacts`.
+#[derive(Debug, Default)]
+struct Contacts {
+    /// Pairs `(a, b)`, `a < b`, who share a chat at the end: a 1:1 chat, or a group both are
+    /// members of as of its last seq.
+    sharing: BTreeSet<(String, String)>,
+    /// Pairs who were members of a group together, stopped being (a removal or a leave), and
+    /// share no chat at the end, whose contact may still linger. The contract lets it linger
+    /// "until the user's sockets have all gone and the user was announced offline", which we
+    /// read as either of the two (it says "the user"); so it has surely ended when a server
+    /// boot came after the separation (a boot forgets every announcement), or when some
+    /// connection received `user-offline` of either after the separation's system message.
+    lingering: BTreeSet<(String, String)>,
+}
+
+fn pair(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_owned(), b.to_owned())
+    } else {
+        (b.to_owned(), a.to_owned())
+    }
+}
+
+impl Contacts {
+    fn at_the_end(state: &ModelState, memberships: &BTreeMap<String, Membership>) -> Self {
+        let mut contacts = Contacts::default();
+        for slot in state.chats.iter().filter(|c| c.group.is_none()) {
+            if let (Some(a), Some(b)) = (&state.users[slot.a].id, &state.users[slot.b].id) {
+                contacts.sharing.insert(pair(a, b));
+            }
+        }
+        for membership in memberships.values() {
+            let last = membership.last();
+            for a in last {
+                for b in last
+                    .range::<String, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                {
+                    contacts.sharing.insert(pair(a, b));
+                }
+            }
+        }
+        let last_boot = state.boots_at_ms.last().copied().unwrap_or(0);
+        for (chat, membership) in memberships {
+            // Per pair, the seq of its last separation in this group.
+            let mut separated_at = BTreeMap::new();
+            for (seq, now) in membership.at.iter().enumerate().skip(1) {
+                let before = &membership.at[seq - 1];
+                if before == now {
+                    continue;
+                }
+                for gone in before.difference(now) {
+                    for stayed in before.iter().filter(|u| *u != gone) {
+                        separated_at.insert(pair(gone, stayed), seq as u64);
+                    }
+                }
+            }
+            for ((a, b), seq) in separated_at {
+                // Committed by the time it was first seen; a boot after that surely followed it.
+                let seen = state
+                    .first_seen_ms
+                    .get(&(chat.clone(), seq))
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                let offline_after = |user: &String| {
+                    state
+                        .offline_after_separation
+                        .contains(&(chat.clone(), seq, user.clone()))
+                };
+                if seen >= last_boot && !offline_after(&a) && !offline_after(&b) {
+                    contacts.lingering.insert((a, b));
+                }
+            }
+        }
+        let sharing = &contacts.sharing;
+        contacts.lingering.retain(|p| !sharing.contains(p));
+        contacts
+    }
+
+    fn share(&self, a: &str, b: &str) -> bool {
+        self.sharing.contains(&pair(a, b))
+    }
+
+    fn linger(&self, a: &str, b: &str) -> bool {
+        self.lingering.contains(&pair(a, b))
+    }
+}
+
+/// Invariant 8 at the end: every connected client sees online exactly the other users with a
+/// connected client; with presence scope `contacts`, exactly those who share a chat with its
+/// user, plus (tolerated) those whose contact may still linger (see [`Contacts`]).
+fn check_presence(model: &Model, memberships: &BTreeMap<String, Membership>) {
     let state = model.state.borrow();
     let online_users: BTreeSet<String> = state
         .tabs
@@ -1340,6 +1451,8 @@ fn check_presence(model: &Model) {
         .filter(|report| report.connected)
         .filter_map(|report| state.users[report.user].id.clone())
         .collect();
+    let contacts = (state.presence_scope == PresenceScope::Contacts)
+        .then(|| Contacts::at_the_end(&state, memberships));
     let label = |ids: &BTreeSet<String>| -> Vec<String> {
         ids.iter()
             .map(
@@ -1358,17 +1471,33 @@ fn check_presence(model: &Model) {
         let own = state.users[report.user].id.clone().unwrap_or_default();
         let mut expected = online_users.clone();
         expected.remove(&own);
+        let mut tolerated = BTreeSet::new();
+        if let Some(contacts) = &contacts {
+            (tolerated, expected) = expected
+                .into_iter()
+                .filter(|u| contacts.share(&own, u) || contacts.linger(&own, u))
+                .partition(|u| !contacts.share(&own, u));
+        }
         let mut seen = report.online.clone();
         seen.remove(&own);
-        if seen != expected {
-            let missing: BTreeSet<String> = expected.difference(&seen).cloned().collect();
-            let extra: BTreeSet<String> = seen.difference(&expected).cloned().collect();
+        let missing: BTreeSet<String> = expected.difference(&seen).cloned().collect();
+        let extra: BTreeSet<String> = seen
+            .difference(&expected)
+            .filter(|u| !tolerated.contains(*u))
+            .cloned()
+            .collect();
+        if !missing.is_empty() || !extra.is_empty() {
             found.push(format!(
-                "t{tab} (u{}) sees online {:?}; missing {:?}, extra {:?}",
+                "t{tab} (u{}) sees online {:?}; missing {:?}, extra {:?}{}",
                 report.user,
                 label(&seen),
                 label(&missing),
-                label(&extra)
+                label(&extra),
+                if contacts.is_some() {
+                    " (presence scope contacts)"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -1570,7 +1699,7 @@ mod tests {
             state.tabs[0].report = Some(report(0, vec![], &["user1"]));
             state.tabs[1].report = Some(report(1, vec![], &[]));
         }
-        check_presence(&model);
+        check_presence(&model, &BTreeMap::new());
         let violations = model.state.borrow().violations.clone();
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert_eq!(violations[0].invariant, Invariant::Presence);
@@ -1697,6 +1826,63 @@ mod tests {
             }),
         }];
         Model::new(Trace::new(false), users, chats, 3, false)
+    }
+
+    /// Under presence scope `contacts`: user1 left the group it shared with user0 (their only
+    /// chat), and each still sees the other online at the audit.
+    fn lingering_violations(boots_at_ms: Vec<u64>, offline_heard: Option<&str>) -> usize {
+        let model = group_model();
+        {
+            let mut state = model.state.borrow_mut();
+            state.presence_scope = PresenceScope::Contacts;
+            state.first_seen_ms.insert(("group".into(), 1), 1_000);
+            state.boots_at_ms = boots_at_ms;
+            if let Some(user) = offline_heard {
+                state
+                    .offline_after_separation
+                    .insert(("group".into(), 1, user.into()));
+            }
+            for (tab, other) in [(0, "user1"), (1, "user0")] {
+                let mut seen = report(tab, vec![], &[other]);
+                seen.views.clear();
+                state.tabs[tab].report = Some(seen);
+            }
+        }
+        let histories = BTreeMap::from([("group".to_owned(), vec![system(1, "left", 1)])]);
+        check_presence(&model, &memberships(&model, &histories));
+        let violations = model.state.borrow().violations.clone();
+        assert!(
+            violations
+                .iter()
+                .all(|v| v.invariant == Invariant::Presence),
+            "{violations:?}"
+        );
+        violations.len()
+    }
+
+    #[test]
+    fn a_contact_may_linger_after_a_leave_until_a_boot_or_either_goes_offline() {
+        assert_eq!(lingering_violations(vec![0], None), 0);
+        assert_eq!(
+            lingering_violations(vec![0, 2_000], None),
+            2,
+            "a boot ends it"
+        );
+        assert_eq!(
+            lingering_violations(vec![0], Some("user1")),
+            2,
+            "the leaver"
+        );
+        assert_eq!(
+            lingering_violations(vec![0], Some("user0")),
+            2,
+            "the one left"
+        );
+        assert_eq!(
+            lingering_violations(vec![0], Some("user2")),
+            0,
+            "someone else"
+        );
     }
 
     fn system(seq: u64, kind: &str, user: usize) -> MessageFacts {

@@ -1,8 +1,9 @@
 //! Generation: the plan of a run, made from the seed before the run starts.
 //!
-//! A plan is plain data: the 1:1 chats to open and the groups to create, and for every tab the
-//! steps it takes during the safety phase (a think time, then an action: sends, reads, membership
-//! changes of its groups...), and the fault schedule (`schedule`). The runner
+//! A plan is plain data: the server's presence scope, the 1:1 chats to open and the groups to
+//! create, and for every tab the steps it takes during the safety phase (a think time, then an
+//! action: sends, reads, membership changes of its groups...), and the fault schedule
+//! (`schedule`). The runner
 //! executes a plan; the shrinker removes faults, tabs' steps and single steps from a failing
 //! plan and runs it again. A plan is written and read as JSON (`--plan-out`, `--plan`), so a
 //! shrunk plan replays from the command line.
@@ -49,10 +50,53 @@ pub struct Shape {
     pub duration: Duration,
 }
 
+/// Whom the server tells of a user's presence (`PALAVER_PRESENCE_SCOPE`): everyone, or the
+/// users who share a chat with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceScope {
+    #[default]
+    All,
+    Contacts,
+}
+
+impl PresenceScope {
+    /// The scope of `seed`'s run: one seed in two, drawn from a generator of its own so that
+    /// nothing else of the plan depends on it.
+    pub fn of_seed(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, "presence scope"));
+        if rng.random_bool(0.5) {
+            PresenceScope::Contacts
+        } else {
+            PresenceScope::All
+        }
+    }
+
+    /// The server's setting.
+    pub fn server(self) -> palaver::service::PresenceScope {
+        match self {
+            PresenceScope::All => palaver::service::PresenceScope::All,
+            PresenceScope::Contacts => palaver::service::PresenceScope::Contacts,
+        }
+    }
+}
+
+impl fmt::Display for PresenceScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PresenceScope::All => "all",
+            PresenceScope::Contacts => "contacts",
+        })
+    }
+}
+
 /// A whole run, before it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub users: usize,
+    /// The server's presence scope (`all` for a plan written before the scope was drawn).
+    #[serde(default)]
+    pub presence_scope: PresenceScope,
     /// 1:1 chats between users `a` < `b`, opened by `a`'s first tab.
     pub chats: Vec<ChatPair>,
     /// Groups, created by their owner's first tab during setup (chat `chats.len() + g`).
@@ -386,6 +430,7 @@ pub fn generate(seed: u64, shape: Shape) -> Plan {
         .collect();
     Plan {
         users: shape.users,
+        presence_scope: PresenceScope::of_seed(seed),
         chats,
         groups,
         tabs,
@@ -619,6 +664,21 @@ mod tests {
             change: GroupAction::Leave,
         };
         assert!(bad.validate().unwrap_err().contains("owner"));
+    }
+
+    #[test]
+    fn the_seed_draws_either_scope_and_an_old_plan_reads_as_all() {
+        let scopes: BTreeSet<String> = (0..16)
+            .map(|seed| PresenceScope::of_seed(seed).to_string())
+            .collect();
+        assert_eq!(scopes.len(), 2, "16 seeds drew only {scopes:?}");
+        assert_eq!(PresenceScope::of_seed(7), PresenceScope::of_seed(7));
+        let mut json = serde_json::to_value(generate(9, shape())).expect("serializes");
+        json.as_object_mut()
+            .expect("an object")
+            .remove("presence_scope");
+        let old: Plan = serde_json::from_value(json).expect("parses");
+        assert_eq!(old.presence_scope, PresenceScope::All);
     }
 
     #[test]

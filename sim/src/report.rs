@@ -14,10 +14,11 @@ const MORE_VIOLATIONS_SHOWN: usize = 8;
 pub fn summary_line(outcome: &Outcome) -> String {
     let s = &outcome.stats;
     format!(
-        "seed {} trace {} {} ({} sends, {} acked, {} boots, {:.0}s simulated, {:.1}s wall)",
+        "seed {} trace {} {} (scope {}, {} sends, {} acked, {} boots, {:.0}s simulated, {:.1}s wall)",
         outcome.seed,
         outcome.trace_hash,
         if outcome.passed() { "ok" } else { "FAILED" },
+        outcome.presence_scope,
         s.sends,
         s.acked,
         s.server_boots,
@@ -49,6 +50,9 @@ pub fn replay_command(settings: &Settings, seed: u64, plan_file: Option<&Path>) 
     if !settings.sync_dir_entries {
         command.push_str(" --no-dir-fsync");
     }
+    if let Some(scope) = settings.presence_scope {
+        let _ = write!(command, " --presence-scope {scope}");
+    }
     if let (Some(faults), None) = (&settings.faults, plan_file) {
         let list: Vec<String> = faults.iter().map(usize::to_string).collect();
         let _ = write!(command, " --faults {}", list.join(","));
@@ -63,7 +67,11 @@ pub fn replay_command(settings: &Settings, seed: u64, plan_file: Option<&Path>) 
 /// What a failed run prints: the violations, the replay command, the end of the trace.
 pub fn failure_report(outcome: &Outcome, settings: &Settings, plan_file: Option<&Path>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "FAILED seed {}", outcome.seed);
+    let _ = writeln!(
+        out,
+        "FAILED seed {} (presence scope {})",
+        outcome.seed, outcome.presence_scope
+    );
     if let Some(first) = outcome.first_violation() {
         let _ = writeln!(
             out,

@@ -70,6 +70,8 @@ pub struct ServerSetup {
     pub model: Model,
     /// Whether the server fsyncs the data directory after creating the database file.
     pub sync_dir_entries: bool,
+    /// Whom the server tells of a user's presence.
+    pub presence_scope: palaver::service::PresenceScope,
 }
 
 /// The id generator's seed of one boot: distinct per boot, as the binary's OS-random seed is.
@@ -93,13 +95,18 @@ pub async fn boot(setup: ServerSetup) -> turmoil::Result {
         state.boots
     };
     setup.model.trace.record(format!("server boot {boot}"));
+    setup.model.record_boot();
     let disk = SimDisk::open(switch.clone(), setup.sync_dir_entries)?;
     let db = storage::open_backend(disk)?;
     let clock: Arc<dyn Clock> = Arc::new(SimClock::default());
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", SERVER_PORT)).await?;
     let stopping = Arc::clone(&setup.model.state.borrow().server_stopping);
     stopping.store(false, Ordering::Relaxed);
-    let running = Server::builder(Config::default())
+    let config = Config {
+        presence_scope: setup.presence_scope,
+        ..Config::default()
+    };
+    let running = Server::builder(config)
         .on_shutdown(move || stopping.store(true, Ordering::Relaxed))
         .database(db)
         .clock(clock)

@@ -6,8 +6,11 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use palaver_sim::model::{Delivered, Invariant};
+use palaver_sim::plan::{
+    Action, ChatPair, GroupAction, GroupPlan, Plan, PresenceScope, Step, TabPlan,
+};
 use palaver_sim::report::failure_report;
-use palaver_sim::runner::{Settings, run_guarded};
+use palaver_sim::runner::{Settings, run_guarded, run_plan_guarded};
 
 /// The default world of a sweep, shortened to keep the test quick.
 fn settings() -> Settings {
@@ -20,9 +23,12 @@ fn settings() -> Settings {
 #[test]
 fn same_seed_same_trace_twice_in_a_row() {
     let settings = settings();
-    for seed in [3, 1_000_003] {
+    let mut scopes = Vec::new();
+    // Seeds 3 and 1,000,003 draw presence scope `all`, seed 4 `contacts`.
+    for seed in [3, 4, 1_000_003] {
         let first = run_guarded(&settings, seed);
         let second = run_guarded(&settings, seed);
+        scopes.push(first.presence_scope);
         assert!(
             first.passed(),
             "{}",
@@ -35,6 +41,14 @@ fn same_seed_same_trace_twice_in_a_row() {
             first.trace_hash, second.trace_hash
         );
     }
+    assert_eq!(
+        scopes,
+        [
+            PresenceScope::All,
+            PresenceScope::Contacts,
+            PresenceScope::All
+        ]
+    );
 }
 
 #[test]
@@ -137,4 +151,128 @@ fn regression_seed_309_typing_after_socket_io_closed_does_not_panic() {
         outcome.stats.server_boots > 1,
         "seed 309 must restart the server"
     );
+}
+
+/// A hand-made world for presence scope `contacts`: users 0..4, 1:1 chats 0-1, 0-3, 1-2, 2-3,
+/// and group c4 of u1 (owner), u3 and u0, so that u1 and u3 are contacts only through the
+/// group. u3 leaves it; `u1` and `u3` then take the given steps, with no fault.
+fn left_contacts_plan(u1_steps: Vec<Step>, u3_steps: Vec<Step>, u3_ends_offline: bool) -> Plan {
+    let tab = |user: usize, steps: Vec<Step>, ends_offline: bool| TabPlan {
+        user,
+        registers: true,
+        ends_offline,
+        steps,
+    };
+    Plan {
+        users: 4,
+        presence_scope: PresenceScope::Contacts,
+        chats: [(0, 1), (0, 3), (1, 2), (2, 3)]
+            .into_iter()
+            .map(|(a, b)| ChatPair { a, b })
+            .collect(),
+        groups: vec![GroupPlan {
+            owner: 1,
+            members: vec![3, 0],
+            candidates: Vec::new(),
+        }],
+        tabs: vec![
+            tab(0, Vec::new(), false),
+            tab(1, u1_steps, false),
+            tab(2, Vec::new(), false),
+            tab(3, u3_steps, u3_ends_offline),
+        ],
+        faults: Vec::new(),
+    }
+}
+
+fn step(think_ms: u64, action: Action) -> Step {
+    Step {
+        think: Duration::from_millis(think_ms),
+        action,
+    }
+}
+
+fn away(back_after_ms: u64) -> Action {
+    Action::Disconnect {
+        clean: true,
+        back_after: Duration::from_millis(back_after_ms),
+    }
+}
+
+/// u3 leaves the group (then a turn for the tab's probe of the group it left).
+fn leaves(think_ms: u64) -> Vec<Step> {
+    vec![
+        step(
+            think_ms,
+            Action::Group {
+                group: 0,
+                change: GroupAction::Leave,
+            },
+        ),
+        step(500, Action::ListChats),
+    ]
+}
+
+fn run_left_contacts(plan: &Plan) {
+    let settings = Settings {
+        users: plan.users,
+        clients: plan.tabs.len(),
+        duration: Duration::from_secs(40),
+        ..Settings::default()
+    };
+    plan.validate().expect("a valid plan");
+    let outcome = run_plan_guarded(&settings, 1, plan);
+    assert!(
+        outcome.passed(),
+        "{}",
+        failure_report(&outcome, &settings, None)
+    );
+}
+
+/// Found by the hand-made plans of presence scope `contacts`: after u3 left the group, u1 went
+/// offline (announced) and came back. u1's contacts were loaded anew, without u3, so its new
+/// connection's snapshot left u3 out; but u3's contacts still held u1, so u3's `user-offline`
+/// reached that connection, which had never been told u3 was online (invariant 8,
+/// alternation). A contact ends on both sides when either of the two is announced offline.
+#[test]
+fn regression_contacts_end_for_both_when_the_one_left_behind_goes_offline() {
+    let u1 = vec![step(8000, away(8000))];
+    let mut u3 = leaves(5000);
+    u3.push(step(15000, away(8000)));
+    run_left_contacts(&left_contacts_plan(u1, u3, false));
+}
+
+/// The other side of the same bug: after u3 left the group, u3 went offline (announced) and
+/// came back, with contacts loaded anew, without u1; but u1's contacts still held u3, so a new
+/// connection of u1 listed u3 in its snapshot, and never heard of u3 again: at the audit it
+/// sees u3 online, whether u3 closed for good (then u3 is offline) or not (then u3 is no
+/// contact any more: u0 heard u3 go offline after the leave).
+#[test]
+fn regression_contacts_end_for_both_when_the_leaver_goes_offline() {
+    for u3_ends_offline in [true, false] {
+        let u1 = vec![step(16000, away(1000))];
+        let mut u3 = leaves(10000);
+        u3.push(step(1000, away(8000)));
+        run_left_contacts(&left_contacts_plan(u1, u3, u3_ends_offline));
+    }
+}
+
+/// A third case of one-sided contacts: u1 connected while u3 was offline, and loaded u3 (a
+/// member of its group) as a contact; u1 removed u3 from the group before u3 came back, with
+/// contacts loaded without u1. A new connection of u1 listed u3 in its snapshot and never
+/// heard u3 go offline for good. A contact list holds connected (or leaving) users only.
+#[test]
+fn regression_contacts_of_a_member_removed_while_offline_end() {
+    let u1 = vec![
+        step(
+            10000,
+            Action::Group {
+                group: 0,
+                change: GroupAction::Remove { user: 3 },
+            },
+        ),
+        step(5000, away(1000)),
+    ];
+    let u3 = vec![step(1000, away(20000))];
+    run_left_contacts(&left_contacts_plan(u1, u3, true));
 }

@@ -260,6 +260,10 @@ impl PresenceDesk<'_> {
             return Vec::new();
         }
         let introduced = self.book.contacts.introduce(first, second);
+        #[cfg(feature = "sim-faults")]
+        if crate::faults::is_planted(crate::faults::PlantedFault::SilentIntroductions) {
+            return Vec::new();
+        }
         let presence = &self.book.presence;
         let mut announcements = Vec::new();
         for (learned, observer, observed) in [

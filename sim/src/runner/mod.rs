@@ -24,7 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::model::{ChatSlot, Delivery, GroupSlot, Invariant, Model, UserSlot, Violation};
 use crate::net::SERVER_HOST;
 use crate::oracle;
-use crate::plan::{self, Plan, Shape, mix};
+use crate::plan::{self, Plan, PresenceScope, Shape, mix};
 use crate::server_host::{self, ServerSetup, ServerState};
 use crate::trace::Trace;
 use driver::{BASE_LATENCY, Driver, tab_host};
@@ -47,6 +47,8 @@ pub struct Settings {
     pub tick: Duration,
     /// Keep only these faults of the generated plan (by index); all when `None`.
     pub faults: Option<BTreeSet<usize>>,
+    /// Run with this presence scope instead of the one the seed draws (`--presence-scope`).
+    pub presence_scope: Option<PresenceScope>,
     /// Keep the whole trace (for `--trace-out`).
     pub keep_trace: bool,
     /// Keep every event the sockets receive (in the outcome's `deliveries`).
@@ -67,6 +69,7 @@ impl Default for Settings {
             duration: Duration::from_secs(60),
             tick: Duration::from_millis(20),
             faults: None,
+            presence_scope: None,
             keep_trace: false,
             keep_deliveries: false,
             sync_dir_entries: true,
@@ -101,6 +104,7 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub seed: u64,
+    pub presence_scope: PresenceScope,
     pub trace_hash: String,
     /// In order of simulated time.
     pub violations: Vec<Violation>,
@@ -126,9 +130,10 @@ impl Outcome {
     }
 
     /// The outcome of a run that panicked.
-    fn panicked(seed: u64, message: String, trace: &Trace) -> Self {
+    fn panicked(seed: u64, presence_scope: PresenceScope, message: String, trace: &Trace) -> Self {
         Outcome {
             seed,
+            presence_scope,
             trace_hash: "-".into(),
             violations: vec![Violation {
                 invariant: Invariant::Contract,
@@ -143,11 +148,15 @@ impl Outcome {
     }
 }
 
-/// The plan `settings` give for `seed`: generated, then only the faults `settings.faults` keeps.
+/// The plan `settings` give for `seed`: generated, then only the faults `settings.faults` keeps,
+/// with the presence scope `settings` force.
 pub fn plan_for(settings: &Settings, seed: u64) -> Plan {
     let mut plan = plan::generate(seed, settings.shape());
     if let Some(keep) = &settings.faults {
         plan.faults.retain(|s| keep.contains(&s.index));
+    }
+    if let Some(scope) = settings.presence_scope {
+        plan.presence_scope = scope;
     }
     plan
 }
@@ -171,7 +180,7 @@ pub fn run_plan_guarded(settings: &Settings, seed: u64, plan: &Plan) -> Outcome 
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Outcome::panicked(seed, message, &trace)
+            Outcome::panicked(seed, plan.presence_scope, message, &trace)
         }
     }
 }
@@ -182,6 +191,10 @@ pub fn run_plan(settings: &Settings, seed: u64, plan: &Plan, trace: Trace) -> Ou
     let started = Instant::now();
     #[cfg(feature = "sim-faults")]
     palaver::faults::plant(settings.planted);
+    // Named only when it is not the default, so that runs with scope `all` trace as before.
+    if plan.presence_scope != PresenceScope::All {
+        trace.record(format!("presence scope {}", plan.presence_scope));
+    }
     let model = world_model(plan, trace.clone(), settings.keep_deliveries);
 
     let mut builder = turmoil::Builder::new();
@@ -204,6 +217,7 @@ pub fn run_plan(settings: &Settings, seed: u64, plan: &Plan, trace: Trace) -> Ou
         state: Rc::clone(&server),
         model: model.clone(),
         sync_dir_entries: settings.sync_dir_entries,
+        presence_scope: plan.presence_scope.server(),
     };
     sim.host(SERVER_HOST, move || server_host::boot(setup.clone()));
 
@@ -256,6 +270,7 @@ pub fn run_plan(settings: &Settings, seed: u64, plan: &Plan, trace: Trace) -> Ou
     };
     Outcome {
         seed,
+        presence_scope: plan.presence_scope,
         trace_hash: trace.hash_hex(),
         violations,
         tail: trace.tail(),
@@ -296,6 +311,7 @@ fn world_model(plan: &Plan, trace: Trace, keep_deliveries: bool) -> Model {
     });
     let chats = direct.chain(groups).collect();
     let model = Model::new(trace, users, chats, plan.tabs.len(), keep_deliveries);
+    model.state.borrow_mut().presence_scope = plan.presence_scope;
     for (status, tab) in model.state.borrow_mut().tabs.iter_mut().zip(&plan.tabs) {
         status.ends_offline = tab.ends_offline;
     }
