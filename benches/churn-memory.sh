@@ -26,6 +26,7 @@ SECS=${SECS:-600}
 SCOPE=${SCOPE:-all}
 OUT=${OUT:-benches/results/run-k-$SCOPE}
 DATA=$(mktemp -d)
+LOG=$(mktemp --suffix=.palaver.log)   # the server's log, kept after the run
 pid=""
 sampler=""
 cleanup() {
@@ -35,6 +36,7 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   fi
   rm -rf "$DATA"
+  echo "server log: $LOG" >&2
 }
 trap cleanup EXIT
 
@@ -42,7 +44,7 @@ PALAVER_SEND_RATE_PER_SEC=1000000 PALAVER_SEND_BURST=1000000 \
   PALAVER_CONNECTIONS_PER_ADDRESS=1000000 PALAVER_REGISTRATIONS_PER_ADDRESS=1000000 \
   PALAVER_JWT_SECRET=churn-memory-secret-churn-memory-secret PALAVER_PRESENCE_SCOPE="$SCOPE" \
   RUST_LOG=warn PALAVER_LISTEN="127.0.0.1:$PORT" PALAVER_DATA_DIR="$DATA" \
-  "$PALAVER" serve --metrics-listen "127.0.0.1:$METRICS_PORT" >"$OUT.server.log" 2>&1 &
+  "$PALAVER" serve --metrics-listen "127.0.0.1:$METRICS_PORT" >"$LOG" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do
   curl -fsS -o /dev/null "http://127.0.0.1:$PORT/health" 2>/dev/null && break
