@@ -57,14 +57,19 @@ fn start(data_dir: &Path) -> Running {
     }
 }
 
-/// A blocking HTTP call through a tiny tokio runtime and reqwest.
-fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
+/// Runs `future` to completion on a tiny tokio runtime, with the TLS provider reqwest needs.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
+        .unwrap()
+        .block_on(future)
+}
+
+/// A blocking HTTP call through reqwest.
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
+    block_on(async {
         let client = reqwest::Client::new();
         let mut request = match method {
             "POST" => client.post(url),
@@ -312,12 +317,7 @@ fn the_binary_reports_its_memory_at_metrics() {
 
 /// The body of a GET answered 200, as text.
 fn get_text(url: &str) -> Option<String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let response = reqwest::get(url).await.ok()?;
         if response.status() != 200 {
             return None;

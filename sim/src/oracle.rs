@@ -1360,10 +1360,10 @@ struct Contacts {
     sharing: BTreeSet<(String, String)>,
     /// Pairs who were members of a group together, stopped being (a removal or a leave), and
     /// share no chat at the end, whose contact may still linger. The contract lets it linger
-    /// "until the user's sockets have all gone and the user was announced offline", which we
-    /// read as either of the two (it says "the user"); so it has surely ended when a server
-    /// boot came after the separation (a boot forgets every announcement), or when some
-    /// connection received `user-offline` of either after the separation's system message.
+    /// "until either of them has had all their sockets gone and been announced offline"; so it
+    /// has surely ended when a server boot came after the separation (a boot forgets every
+    /// announcement), or when some connection received `user-offline` of either after the
+    /// separation's system message.
     lingering: BTreeSet<(String, String)>,
 }
 
